@@ -1,0 +1,51 @@
+-- acquire.lua: "may this call go ahead?" Decides admission for one call, fleet-wide.
+--
+-- KEYS[1], KEYS[2], ARGV[1..18]: as in _common.lua (prepended to this file).
+--
+-- Creates the breaker closed if it does not exist. Applies due time-driven transitions
+-- (open -> half_open after the open deadline, half_open -> open after half_open_max_wait,
+-- an operator state whose deadline passed -> closed), then decides:
+--   closed, metrics_only, forced_closed  -> admit
+--   half_open with a free probe slot     -> probe: a lease token valid for probe_lease_ms
+--   open, forced_open, half_open full    -> reject with the ms until a retry may pass
+--
+-- Returns {verdict, state, generation, consecutive_failures, probe_token, retry_after_ms,
+--          now_ms, from_1, to_1, reason_1, ...}
+--   verdict         'admit' | 'probe' | 'reject'
+--   probe_token     '' unless verdict is 'probe'
+--   retry_after_ms  0 unless rejected; -1 when no deadline is known (forced_open, no end)
+-- Errors: a reply error starting 'redbreaker:' when KEYS[1] is not a hash or ARGV is bad.
+
+local s, err = load_state(true)
+if err then return redis.error_reply(err) end
+advance_clock(s)
+
+local verdict, token, retry_after = 'reject', '', 0
+
+if s.state == 'closed' or s.state == 'metrics_only' then
+  verdict = 'admit'
+  -- Calls are counted when admitted, failures and slow calls when reported, so a plain
+  -- success needs no second round trip to be part of the failure rate.
+  bump_bucket(NOW, 1, 0, 0)
+  touch(s)
+elseif s.state == 'forced_closed' then
+  verdict = 'admit'
+elseif s.state == 'forced_open' then
+  retry_after = (s.forced_until > 0) and (s.forced_until - NOW) or -1
+elseif s.state == 'open' then
+  retry_after = s.open_until - NOW
+else
+  -- half_open: a lease whose holder died is reclaimed here, so a crash cannot wedge it.
+  redis.call('ZREMRANGEBYSCORE', PROBES, '-inf', NOW)
+  if redis.call('ZCARD', PROBES) < CFG.half_open_max_calls then
+    verdict = 'probe'
+    token = int(s.generation) .. '.' .. int(redis.call('HINCRBY', KEY, 'probe_seq', 1))
+    redis.call('ZADD', PROBES, int(NOW + CFG.probe_lease_ms), token)
+    touch(s)
+  else
+    local first = redis.call('ZRANGE', PROBES, 0, 0, 'WITHSCORES')
+    retry_after = math.max(1, tonumber(first[2]) - NOW)
+  end
+end
+
+return with_events({ verdict, s.state, s.generation, s.streak, token, retry_after, NOW })

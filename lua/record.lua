@@ -1,0 +1,86 @@
+-- record.lua: report the outcome of one admitted call.
+--
+-- KEYS[1], KEYS[2], ARGV[1..18]: as in _common.lua (prepended to this file).
+-- ARGV[19] outcome: 'success' | 'failure' | 'ignore' (counts as no call) | 'release'
+--          (a probe ended without an outcome: its lease is freed, nothing is counted)
+-- ARGV[20] the generation the call was admitted under
+-- ARGV[21] the probe token, or '' when the call was not a probe
+-- ARGV[22] '1' when the call was slow (took at least slow_call_duration), else '0'
+-- ARGV[23] the ms time (server) the call was admitted at, to find the bucket it was counted in
+--
+-- Outcomes admitted under an older generation never move the breaker ('stale'); the lease
+-- of a stale probe is still freed. In closed and metrics_only, a failure or slow call that
+-- meets a trip rule opens the breaker (metrics_only only counts a would-trip and starts
+-- counting afresh). In half_open, a probe failure re-opens it and success_threshold probe
+-- successes close it.
+--
+-- Returns {status, state, generation, consecutive_failures, now_ms, from_1, to_1, reason_1, ...}
+--   status  'recorded' | 'stale' | 'ignored' (nothing to count in this state)
+-- Errors: as acquire.lua.
+
+local outcome, generation, token = ARGV[19], tonumber(ARGV[20]), ARGV[21]
+local slow = ARGV[22] == '1'
+local admitted_at = tonumber(ARGV[23]) or NOW
+if outcome ~= 'success' and outcome ~= 'failure' and outcome ~= 'ignore'
+    and outcome ~= 'release' then
+  return redis.error_reply('redbreaker: unknown outcome ' .. tostring(outcome))
+end
+
+local s, err = load_state(true)
+if err then return redis.error_reply(err) end
+
+if token ~= '' then redis.call('ZREM', PROBES, token) end
+advance_clock(s)
+
+local status = 'ignored'
+if generation ~= s.generation then
+  status = 'stale'
+elseif outcome == 'release' then
+  status = 'recorded'
+elseif s.state == 'closed' or s.state == 'metrics_only' then
+  status = 'recorded'
+  if outcome == 'ignore' then
+    bump_bucket(admitted_at, -1, 0, 0)
+  else
+    if outcome == 'failure' then
+      s.streak = s.streak + 1
+    else
+      s.streak = 0
+    end
+    if outcome == 'failure' or slow then
+      bump_bucket(NOW, 0, outcome == 'failure' and 1 or 0, slow and 1 or 0)
+    end
+    redis.call('HSET', KEY, 'consecutive_failures', int(s.streak))
+    local reason = trip_reason(s)
+    if reason ~= nil then
+      if s.state == 'metrics_only' then
+        -- Shadow mode: say it would have tripped, then count afresh so it can say so again.
+        s.would_trip_count = s.would_trip_count + 1
+        s.streak = 0
+        redis.call('HDEL', KEY, unpack(BUCKET_FIELDS))
+        redis.call('HSET', KEY, 'consecutive_failures', 0, 'would_trip_count',
+          int(s.would_trip_count), 'last_would_trip_at', int(NOW), 'last_reason',
+          'would_trip:' .. reason)
+        publish('metrics_only', 'metrics_only', 'would_trip:' .. reason, s.generation)
+      else
+        trip(s, reason)
+      end
+    end
+  end
+  touch(s)
+elseif s.state == 'half_open' and token ~= '' then
+  status = 'recorded'
+  if outcome == 'failure' then
+    trip(s, 'probe_failed')
+  elseif outcome == 'success' then
+    s.half_open_successes = s.half_open_successes + 1
+    redis.call('HSET', KEY, 'half_open_successes', int(s.half_open_successes))
+    if s.half_open_successes >= CFG.success_threshold then
+      s.consecutive_opens = 0
+      transition(s, 'closed', 'probes_succeeded')
+    end
+  end
+  touch(s)
+end
+
+return with_events({ status, s.state, s.generation, s.streak, NOW })

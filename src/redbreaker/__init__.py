@@ -1,0 +1,53 @@
+"""redbreaker: one shared circuit breaker per dependency for a whole fleet of processes.
+
+Breaker state and counts live in Redis and change only through atomic Lua scripts, so
+every process that builds ``Breaker("payments-api", store=...)`` sees and drives the same
+breaker.
+"""
+
+from __future__ import annotations
+
+from ._breaker import Breaker, Permit, TransitionHook
+from ._clock import Clock, ManualClock, SystemClock
+from ._config import BreakerConfig, ExceptionMatcher, Seconds
+from ._exceptions import (
+    CircuitOpenError,
+    ConfigError,
+    PermitError,
+    RedbreakerError,
+    StoreError,
+)
+from ._keys import check_name
+from ._state import Snapshot, State, Transition
+from ._store import Store, connect
+
+__all__ = [
+    "Breaker",
+    "BreakerConfig",
+    "CircuitOpenError",
+    "Clock",
+    "ConfigError",
+    "ExceptionMatcher",
+    "ManualClock",
+    "Permit",
+    "PermitError",
+    "RedbreakerError",
+    "Seconds",
+    "Snapshot",
+    "State",
+    "Store",
+    "StoreError",
+    "SystemClock",
+    "Transition",
+    "TransitionHook",
+    "check_name",
+    "connect",
+]
+
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415 (only when asked)
+
+        return version("redbreaker")
+    raise AttributeError(f"module 'redbreaker' has no attribute {name!r}")

@@ -1,0 +1,435 @@
+"""The breaker: admission, outcome reporting and operator orders for one dependency.
+
+Data flows one way: :class:`BreakerConfig` -> breaker -> a Lua script (one EVALSHA) ->
+a reply decoded in ``_state`` -> local hooks for the transitions this call made.
+
+:class:`_BreakerCore` holds every line that does no I/O (argument building, exception and
+result classification, the cached-rejection check, hook dispatch, the decision of whether
+an outcome needs a round trip at all). :class:`Breaker` adds only the Redis calls, so an
+asyncio twin is a thin subclass that awaits the same calls.
+
+Round trips per call:
+    closed, success, no failure streak      1 (acquire)
+    closed, success after failures / slow   2 (acquire + record)
+    closed, failure                         2 (acquire + record)
+    rejected while open                     1 for the first rejection, then 0 until the
+                                            deadline Redis gave has passed (cached locally)
+    half-open probe                         2 (acquire + record)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+
+from ._config import BreakerConfig, ExceptionMatcher, Seconds
+from ._exceptions import CircuitOpenError, ConfigError, PermitError
+from ._keys import breaker_keys, check_name
+from ._state import (
+    AcquireReply,
+    RecordReply,
+    Snapshot,
+    State,
+    Transition,
+    decode_acquire,
+    decode_control,
+    decode_record,
+    decode_snapshot,
+)
+from ._store import Store
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Breaker", "Permit", "TransitionHook"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+TransitionHook = Callable[[Transition], None]
+"""A callable run in the process whose script made a transition."""
+
+Outcome = Literal["success", "failure", "ignore", "release"]
+
+logger = logging.getLogger("redbreaker")
+_LOUD = frozenset({State.OPEN, State.FORCED_OPEN})
+
+
+def _matches(matcher: ExceptionMatcher | None, exc: BaseException) -> bool:
+    if matcher is None:
+        return False
+    if isinstance(matcher, (type, tuple)):
+        return isinstance(exc, matcher)
+    return bool(matcher(exc))
+
+
+def _seconds(field: str, value: Seconds | None) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if not isinstance(value, (int, float)) else float(value)
+    if isinstance(value, bool) or not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(field, f"must be a finite duration > 0, got {value!r}")
+    return seconds
+
+
+class _BreakerCore:
+    """Everything a breaker does that is not I/O. Strictly private."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        store: Store,
+        config: BreakerConfig | None,
+        on_transition: Iterable[TransitionHook],
+        settings: dict[str, Any],
+    ) -> None:
+        self.name = check_name(name)
+        if not isinstance(store, Store):
+            raise ConfigError("store", f"expected a Store (see connect()), got {store!r}")
+        unknown = set(settings) - BreakerConfig.setting_names()
+        if unknown:
+            raise ConfigError(
+                sorted(unknown)[0],
+                "is not a breaker setting; settings: "
+                + ", ".join(sorted(BreakerConfig.setting_names())),
+            )
+        self.config = replace(config or BreakerConfig(), **settings)
+        self.store = store
+        self._keys = breaker_keys(store.prefix, self.name)
+        self._hooks = tuple(on_transition)
+        for hook in self._hooks:
+            if not callable(hook):
+                raise ConfigError("on_transition", f"{hook!r} is not callable")
+        self._slow_after = self.config.slow_call_seconds
+        self._window_ms = round(self.config.window_seconds * 1000)
+        self._random = random.random
+
+    def __repr__(self) -> str:
+        return f"<redbreaker.{type(self).__name__} {self.name!r} prefix={self.store.prefix!r}>"
+
+    # -- building script arguments ------------------------------------------------------
+
+    def _args(self, *extra: str) -> list[str]:
+        override = self.store.clock.server_ms()
+        return [
+            "" if override is None else str(override),
+            self._keys.channel,
+            self.name,
+            repr(self._random()),
+            *self.config.script_argv,
+            *extra,
+        ]
+
+    def _control_args(self, order: str, duration: Seconds | None) -> list[str]:
+        seconds = _seconds("duration", duration)
+        return self._args(order, "" if seconds is None else str(max(1, round(seconds * 1000))))
+
+    # -- admission -----------------------------------------------------------------------
+
+    def _check_cached_rejection(self) -> None:
+        cached = self.store.cached_rejection(self._keys.state)
+        if cached is not None:
+            raise CircuitOpenError(self.name, cached[1], cached[0])
+
+    def _admission(self, reply: AcquireReply) -> tuple[int, str, int, int]:
+        """Fire hooks, then (generation, probe token, admitted_at_ms, streak) or raise."""
+        self._fire(reply.transitions)
+        if reply.verdict == "reject":
+            retry_after = None if reply.retry_after_ms < 0 else reply.retry_after_ms / 1000
+            if retry_after is not None and reply.state in _LOUD:
+                # The deadline is the server's; until it passes nothing can admit us.
+                self.store.cache_rejection(self._keys.state, retry_after, reply.state.value)
+            raise CircuitOpenError(self.name, reply.state.value, retry_after)
+        return reply.generation, reply.probe_token, reply.now_ms, reply.consecutive_failures
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def _classify_exception(self, exc: BaseException) -> Outcome:
+        if not isinstance(exc, Exception):
+            return "release"
+        if _matches(self.config.ignore_on, exc):
+            return "ignore"
+        if _matches(self.config.record_on, exc):
+            return "failure"
+        return "ignore"
+
+    def _classify_result(self, result: object) -> Outcome:
+        check = self.config.failure_result
+        return "failure" if check is not None and check(result) else "success"
+
+    def _record_args(self, permit: _PermitState, outcome: Outcome) -> list[str] | None:
+        """The record script's arguments, or None when Redis has nothing to learn."""
+        slow = (
+            self._slow_after is not None
+            and outcome in ("success", "failure")
+            and self.store.clock.monotonic() - permit.started >= self._slow_after
+        )
+        if (
+            outcome == "success"
+            and not permit.probe_token
+            and not slow
+            and permit.streak_at_admission == 0
+        ):
+            # The call was counted when admitted; a success only has news to carry when
+            # it ends a failure streak or was slow.
+            return None
+        if outcome == "release" and not permit.probe_token:
+            return None
+        return self._args(
+            outcome,
+            str(permit.generation),
+            permit.probe_token,
+            "1" if slow else "0",
+            str(permit.admitted_at_ms),
+        )
+
+    def _fire(self, transitions: Iterable[Transition]) -> None:
+        for transition in transitions:
+            self.store.forget_rejection(self._keys.state)
+            level = (
+                logging.WARNING
+                if transition.current in _LOUD or transition.reason.startswith("would_trip:")
+                else logging.INFO
+            )
+            previous = transition.previous.value if transition.previous else "unreadable"
+            logger.log(
+                level,
+                "circuit %r: %s -> %s (%s)",
+                transition.name,
+                previous,
+                transition.current.value,
+                transition.reason,
+                extra={
+                    "event": "transition",
+                    "breaker": transition.name,
+                    "from_state": previous,
+                    "to_state": transition.current.value,
+                    "reason": transition.reason,
+                    "generation": transition.generation,
+                },
+            )
+            for hook in self._hooks:
+                try:
+                    hook(transition)
+                except Exception:
+                    # A broken hook must never break the guarded call or hide its result.
+                    logger.exception("redbreaker transition hook %r failed", hook)
+
+
+class _PermitState:
+    """What a permit remembers between admission and its outcome."""
+
+    __slots__ = ("admitted_at_ms", "generation", "probe_token", "settled", "started",
+                 "streak_at_admission")
+
+    def __init__(
+        self, generation: int, probe_token: str, admitted_at_ms: int, streak: int, started: float
+    ) -> None:
+        self.generation = generation
+        self.probe_token = probe_token
+        self.admitted_at_ms = admitted_at_ms
+        self.streak_at_admission = streak
+        self.started = started
+        self.settled = False
+
+
+class Permit:
+    """Leave to make one call through a breaker; report how it went exactly once.
+
+    Get one from :meth:`Breaker.acquire`. Call :meth:`success`, :meth:`failure` or
+    :meth:`release`, or use it as a context manager: leaving the block normally is a
+    success, an exception is classified by the breaker's config (and re-raised).
+
+    A permit that is never settled counts as a call that did not fail; if it was a probe,
+    its slot returns after ``probe_lease``.
+    """
+
+    __slots__ = ("_breaker", "_state")
+
+    def __init__(self, breaker: Breaker, state: _PermitState) -> None:
+        self._breaker = breaker
+        self._state = state
+
+    @property
+    def is_probe(self) -> bool:
+        """True when this call is one of the half-open probes."""
+        return bool(self._state.probe_token)
+
+    @property
+    def generation(self) -> int:
+        """The breaker generation the call was admitted under."""
+        return self._state.generation
+
+    def success(self) -> None:
+        """The call succeeded."""
+        self._settle("success")
+
+    def failure(self, exc: BaseException | None = None) -> None:
+        """The call failed. With ``exc``, the config's classification decides whether it
+        counts as a failure, is ignored, or (a non-``Exception``) only releases the permit."""
+        self._settle("failure" if exc is None else self._breaker._classify_exception(exc))
+
+    def release(self) -> None:
+        """The call ended without an outcome (cancelled): count nothing, free a probe slot."""
+        self._settle("release")
+
+    def _settle(self, outcome: Outcome) -> None:
+        if self._state.settled:
+            raise PermitError(f"this permit of circuit {self._breaker.name!r} is already settled")
+        self._state.settled = True
+        self._breaker._record(self._state, outcome)
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state.settled:
+            return
+        if exc is None:
+            self.success()
+        else:
+            self.failure(exc)
+
+
+class Breaker(_BreakerCore):
+    """One circuit breaker shared by every process that builds it with the same name.
+
+    Args:
+        name: the dependency this breaker guards, e.g. ``"payments-api"`` (see
+            :func:`redbreaker.check_name` for what a name may contain).
+        store: where the breaker lives (:func:`redbreaker.connect`).
+        config: a :class:`BreakerConfig`; keyword ``settings`` override its fields.
+        on_transition: callables run with each :class:`Transition` this process's calls
+            make (never for transitions other processes make; watch those with
+            :meth:`Store.transitions`).
+        **settings: any :class:`BreakerConfig` field, e.g. ``failure_threshold=3``.
+
+    Raises:
+        ConfigError: an invalid name or setting, naming it (a ``ValueError``).
+
+    Usage::
+
+        store = redbreaker.connect("redis://localhost:6379/0")
+        payments = redbreaker.Breaker("payments-api", store=store, failure_threshold=5)
+
+        payments.call(requests.get, url)       # one call
+
+        @payments                              # or every call of a function
+        def charge(order): ...
+
+        with payments.acquire() as permit:     # or work that spans callbacks
+            ...
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        store: Store,
+        config: BreakerConfig | None = None,
+        on_transition: Iterable[TransitionHook] = (),
+        **settings: Any,  # noqa: ANN401 (checked against BreakerConfig's fields at once)
+    ) -> None:
+        super().__init__(
+            name, store=store, config=config, on_transition=on_transition, settings=settings
+        )
+
+    def acquire(self) -> Permit:
+        """Ask for leave to make one call.
+
+        Raises:
+            CircuitOpenError: the breaker rejects the call; ``retry_after`` says when to
+                try again.
+        """
+        self._check_cached_rejection()
+        started = self.store.clock.monotonic()
+        reply = decode_acquire(self.name, self.store.run("acquire", self._keys, self._args()))
+        generation, token, admitted_at, streak = self._admission(reply)
+        return Permit(self, _PermitState(generation, token, admitted_at, streak, started))
+
+    def _record(self, permit: _PermitState, outcome: Outcome) -> RecordReply | None:
+        args = self._record_args(permit, outcome)
+        if args is None:
+            return None
+        reply = decode_record(self.name, self.store.run("record", self._keys, args))
+        self._fire(reply.transitions)
+        return reply
+
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call ``fn(*args, **kwargs)`` through the breaker and return its result.
+
+        The function's own exceptions pass through unchanged.
+
+        Raises:
+            CircuitOpenError: rejected; ``fn`` did not run.
+        """
+        permit = self.acquire()
+        state = permit._state
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            state.settled = True
+            self._record(state, self._classify_exception(exc))
+            raise
+        state.settled = True
+        self._record(state, self._classify_result(result))
+        return result
+
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """Use the breaker as a decorator: every call of ``fn`` goes through it."""
+
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            return self.call(fn, *args, **kwargs)
+
+        return guarded
+
+    # -- reading -------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """The breaker as Redis holds it now (one round trip; changes nothing)."""
+        reply = self.store.run("inspect", self._keys, self._args())
+        return decode_snapshot(self.name, reply, self._window_ms)
+
+    @property
+    def state(self) -> State:
+        """The stored state (one round trip)."""
+        return self.snapshot().state
+
+    # -- operator orders, fleet-wide -------------------------------------------------------
+
+    def _order(self, order: str, duration: Seconds | None) -> State:
+        reply = decode_control(
+            self.name, self.store.run("control", self._keys, self._control_args(order, duration))
+        )
+        self.store.forget_rejection(self._keys.state)
+        self._fire(reply.transitions)
+        return reply.state
+
+    def force_open(self, duration: Seconds | None = None) -> State:
+        """Reject every call fleet-wide, for ``duration`` or until another order."""
+        return self._order("force_open", duration)
+
+    def force_close(self, duration: Seconds | None = None) -> State:
+        """Admit every call fleet-wide and count nothing, for ``duration`` or until another
+        order."""
+        return self._order("force_close", duration)
+
+    def metrics_only(self, duration: Seconds | None = None) -> State:
+        """Admit every call fleet-wide, count, and report would-trips instead of opening,
+        for ``duration`` or until another order."""
+        return self._order("metrics_only", duration)
+
+    def reset(self) -> State:
+        """Back to closed with empty counts and no open backoff, fleet-wide."""
+        return self._order("reset", None)
+

@@ -1,0 +1,231 @@
+"""The settings of one breaker: a frozen dataclass, validated when it is built."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from typing import Any, Union
+
+from ._exceptions import ConfigError
+
+__all__ = ["BreakerConfig", "ExceptionMatcher", "Seconds"]
+
+Seconds = Union[float, timedelta]  # noqa: UP007 (a runtime alias must work on 3.10)
+"""A duration: seconds as a number, or a :class:`datetime.timedelta`."""
+
+ExceptionMatcher = Union[  # noqa: UP007 (a runtime alias must work on 3.10)
+    type[BaseException], tuple[type[BaseException], ...], Callable[[BaseException], bool]
+]
+"""Exception types, or a predicate that takes the exception."""
+
+_DEFAULT_MAX_RECOVERY = 300.0
+
+
+def _seconds(name: str, value: object, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, f"must be seconds as a number or a timedelta, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(name, f"must be a finite number of seconds > 0, got {value!r}")
+    if value < 0.001:
+        raise ConfigError(name, f"must be at least 1 ms (timing is kept in ms), got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: object, *, optional: bool = False, minimum: int = 1) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an int, got {value!r}")
+    if value < minimum:
+        raise ConfigError(name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _ratio(name: str, value: object, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, f"must be a number in (0, 1], got {value!r}")
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise ConfigError(name, f"must be in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _matcher(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, type) and issubclass(value, BaseException):
+        return
+    if isinstance(value, tuple) and value and all(
+        isinstance(v, type) and issubclass(v, BaseException) for v in value
+    ):
+        return
+    if callable(value) and not isinstance(value, (type, tuple)):
+        return
+    raise ConfigError(
+        name, f"must be an exception type, a tuple of them, or a predicate, got {value!r}"
+    )
+
+
+def _ms(seconds: float | None) -> str:
+    return "" if seconds is None else str(max(1, round(seconds * 1000)))
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """How a breaker decides. Every process that shares a breaker should use the same.
+
+    Trip rules (at least one must be on; any one trips):
+        failure_threshold: consecutive failures fleet-wide that open the breaker; None
+            turns the rule off.
+        failure_rate: failure ratio in (0, 1] over the sliding ``window``, once it holds
+            ``minimum_calls`` calls; None turns the rule off.
+        window: length of the time-based sliding window (10 buckets).
+        minimum_calls: calls in the window before either rate may trip.
+        slow_call_duration: a call that takes at least this long is slow; None turns slow
+            calls off.
+        slow_call_rate: slow ratio in (0, 1] over the window that opens the breaker.
+
+    Open and half-open:
+        recovery_timeout: how long the breaker stays open before it admits probes.
+        recovery_backoff: multiplier (>= 1) of the open duration for each consecutive
+            re-open (a probe that fails); 1 keeps it constant.
+        max_recovery_timeout: cap of the grown open duration (default: the larger of
+            ``recovery_timeout`` and 300 s).
+        recovery_jitter: fraction in [0, 1) by which each open duration is shortened at
+            random, so breakers that tripped together do not all probe together.
+        half_open_max_calls: probes in flight at once across the whole fleet.
+        success_threshold: probe successes that close the breaker.
+        probe_lease: how long a probe may run before its slot is reclaimed, so a worker
+            that dies mid-probe cannot wedge the breaker. Make it longer than the call.
+        half_open_max_wait: longest stay in half-open before the breaker re-opens; None
+            waits for the probes.
+        key_ttl: idle lifetime of the breaker's keys, refreshed on every write. An
+            abandoned breaker vanishes and comes back closed.
+
+    Classification (local to each process; never sent to Redis):
+        record_on: exceptions that count as failures (types or a predicate).
+        ignore_on: exceptions that count as neither success nor failure; wins over
+            ``record_on``.
+        failure_result: a predicate on the return value that marks it a failure, e.g.
+            ``lambda r: r.status_code >= 500``.
+
+    ``BaseException``\\ s that are not ``Exception``\\ s (KeyboardInterrupt, SystemExit,
+    asyncio.CancelledError) are never failures: they release a probe slot and count nothing.
+    """
+
+    failure_threshold: int | None = 5
+    failure_rate: float | None = None
+    window: Seconds = 60.0
+    minimum_calls: int = 10
+    slow_call_duration: Seconds | None = None
+    slow_call_rate: float = 1.0
+    recovery_timeout: Seconds = 30.0
+    recovery_backoff: float = 1.0
+    max_recovery_timeout: Seconds | None = None
+    recovery_jitter: float = 0.0
+    half_open_max_calls: int = 1
+    success_threshold: int = 1
+    probe_lease: Seconds = 10.0
+    half_open_max_wait: Seconds | None = None
+    key_ttl: Seconds = 86_400.0
+    record_on: ExceptionMatcher = Exception
+    ignore_on: ExceptionMatcher | None = None
+    failure_result: Callable[[Any], bool] | None = None
+    _argv: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _count("failure_threshold", self.failure_threshold, optional=True)
+        _ratio("failure_rate", self.failure_rate, optional=True)
+        window = _seconds("window", self.window)
+        _count("minimum_calls", self.minimum_calls)
+        slow = _seconds("slow_call_duration", self.slow_call_duration, optional=True)
+        _ratio("slow_call_rate", self.slow_call_rate)
+        recovery = _seconds("recovery_timeout", self.recovery_timeout)
+        backoff = self.recovery_backoff
+        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)):
+            raise ConfigError("recovery_backoff", f"must be a number >= 1, got {backoff!r}")
+        if not math.isfinite(backoff) or backoff < 1:
+            raise ConfigError("recovery_backoff", f"must be a finite number >= 1, got {backoff!r}")
+        max_recovery = _seconds("max_recovery_timeout", self.max_recovery_timeout, optional=True)
+        assert recovery is not None
+        if max_recovery is None:
+            max_recovery = max(recovery, _DEFAULT_MAX_RECOVERY)
+        elif max_recovery < recovery:
+            raise ConfigError(
+                "max_recovery_timeout",
+                f"must be >= recovery_timeout ({recovery}s), got {max_recovery}s",
+            )
+        jitter = self.recovery_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)):
+            raise ConfigError("recovery_jitter", f"must be a number in [0, 1), got {jitter!r}")
+        if not math.isfinite(jitter) or not 0 <= jitter < 1:
+            raise ConfigError("recovery_jitter", f"must be in [0, 1), got {jitter!r}")
+        _count("half_open_max_calls", self.half_open_max_calls)
+        _count("success_threshold", self.success_threshold)
+        lease = _seconds("probe_lease", self.probe_lease)
+        max_wait = _seconds("half_open_max_wait", self.half_open_max_wait, optional=True)
+        ttl = _seconds("key_ttl", self.key_ttl)
+        _matcher("record_on", self.record_on)
+        _matcher("ignore_on", self.ignore_on, optional=True)
+        if self.failure_result is not None and not callable(self.failure_result):
+            raise ConfigError("failure_result", f"must be a predicate, got {self.failure_result!r}")
+        if self.failure_threshold is None and self.failure_rate is None and slow is None:
+            raise ConfigError(
+                "failure_threshold",
+                "no trip rule is on: set failure_threshold, failure_rate or slow_call_duration",
+            )
+        assert window is not None
+        assert lease is not None
+        assert ttl is not None
+        longest = max(window, max_recovery, lease, max_wait or 0.0)
+        if ttl < 2 * longest:
+            raise ConfigError(
+                "key_ttl",
+                f"must be at least twice the longest other duration ({longest}s), got {ttl}s",
+            )
+        argv = (
+            "" if self.failure_threshold is None else str(self.failure_threshold),
+            "" if self.failure_rate is None else repr(float(self.failure_rate)),
+            _ms(window),
+            str(self.minimum_calls),
+            "" if slow is None else repr(float(self.slow_call_rate)),
+            _ms(recovery),
+            repr(float(backoff)),
+            _ms(max_recovery),
+            repr(float(jitter)),
+            str(self.half_open_max_calls),
+            str(self.success_threshold),
+            _ms(lease),
+            _ms(max_wait),
+            _ms(ttl),
+        )
+        object.__setattr__(self, "_argv", argv)
+
+    @property
+    def script_argv(self) -> tuple[str, ...]:
+        """ARGV[5..18] of every script, in the order ``lua/_common.lua`` reads them."""
+        return self._argv
+
+    @property
+    def slow_call_seconds(self) -> float | None:
+        """``slow_call_duration`` in seconds, or None when slow calls are not tracked."""
+        return _seconds("slow_call_duration", self.slow_call_duration, optional=True)
+
+    @property
+    def window_seconds(self) -> float:
+        """``window`` in seconds."""
+        value = _seconds("window", self.window)
+        assert value is not None
+        return value
+
+    @classmethod
+    def setting_names(cls) -> frozenset[str]:
+        """The names a breaker accepts as keyword settings."""
+        return frozenset(f.name for f in fields(cls) if f.init)

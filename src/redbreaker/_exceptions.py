@@ -1,0 +1,61 @@
+"""Every exception redbreaker raises, under one base class.
+
+::
+
+    RedbreakerError
+    ├── ConfigError          (also a ValueError) a setting, name, prefix or URL is invalid
+    ├── CircuitOpenError     a call was rejected: the breaker is open, forced open, or
+    │                        half-open with every probe slot taken
+    ├── PermitError          (also a RuntimeError) a permit was settled twice
+    └── StoreError           Redis answered something the breaker cannot use (a key of the
+                             wrong type, a script error); chained to the redis-py error
+
+Exceptions raised by the guarded function itself always pass through unchanged.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CircuitOpenError", "ConfigError", "PermitError", "RedbreakerError", "StoreError"]
+
+
+class RedbreakerError(Exception):
+    """Base class of every exception redbreaker raises."""
+
+
+class ConfigError(RedbreakerError, ValueError):
+    """A setting, breaker name, prefix or store URL is invalid.
+
+    Raised at construction, never later. ``field`` names the offending setting.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class CircuitOpenError(RedbreakerError):
+    """The breaker rejected the call; the guarded function did not run.
+
+    Attributes:
+        name: the breaker's name.
+        state: the state that rejected the call (``"open"``, ``"forced_open"`` or
+            ``"half_open"`` when every probe slot is taken), as stored in Redis.
+        retry_after: seconds until a call may be admitted again, measured on the Redis
+            server's clock, or ``None`` when no deadline is known (forced open without one).
+    """
+
+    def __init__(self, name: str, state: str, retry_after: float | None) -> None:
+        when = "no deadline" if retry_after is None else f"retry after {retry_after:.3f}s"
+        super().__init__(f"circuit {name!r} is {state}; {when}")
+        self.name = name
+        self.state = state
+        self.retry_after = retry_after
+
+
+class PermitError(RedbreakerError, RuntimeError):
+    """A permit was settled (success, failure or release) more than once."""
+
+
+class StoreError(RedbreakerError):
+    """Redis replied something the breaker cannot use; the cause is chained."""

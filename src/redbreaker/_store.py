@@ -1,0 +1,234 @@
+"""Where breakers live: a Redis (or the embedded in-process one) plus a key prefix."""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+from typing import TYPE_CHECKING, Any, Union
+
+import redis
+from redis.cluster import RedisCluster
+
+from ._clock import Clock, SystemClock
+from ._exceptions import ConfigError, StoreError
+from ._keys import BreakerKeys, check_prefix
+from ._scripts import SCRIPT_NAMES, script_source
+from ._state import Transition, decode_event
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from redis.commands.core import Script
+
+__all__ = ["Store", "connect"]
+
+RedisClient = Union[redis.Redis, RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
+"""A synchronous redis-py client: standalone, from a Sentinel, or a cluster client."""
+
+_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+_memory_servers: dict[str, Any] = {}
+_memory_lock = threading.Lock()
+
+
+class Store:
+    """A Redis that holds breakers under one key prefix.
+
+    Build it with :func:`connect`. One store per process per Redis is enough: breakers
+    built on it share its connection pool, its registered scripts, and its cache of open
+    deadlines (a rejected breaker rejects locally, without a round trip, until its
+    deadline passes).
+
+    Attributes:
+        client: the redis-py client.
+        prefix: every key starts with ``<prefix>:``.
+        clock: where time comes from (Redis ``TIME`` unless a test clock is given).
+    """
+
+    def __init__(
+        self, client: RedisClient, *, prefix: str = "redbreaker", clock: Clock | None = None
+    ) -> None:
+        if isinstance(client, str) or not hasattr(client, "register_script"):
+            raise ConfigError("target", f"expected a URL or a redis-py client, got {client!r}")
+        if hasattr(client, "__aenter__") and not hasattr(client, "__enter__"):
+            raise ConfigError("target", "an asyncio client needs the async breaker")
+        self.client = client
+        self.prefix = check_prefix(prefix)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
+        }
+        self._rejections: dict[str, tuple[float, str]] = {}
+
+    def __repr__(self) -> str:
+        return f"<redbreaker.Store prefix={self.prefix!r} client={self.client!r}>"
+
+    def run(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> list[Any]:
+        """Run one script for one breaker: exactly one round trip (EVALSHA, or a reload
+        and EVALSHA after NOSCRIPT when the server lost its script cache)."""
+        try:
+            reply = self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
+        except redis.ResponseError as exc:
+            raise StoreError(f"Redis refused the {script} script: {exc}") from exc
+        if not isinstance(reply, list):
+            raise StoreError(f"the {script} script replied {reply!r}, not a list")
+        return reply
+
+    def cached_rejection(self, key: str) -> tuple[float, str] | None:
+        """(seconds left, state) of a rejection cached for ``key``, if still in force."""
+        entry = self._rejections.get(key)
+        if entry is None:
+            return None
+        left = entry[0] - self.clock.monotonic()
+        if left <= 0:
+            self._rejections.pop(key, None)
+            return None
+        return left, entry[1]
+
+    def cache_rejection(self, key: str, seconds: float, state: str) -> None:
+        """Reject calls to ``key`` locally for ``seconds`` (a deadline Redis gave)."""
+        self._rejections[key] = (self.clock.monotonic() + seconds, state)
+
+    def forget_rejection(self, key: str) -> None:
+        """Drop a cached rejection, e.g. after this process changed the breaker."""
+        self._rejections.pop(key, None)
+
+    def breaker_names(self) -> list[str]:
+        """Names of the breakers under this prefix, sorted (SCAN; never KEYS)."""
+        names = set()
+        head = f"{self.prefix}:{{"
+        for raw in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if key.startswith(head) and key.endswith("}"):
+                names.add(key[len(head) : -1])
+        return sorted(names)
+
+    def transitions(self) -> Iterator[Transition]:
+        """Every transition of every breaker under this prefix, as it is PUBLISHed.
+
+        Blocks; runs until the caller stops iterating. Payloads are JSON, never evaluated.
+        """
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub.subscribe(f"{self.prefix}:events")
+        try:
+            for message in pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                try:
+                    yield decode_event(message["data"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # someone else's message on our channel: not ours to decode
+        finally:
+            pubsub.close()
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+
+def _memory_client(url: urllib.parse.SplitResult) -> RedisClient:
+    try:
+        import fakeredis  # noqa: PLC0415 (an optional dependency, imported on first use)
+    except ImportError as exc:
+        raise ConfigError(
+            "target",
+            "memory:// needs the embedded Redis: pip install 'redbreaker[embedded]'",
+        ) from exc
+    name = url.netloc + url.path
+    if not name:
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    with _memory_lock:
+        server = _memory_servers.setdefault(name, fakeredis.FakeServer())
+    return fakeredis.FakeRedis(server=server)
+
+
+def _host_port(text: str, url: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("target", f"{url!r}: expected host:port, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _sentinel_client(url: str, parts: urllib.parse.SplitResult) -> RedisClient:
+    # redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    sentinels = [_host_port(h, url) for h in hosts.split(",") if h]
+    path = [p for p in parts.path.split("/") if p]
+    if not sentinels or not path or len(path) > 2:
+        raise ConfigError(
+            "target", f"{url!r}: expected redis+sentinel://host:port[,host:port]/service[/db]"
+        )
+    db = path[1] if len(path) == 2 else "0"
+    if not db.isdigit():
+        raise ConfigError("target", f"{url!r}: database {db!r} is not a number")
+    auth = {
+        "username": urllib.parse.unquote(username) or None,
+        "password": urllib.parse.unquote(password) or None,
+    }
+    sentinel = redis.Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, sentinel_kwargs=auth, socket_timeout=1.0
+    )
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        path[0], db=int(db), **auth
+    )
+    return master
+
+
+def connect(
+    target: str | RedisClient, *, prefix: str = "redbreaker", clock: Clock | None = None
+) -> Store:
+    """Open the store that holds breakers.
+
+    Args:
+        target: a URL, or a synchronous redis-py client (``decode_responses`` on or off).
+
+            - ``memory://`` -- the embedded default: an in-process Redis (fakeredis)
+              running the same Lua; private to this store. ``memory://<name>`` shares
+              one in-process Redis between every store of that name in this process.
+            - ``redis://``, ``rediss://`` (TLS), ``unix://`` -- as redis-py reads them,
+              credentials included: ``redis://user:password@host:6379/0``.
+            - ``redis+sentinel://host:port[,host:port]/service_name[/db]``.
+            - ``redis+cluster://host:port`` -- any node of a Redis Cluster.
+        prefix: every key starts with ``<prefix>:``; separate apps on one Redis use
+            separate prefixes and never see each other's breakers or events.
+        clock: a test clock (:class:`ManualClock`); production uses Redis ``TIME``.
+
+    Raises:
+        ConfigError: an unknown scheme or a malformed URL (a ``ValueError``).
+    """
+    if not isinstance(target, str):
+        return Store(target, prefix=prefix, clock=clock)
+    try:
+        parts = urllib.parse.urlsplit(target)
+    except ValueError as exc:
+        raise ConfigError("target", f"{target!r} is not a URL: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ConfigError(
+            "target",
+            f"{target!r}: unknown scheme {parts.scheme!r}; use one of "
+            + ", ".join(f"{s}://" for s in _SCHEMES),
+        )
+    client: RedisClient
+    if scheme == "memory":
+        client = _memory_client(parts)
+    elif scheme == "redis+sentinel":
+        client = _sentinel_client(target, parts)
+    else:
+        if scheme != "unix":
+            if not parts.hostname:
+                raise ConfigError("target", f"{target!r}: no host")
+            try:
+                parts.port  # noqa: B018 (urllib validates the port only when it is read)
+            except ValueError as exc:
+                raise ConfigError("target", f"{target!r}: {exc}") from exc
+        elif not parts.path:
+            raise ConfigError("target", f"{target!r}: no socket path")
+        try:
+            if scheme == "redis+cluster":
+                client = RedisCluster.from_url(target.replace("redis+cluster://", "redis://", 1))
+            else:
+                client = redis.Redis.from_url(target)
+        except ValueError as exc:
+            raise ConfigError("target", f"{target!r}: {exc}") from exc
+    return Store(client, prefix=prefix, clock=clock)
