@@ -48,7 +48,9 @@ elseif s.state == 'closed' or s.state == 'metrics_only' then
       s.streak = 0
     end
     if outcome == 'failure' or slow then
-      bump_bucket(NOW, 0, outcome == 'failure' and 1 or 0, slow and 1 or 0)
+      -- Into the bucket the call was counted in, so a window never holds more failures
+      -- than calls; a call admitted before the window began no longer counts in the rate.
+      bump_bucket(admitted_at, 0, outcome == 'failure' and 1 or 0, slow and 1 or 0)
     end
     redis.call('HSET', KEY, 'consecutive_failures', int(s.streak))
     local reason = trip_reason(s)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
-from ._config import BreakerConfig, ExceptionMatcher, Seconds
+from ._config import BreakerConfig, ExceptionMatcher, Seconds, seconds_setting
 from ._exceptions import CircuitOpenError, ConfigError, PermitError
 from ._keys import breaker_keys, check_name
 from ._state import (
@@ -66,15 +66,6 @@ def _matches(matcher: ExceptionMatcher | None, exc: BaseException) -> bool:
     return bool(matcher(exc))
 
 
-def _seconds(field: str, value: Seconds | None) -> float | None:
-    if value is None:
-        return None
-    seconds = value.total_seconds() if not isinstance(value, (int, float)) else float(value)
-    if isinstance(value, bool) or not seconds > 0 or seconds == float("inf"):
-        raise ConfigError(field, f"must be a finite duration > 0, got {value!r}")
-    return seconds
-
-
 class _BreakerCore:
     """Everything a breaker does that is not I/O. Strictly private."""
 
@@ -84,7 +75,7 @@ class _BreakerCore:
         *,
         store: Store,
         config: BreakerConfig | None,
-        on_transition: Iterable[TransitionHook],
+        on_transition: TransitionHook | Iterable[TransitionHook],
         settings: dict[str, Any],
     ) -> None:
         self.name = check_name(name)
@@ -97,10 +88,12 @@ class _BreakerCore:
                 "is not a breaker setting; settings: "
                 + ", ".join(sorted(BreakerConfig.setting_names())),
             )
+        if config is not None and not isinstance(config, BreakerConfig):
+            raise ConfigError("config", f"expected a BreakerConfig, got {config!r}")
         self.config = replace(config or BreakerConfig(), **settings)
         self.store = store
         self._keys = breaker_keys(store.prefix, self.name)
-        self._hooks = tuple(on_transition)
+        self._hooks = (on_transition,) if callable(on_transition) else tuple(on_transition)
         for hook in self._hooks:
             if not callable(hook):
                 raise ConfigError("on_transition", f"{hook!r} is not callable")
@@ -125,7 +118,7 @@ class _BreakerCore:
         ]
 
     def _control_args(self, order: str, duration: Seconds | None) -> list[str]:
-        seconds = _seconds("duration", duration)
+        seconds = seconds_setting("duration", duration, optional=True)
         return self._args(order, "" if seconds is None else str(max(1, round(seconds * 1000))))
 
     # -- admission -----------------------------------------------------------------------
@@ -336,7 +329,7 @@ class Breaker(_BreakerCore):
         *,
         store: Store,
         config: BreakerConfig | None = None,
-        on_transition: Iterable[TransitionHook] = (),
+        on_transition: TransitionHook | Iterable[TransitionHook] = (),
         **settings: Any,  # noqa: ANN401 (checked against BreakerConfig's fields at once)
     ) -> None:
         super().__init__(

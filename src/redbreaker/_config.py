@@ -10,7 +10,7 @@ from typing import Any, Union
 
 from ._exceptions import ConfigError
 
-__all__ = ["BreakerConfig", "ExceptionMatcher", "Seconds"]
+__all__ = ["BreakerConfig", "ExceptionMatcher", "Seconds", "seconds_setting"]
 
 Seconds = Union[float, timedelta]  # noqa: UP007 (a runtime alias must work on 3.10)
 """A duration: seconds as a number, or a :class:`datetime.timedelta`."""
@@ -23,7 +23,8 @@ ExceptionMatcher = Union[  # noqa: UP007 (a runtime alias must work on 3.10)
 _DEFAULT_MAX_RECOVERY = 300.0
 
 
-def _seconds(name: str, value: object, *, optional: bool = False) -> float | None:
+def seconds_setting(name: str, value: object, *, optional: bool = False) -> float | None:
+    """``value`` in seconds if it is a valid duration (None too when optional), else raise."""
     if value is None and optional:
         return None
     if isinstance(value, timedelta):
@@ -143,17 +144,19 @@ class BreakerConfig:
     def __post_init__(self) -> None:
         _count("failure_threshold", self.failure_threshold, optional=True)
         _ratio("failure_rate", self.failure_rate, optional=True)
-        window = _seconds("window", self.window)
+        window = seconds_setting("window", self.window)
         _count("minimum_calls", self.minimum_calls)
-        slow = _seconds("slow_call_duration", self.slow_call_duration, optional=True)
+        slow = seconds_setting("slow_call_duration", self.slow_call_duration, optional=True)
         _ratio("slow_call_rate", self.slow_call_rate)
-        recovery = _seconds("recovery_timeout", self.recovery_timeout)
+        recovery = seconds_setting("recovery_timeout", self.recovery_timeout)
         backoff = self.recovery_backoff
         if isinstance(backoff, bool) or not isinstance(backoff, (int, float)):
             raise ConfigError("recovery_backoff", f"must be a number >= 1, got {backoff!r}")
         if not math.isfinite(backoff) or backoff < 1:
             raise ConfigError("recovery_backoff", f"must be a finite number >= 1, got {backoff!r}")
-        max_recovery = _seconds("max_recovery_timeout", self.max_recovery_timeout, optional=True)
+        max_recovery = seconds_setting(
+            "max_recovery_timeout", self.max_recovery_timeout, optional=True
+        )
         assert recovery is not None
         if max_recovery is None:
             max_recovery = max(recovery, _DEFAULT_MAX_RECOVERY)
@@ -169,9 +172,9 @@ class BreakerConfig:
             raise ConfigError("recovery_jitter", f"must be in [0, 1), got {jitter!r}")
         _count("half_open_max_calls", self.half_open_max_calls)
         _count("success_threshold", self.success_threshold)
-        lease = _seconds("probe_lease", self.probe_lease)
-        max_wait = _seconds("half_open_max_wait", self.half_open_max_wait, optional=True)
-        ttl = _seconds("key_ttl", self.key_ttl)
+        lease = seconds_setting("probe_lease", self.probe_lease)
+        max_wait = seconds_setting("half_open_max_wait", self.half_open_max_wait, optional=True)
+        ttl = seconds_setting("key_ttl", self.key_ttl)
         _matcher("record_on", self.record_on)
         _matcher("ignore_on", self.ignore_on, optional=True)
         if self.failure_result is not None and not callable(self.failure_result):
@@ -216,12 +219,12 @@ class BreakerConfig:
     @property
     def slow_call_seconds(self) -> float | None:
         """``slow_call_duration`` in seconds, or None when slow calls are not tracked."""
-        return _seconds("slow_call_duration", self.slow_call_duration, optional=True)
+        return seconds_setting("slow_call_duration", self.slow_call_duration, optional=True)
 
     @property
     def window_seconds(self) -> float:
         """``window`` in seconds."""
-        value = _seconds("window", self.window)
+        value = seconds_setting("window", self.window)
         assert value is not None
         return value
 
