@@ -181,7 +181,7 @@ end
 local function load_state(create)
   local v = redis.pcall('HMGET', KEY, unpack(STATE_FIELDS))
   if type(v) == 'table' and v.err then
-    return nil, 'redbreaker: ' .. KEY .. ' is not a breaker hash (' .. v.err .. ')'
+    return nil, 'redbreaker: ' .. KEY .. ' is not a breaker hash (' .. tostring(v.err) .. ')'
   end
   if v[1] == false then
     if not create then return nil, nil end
