@@ -250,13 +250,19 @@ def decode_event(payload: bytes | str) -> Transition:
     data = json.loads(payload)
     if not isinstance(data, dict):
         raise ValueError("a redbreaker event is a JSON object")
+    name, reason = data["name"], data["reason"]
+    generation, at_ms = data["generation"], data["at_ms"]
+    if not isinstance(name, str) or not isinstance(reason, str):
+        raise ValueError("an event's name and reason are strings")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (generation, at_ms)):
+        raise ValueError("an event's generation and at_ms are integers")
     return Transition(
-        name=str(data["name"]),
+        name=name,
         previous=_maybe_state(data["from_state"]),
         current=State(data["to_state"]),
-        reason=str(data["reason"]),
-        generation=int(data["generation"]),
-        at_ms=int(data["at_ms"]),
+        reason=reason,
+        generation=generation,
+        at_ms=at_ms,
     )
 
 

@@ -105,20 +105,38 @@ class Store:
     def transitions(self) -> Iterator[Transition]:
         """Every transition of every breaker under this prefix, as it is PUBLISHed.
 
-        Blocks; runs until the caller stops iterating. Payloads are JSON, never evaluated.
+        Blocks; runs until the caller stops iterating or the store is closed. Payloads
+        are JSON, never evaluated; anything on the channel that is not a redbreaker event
+        is skipped.
         """
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        raw_client = self._undecoded_client()
+        pubsub = raw_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(f"{self.prefix}:events")
         try:
             for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
                 try:
-                    yield decode_event(message["data"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # someone else's message on our channel: not ours to decode
+                    event = decode_event(message["data"])
+                except Exception:  # a stranger's message on our channel is not ours to decode
+                    continue
+                yield event
         finally:
             pubsub.close()
+            if raw_client is not self.client:
+                raw_client.close()
+
+    def _undecoded_client(self) -> RedisClient:
+        # A decoding connection fails inside redis-py on a payload that is not UTF-8, before
+        # we could skip it; events are read on a connection that hands over bytes.
+        pool = getattr(self.client, "connection_pool", None)
+        settings = getattr(pool, "connection_kwargs", None)
+        if pool is None or not settings or not settings.get("decode_responses"):
+            return self.client
+        raw_pool = type(pool)(
+            connection_class=pool.connection_class, **{**settings, "decode_responses": False}
+        )
+        return redis.Redis(connection_pool=raw_pool)
 
     def close(self) -> None:
         """Close the client's connections."""
