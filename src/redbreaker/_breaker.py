@@ -55,6 +55,8 @@ TransitionHook = Callable[[Transition], None]
 Outcome = Literal["success", "failure", "ignore", "release"]
 
 logger = logging.getLogger("redbreaker")
+# A library leaves output to the application's logging setup.
+logger.addHandler(logging.NullHandler())
 _LOUD = frozenset({State.OPEN, State.FORCED_OPEN})
 
 

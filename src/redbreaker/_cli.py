@@ -35,7 +35,7 @@ from ._store import connect
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ._state import Snapshot, Transition
+    from ._state import Snapshot, State, Transition
     from ._store import Store
 
 __all__ = ["main"]
@@ -100,13 +100,22 @@ def _build_parser() -> argparse.ArgumentParser:
         "--url", help="use this Redis instead of the embedded one, e.g. redis://localhost:6379/0"
     )
     demo.add_argument(
-        "--workers", type=_positive_int, default=4, help="worker processes (default: 4)"
+        "--workers",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="worker processes (default: 4)",
     )
     demo.add_argument(
-        "--duration", type=_positive_float, default=5.0, help="seconds of traffic (default: 5)"
+        "--duration",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="seconds of traffic (default: 5)",
     )
     demo.add_argument(
         "--probes",
+        metavar="N",
         type=_positive_int,
         default=1,
         help="half_open_max_calls: probes in flight at once, fleet-wide (default: 1)",
@@ -118,24 +127,25 @@ def _build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_list)
 
     show = commands.add_parser("show", help="one breaker's state and counts")
-    show.add_argument("name")
+    show.add_argument("name", help="the breaker's name")
     store_options(show)
     show.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     show.set_defaults(handler=_show)
 
     for command, (order, summary) in _ORDERS.items():
         sub = commands.add_parser(command, help=summary)
-        sub.add_argument("name")
+        sub.add_argument("name", help="the breaker's name")
         store_options(sub)
         sub.add_argument(
             "--duration",
             type=_positive_float,
+            metavar="S",
             help="seconds until the breaker returns to closed (default: until another order)",
         )
         sub.set_defaults(handler=_order, order=order)
 
     reset = commands.add_parser("reset", help="back to closed with empty counts, fleet-wide")
-    reset.add_argument("name")
+    reset.add_argument("name", help="the breaker's name")
     store_options(reset)
     reset.set_defaults(handler=_order, order="reset", duration=None)
 
@@ -224,6 +234,14 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_library_log() -> None:
+    """Keep the library's transition log lines (WARNING for opens) off this command's
+    stderr when nothing configured logging: the command prints the transitions itself."""
+    logger = logging.getLogger("redbreaker")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+
+
 def _describe(transition: Transition) -> str:
     previous = transition.previous.value if transition.previous is not None else "?"
     return (
@@ -233,17 +251,24 @@ def _describe(transition: Transition) -> str:
 
 
 def _order(args: argparse.Namespace) -> int:
-    # This command prints the transitions it made; the library's log line would repeat them.
-    logging.getLogger("redbreaker").addHandler(logging.NullHandler())
+    _quiet_library_log()  # this command prints the transitions it made itself
     store = _open(args)
     made: list[Transition] = []
     try:
-        # Operator orders need a Breaker; its config only matters for the keys' TTL and
-        # the settings text the transition writes (see the report in the final message).
+        # An order goes through a Breaker. Built with the default config, it refreshes the
+        # keys' TTL with the default key_ttl and writes the default settings text into the
+        # hash when it makes a transition; the breaker's own processes rewrite both.
         breaker = Breaker(args.name, store=store, on_transition=[made.append])
         existed = breaker.snapshot().exists
-        action: Callable[..., object] = getattr(breaker, args.order)
-        state = action() if args.order == "reset" else action(args.duration)
+        if args.order == "reset":
+            state = breaker.reset()
+        else:
+            orders: dict[str, Callable[[float | None], State]] = {
+                "force_open": breaker.force_open,
+                "force_close": breaker.force_close,
+                "metrics_only": breaker.metrics_only,
+            }
+            state = orders[args.order](args.duration)
     finally:
         store.close()
     if not existed:

@@ -395,6 +395,7 @@ def _run_fleet(options: DemoOptions, plan: _Plan, store: Store, embedded: bool, 
         for worker in range(options.workers)
     ]
     watcher = _Watcher(store, plan.name)
+    _print_header(options, plan, embedded, out)
     try:
         for process in processes:
             process.start()
@@ -440,6 +441,30 @@ def _run_fleet(options: DemoOptions, plan: _Plan, store: Store, embedded: bool, 
     )
 
 
+def _print_header(options: DemoOptions, plan: _Plan, embedded: bool, out: TextIO) -> None:
+    def say(line: str = "") -> None:
+        print(line, file=out)
+
+    workers = options.workers
+    say(f"redbreaker demo: {workers} worker processes share one breaker, {plan.name!r}")
+    if embedded:
+        say("  store       embedded Redis (fakeredis TcpFakeServer, a thread of this process)")
+    else:
+        say("  store       Redis")
+    say(f"              {redact_url(plan.url)}, key prefix {plan.prefix}")
+    say(
+        "  breaker     failure_threshold=5 recovery_timeout=0.5s "
+        f"half_open_max_calls={options.probes} success_threshold=1"
+    )
+    down, up, end = _ms(plan.down_from), _ms(plan.down_until), _ms(plan.duration)
+    say(f"  dependency  healthy 0-{down} ms, DOWN {down}-{up} ms, healthy again until {end} ms")
+    say(
+        f"              each worker: call it ({_ms(CALL_SECONDS)} ms), "
+        f"sleep {_ms(PAUSE_SECONDS)} ms, repeat"
+    )
+    out.flush()
+
+
 def _print_report(
     *,
     options: DemoOptions,
@@ -461,22 +486,7 @@ def _print_report(
     reports = sorted((m for m in got if isinstance(m, _Report)), key=lambda r: r.worker)
     workers = options.workers
 
-    say(f"redbreaker demo: {workers} worker processes share one breaker, {plan.name!r}")
-    if embedded:
-        say("  store       embedded Redis (fakeredis TcpFakeServer, a thread of this process)")
-    else:
-        say("  store       Redis")
-    say(f"              {redact_url(plan.url)}, key prefix {plan.prefix}")
-    say(
-        "  breaker     failure_threshold=5 recovery_timeout=0.5s "
-        f"half_open_max_calls={options.probes} success_threshold=1"
-    )
-    down, up, end = _ms(plan.down_from), _ms(plan.down_until), _ms(plan.duration)
-    say(f"  dependency  healthy 0-{down} ms, DOWN {down}-{up} ms, healthy again until {end} ms")
-    say(
-        f"              each worker: call it ({_ms(CALL_SECONDS)} ms), "
-        f"sleep {_ms(PAUSE_SECONDS)} ms, repeat"
-    )
+    down, up = _ms(plan.down_from), _ms(plan.down_until)
     say()
     say("       time  worker  transition, from the on_transition hook of the worker that made it")
     rows: list[tuple[float, str]] = [

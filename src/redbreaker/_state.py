@@ -280,13 +280,26 @@ def _window(fields: dict[str, str], now_ms: int, window_ms: int) -> tuple[int, i
     return calls, failures, slow
 
 
+def _stored_window_ms(fields: dict[str, str]) -> int | None:
+    for setting in fields.get("config", "").split(" "):
+        key, _, value = setting.partition("=")
+        if key == "window_ms" and value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
 def decode_snapshot(name: str, reply: Sequence[object], window_ms: int) -> Snapshot:
-    """Decode ``inspect.lua``'s reply."""
+    """Decode ``inspect.lua``'s reply.
+
+    The window is summed over the window length stored with the breaker (the settings
+    that drove it last), else ``window_ms``: a reader with other settings, such as the
+    CLI, still sees the counts the breaker trips on.
+    """
     now_ms, probes = _int(reply[0]), _int(reply[1])
     flat = [_text(v) for v in reply[2:]]
     fields = dict(zip(flat[0::2], flat[1::2], strict=False))
     state = _maybe_state(fields.get("state", "closed")) or State.CLOSED
-    calls, failures, slow = _window(fields, now_ms, window_ms)
+    calls, failures, slow = _window(fields, now_ms, _stored_window_ms(fields) or window_ms)
     open_until = _int(fields.get("open_until")) or None
     forced_until = _int(fields.get("forced_until")) or None
     retry_after: float | None = 0.0

@@ -105,26 +105,33 @@ class Store:
     def transitions(self) -> Iterator[Transition]:
         """Every transition of every breaker under this prefix, as it is PUBLISHed.
 
-        Blocks; runs until the caller stops iterating or the store is closed. Payloads
-        are JSON, never evaluated; anything on the channel that is not a redbreaker event
-        is skipped.
+        The subscription is live when this returns, so no event published after the call
+        is missed. Iterating blocks; it ends when the caller stops or the store is closed.
+        Payloads are JSON, never evaluated; anything on the channel that is not a
+        redbreaker event is skipped.
         """
         raw_client = self._undecoded_client()
         pubsub = raw_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(f"{self.prefix}:events")
-        try:
-            for message in pubsub.listen():
-                if message.get("type") != "message":
-                    continue
-                try:
-                    event = decode_event(message["data"])
-                except Exception:  # a stranger's message on our channel is not ours to decode
-                    continue
-                yield event
-        finally:
-            pubsub.close()
-            if raw_client is not self.client:
-                raw_client.close()
+        # The first reply confirms the subscription; reading it here makes it live now.
+        pubsub.get_message(timeout=1.0)
+
+        def events() -> Iterator[Transition]:
+            try:
+                for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    try:
+                        event = decode_event(message["data"])
+                    except Exception:  # a stranger's message on our channel is not ours
+                        continue
+                    yield event
+            finally:
+                pubsub.close()
+                if raw_client is not self.client:
+                    raw_client.close()
+
+        return events()
 
     def _undecoded_client(self) -> RedisClient:
         # A decoding connection fails inside redis-py on a payload that is not UTF-8, before
