@@ -16,7 +16,7 @@ from ._scripts import SCRIPT_NAMES, script_source
 from ._state import Transition, decode_event
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from redis.commands.core import Script
 
@@ -58,6 +58,8 @@ class Store:
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
         self._rejections: dict[str, tuple[float, str]] = {}
+        # Connections connect() opened beside the client (a Sentinel's), closed with it.
+        self._also_close: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"<redbreaker.Store prefix={self.prefix!r} client={self.client!r}>"
@@ -147,7 +149,15 @@ class Store:
 
     def close(self) -> None:
         """Close the client's connections."""
+        if isinstance(self.client, RedisCluster):
+            # Node clients built by RedisCluster.from_url do not close the pools they were
+            # handed; without this their sockets stay open until garbage collection.
+            for node in self.client.get_nodes():  # type: ignore[no-untyped-call]
+                if node.redis_connection is not None:
+                    node.redis_connection.connection_pool.disconnect()
         self.client.close()
+        for close in self._also_close:
+            close()
 
 
 def _memory_client(url: urllib.parse.SplitResult) -> RedisClient:
@@ -173,7 +183,9 @@ def _host_port(text: str, url: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _sentinel_client(url: str, parts: urllib.parse.SplitResult) -> RedisClient:
+def _sentinel_client(
+    url: str, parts: urllib.parse.SplitResult
+) -> tuple[RedisClient, list[Callable[[], None]]]:
     # redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":")
@@ -196,7 +208,7 @@ def _sentinel_client(url: str, parts: urllib.parse.SplitResult) -> RedisClient:
     master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         path[0], db=int(db), **auth
     )
-    return master
+    return master, [s.close for s in sentinel.sentinels]
 
 
 def connect(
@@ -234,11 +246,14 @@ def connect(
             f"{target!r}: unknown scheme {parts.scheme!r}; use one of "
             + ", ".join(f"{s}://" for s in _SCHEMES),
         )
+    # redis-py reads only lowercase schemes; ours are case-insensitive like any URL's.
+    normalized = scheme + target[len(parts.scheme) :]
     client: RedisClient
+    also_close: list[Callable[[], None]] = []
     if scheme == "memory":
         client = _memory_client(parts)
     elif scheme == "redis+sentinel":
-        client = _sentinel_client(target, parts)
+        client, also_close = _sentinel_client(normalized, parts)
     else:
         if scheme != "unix":
             if not parts.hostname:
@@ -251,9 +266,11 @@ def connect(
             raise ConfigError("target", f"{target!r}: no socket path")
         try:
             if scheme == "redis+cluster":
-                client = RedisCluster.from_url(target.replace("redis+cluster://", "redis://", 1))
+                client = RedisCluster.from_url("redis" + normalized[len("redis+cluster") :])
             else:
-                client = redis.Redis.from_url(target)
+                client = redis.Redis.from_url(normalized)
         except ValueError as exc:
             raise ConfigError("target", f"{target!r}: {exc}") from exc
-    return Store(client, prefix=prefix, clock=clock)
+    store = Store(client, prefix=prefix, clock=clock)
+    store._also_close = also_close
+    return store
