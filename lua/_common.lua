@@ -161,8 +161,10 @@ local function publish(from, to, reason, generation)
   }))
 end
 
--- Every transition starts a new generation with empty counts and no probes: outcomes of
--- calls admitted before it are fenced off by the generation they carry.
+-- Every transition starts a new generation with empty counts: outcomes of calls admitted
+-- before it are fenced off by the generation they carry. Probe leases outlive it on
+-- purpose: a probe of an earlier half-open period that is still running is still a call
+-- in flight to the dependency, so it holds its slot until it reports or its lease ends.
 local function transition(s, to, reason)
   local from = s.state
   s.state = to
@@ -173,7 +175,6 @@ local function transition(s, to, reason)
   if to ~= 'open' then s.open_until = 0 end
   if not OPERATOR_STATES[to] then s.forced_until = 0 end
   redis.call('HDEL', KEY, unpack(BUCKET_FIELDS))
-  redis.call('DEL', PROBES)
   write_fields(s, { 'changed_at', int(NOW), 'last_reason', reason, 'config', CONFIG_TEXT })
   publish(from, to, reason, s.generation)
 end

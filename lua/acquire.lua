@@ -36,6 +36,7 @@ elseif s.state == 'open' then
   retry_after = s.open_until - NOW
 else
   -- half_open: a lease whose holder died is reclaimed here, so a crash cannot wedge it.
+  -- Leases of earlier half-open periods still count: those probes are still running.
   redis.call('ZREMRANGEBYSCORE', PROBES, '-inf', NOW)
   if redis.call('ZCARD', PROBES) < CFG.half_open_max_calls then
     verdict = 'probe'

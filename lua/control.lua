@@ -8,7 +8,7 @@
 -- metrics_only admits every call, counts, and reports when it would have tripped. With a
 -- deadline the breaker returns to closed when it passes; without one the keys lose their
 -- TTL and the order stands until another order replaces it. reset returns to closed with
--- empty counts and forgets the open backoff. An order for the state the breaker is already
+-- empty counts, frees every probe slot and forgets the open backoff. An order for the state the breaker is already
 -- in only moves its deadline.
 --
 -- Returns {state, generation, forced_until_ms, now_ms, from_1, to_1, reason_1, ...}
@@ -37,6 +37,8 @@ if order ~= 'reset' and hold_ms ~= nil then forced_until = NOW + math.floor(hold
 
 if order == 'reset' then
   s.consecutive_opens = 0
+  -- A reset forgets everything, the probe slots of calls still running included.
+  redis.call('DEL', PROBES)
   transition(s, 'closed', 'reset')
 elseif s.state ~= target then
   s.forced_until = forced_until
