@@ -8,7 +8,6 @@ on) through the ``store`` fixture. Time moves only through ``clock.advance``.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import math
 from typing import TYPE_CHECKING, Any
