@@ -137,7 +137,9 @@ class _BreakerCore:
             retry_after = None if reply.retry_after_ms < 0 else reply.retry_after_ms / 1000
             if retry_after is not None and reply.state in _LOUD:
                 # The deadline is the server's; until it passes nothing can admit us.
-                self.store.cache_rejection(self._keys.state, retry_after, reply.state.value)
+                self.store.cache_rejection(
+                    self._keys.state, reply.retry_after_ms, reply.state.value
+                )
             raise CircuitOpenError(self.name, reply.state.value, retry_after)
         return reply.generation, reply.probe_token, reply.now_ms, reply.consecutive_failures
 

@@ -57,7 +57,7 @@ class Store:
         self._scripts: dict[str, Script] = {
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
-        self._rejections: dict[str, tuple[float, str]] = {}
+        self._rejections: dict[str, tuple[int, str]] = {}
         # Connections connect() opened beside the client (a Sentinel's), closed with it.
         self._also_close: list[Callable[[], None]] = []
 
@@ -75,20 +75,25 @@ class Store:
             raise StoreError(f"the {script} script replied {reply!r}, not a list")
         return reply
 
+    def _local_ms(self) -> int:
+        return round(self.clock.monotonic() * 1000)
+
     def cached_rejection(self, key: str) -> tuple[float, str] | None:
         """(seconds left, state) of a rejection cached for ``key``, if still in force."""
         entry = self._rejections.get(key)
         if entry is None:
             return None
-        left = entry[0] - self.clock.monotonic()
-        if left <= 0:
+        # Whole ms, like the server's deadline: float seconds near 1.7e9 would leave a
+        # sub-microsecond remainder and reject a caller who waited exactly retry_after.
+        left_ms = entry[0] - self._local_ms()
+        if left_ms <= 0:
             self._rejections.pop(key, None)
             return None
-        return left, entry[1]
+        return left_ms / 1000, entry[1]
 
-    def cache_rejection(self, key: str, seconds: float, state: str) -> None:
-        """Reject calls to ``key`` locally for ``seconds`` (a deadline Redis gave)."""
-        self._rejections[key] = (self.clock.monotonic() + seconds, state)
+    def cache_rejection(self, key: str, retry_after_ms: int, state: str) -> None:
+        """Reject calls to ``key`` locally for ``retry_after_ms`` (a deadline Redis gave)."""
+        self._rejections[key] = (self._local_ms() + retry_after_ms, state)
 
     def forget_rejection(self, key: str) -> None:
         """Drop a cached rejection, e.g. after this process changed the breaker."""
