@@ -124,8 +124,9 @@ class Snapshot:
         window_calls, window_failures, window_slow_calls: counts in the sliding window.
         failure_rate, slow_call_rate: the window's ratios, None while it holds no calls.
         open_until_ms: when an open breaker admits probes, else None.
-        retry_after: seconds until a rejected call may pass again: 0 when calls pass now,
-            None when no deadline is known (forced open without one).
+        retry_after: seconds until an open or forced-open breaker admits calls again: 0
+            when it is not open (in half_open, whether a call gets a probe slot depends on
+            the leases in flight), None when no deadline is known (forced open without one).
         probes_in_flight: probe leases held now.
         half_open_successes: probe successes so far in this half-open period.
         consecutive_opens: re-opens in a row (drives ``recovery_backoff``).
