@@ -282,6 +282,8 @@ def test_setting_names_are_the_init_fields() -> None:
             "probe_lease",
             "half_open_max_wait",
             "key_ttl",
+            "attempt_threads",
+            "max_abandoned_attempts",
             "record_on",
             "ignore_on",
             "failure_result",

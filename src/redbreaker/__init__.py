@@ -11,24 +11,48 @@ from ._breaker import Breaker, Permit, TransitionHook
 from ._clock import Clock, ManualClock, SystemClock
 from ._config import BreakerConfig, ExceptionMatcher, Seconds
 from ._exceptions import (
+    AttemptRejectedError,
+    AttemptTimeoutError,
     CircuitOpenError,
     ConfigError,
     PermitError,
     RedbreakerError,
     StoreError,
 )
+from ._guard import (
+    AttemptInfo,
+    Failure,
+    FailureReason,
+    Guard,
+    GuardConfig,
+    GuardedFunction,
+    LastGoodValue,
+    Outcome,
+    fallback_value,
+)
 from ._keys import check_name
 from ._state import Snapshot, State, Transition
 from ._store import Store, connect
+from ._testing import is_testing, set_testing
 
 __all__ = [
+    "AttemptInfo",
+    "AttemptRejectedError",
+    "AttemptTimeoutError",
     "Breaker",
     "BreakerConfig",
     "CircuitOpenError",
     "Clock",
     "ConfigError",
     "ExceptionMatcher",
+    "Failure",
+    "FailureReason",
+    "Guard",
+    "GuardConfig",
+    "GuardedFunction",
+    "LastGoodValue",
     "ManualClock",
+    "Outcome",
     "Permit",
     "PermitError",
     "RedbreakerError",
@@ -42,6 +66,9 @@ __all__ = [
     "TransitionHook",
     "check_name",
     "connect",
+    "fallback_value",
+    "is_testing",
+    "set_testing",
 ]
 
 

@@ -22,12 +22,16 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
+import redis
+
 from ._config import BreakerConfig, ExceptionMatcher, Seconds, seconds_setting
-from ._exceptions import CircuitOpenError, ConfigError, PermitError
+from ._exceptions import CircuitOpenError, ConfigError, PermitError, StoreError
+from ._guard import Guard, GuardConfig, build_guard
 from ._keys import breaker_keys, check_name
 from ._state import (
     AcquireReply,
@@ -41,6 +45,7 @@ from ._state import (
     decode_snapshot,
 )
 from ._store import Store
+from ._timeout import AttemptRunner
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -102,6 +107,8 @@ class _BreakerCore:
         self._slow_after = self.config.slow_call_seconds
         self._window_ms = round(self.config.window_seconds * 1000)
         self._random = random.random
+        self._runner: AttemptRunner | None = None
+        self._runner_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<redbreaker.{type(self).__name__} {self.name!r} prefix={self.store.prefix!r}>"
@@ -158,13 +165,17 @@ class _BreakerCore:
         check = self.config.failure_result
         return "failure" if check is not None and check(result) else "success"
 
-    def _record_args(self, permit: _PermitState, outcome: Outcome) -> list[str] | None:
-        """The record script's arguments, or None when Redis has nothing to learn."""
-        slow = (
-            self._slow_after is not None
-            and outcome in ("success", "failure")
-            and self.store.clock.monotonic() - permit.started >= self._slow_after
-        )
+    def _record_args(
+        self, permit: _PermitState, outcome: Outcome, slow: bool | None = None
+    ) -> list[str] | None:
+        """The record script's arguments, or None when Redis has nothing to learn.
+
+        ``slow`` overrides the measured duration (a timed-out call is slow by definition).
+        """
+        if self._slow_after is None or outcome not in ("success", "failure"):
+            slow = False
+        elif slow is None:
+            slow = self.store.clock.monotonic() - permit.started >= self._slow_after
         if (
             outcome == "success"
             and not permit.probe_token
@@ -353,13 +364,61 @@ class Breaker(_BreakerCore):
         generation, token, admitted_at, streak = self._admission(reply)
         return Permit(self, _PermitState(generation, token, admitted_at, streak, started))
 
-    def _record(self, permit: _PermitState, outcome: Outcome) -> RecordReply | None:
-        args = self._record_args(permit, outcome)
+    def _record(
+        self, permit: _PermitState, outcome: Outcome, *, slow: bool | None = None
+    ) -> RecordReply | None:
+        args = self._record_args(permit, outcome, slow)
         if args is None:
             return None
-        reply = decode_record(self.name, self.store.run("record", self._keys, args))
+        try:
+            reply = decode_record(self.name, self.store.run("record", self._keys, args))
+        except (redis.RedisError, StoreError) as exc:
+            # Bookkeeping must never mask the call's own result or exception.
+            logger.warning(
+                "circuit %r: could not record a %s: %s: %s",
+                self.name,
+                outcome,
+                type(exc).__name__,
+                exc,
+                extra={"event": "record_failed", "breaker": self.name, "outcome": outcome},
+            )
+            return None
         self._fire(reply.transitions)
         return reply
+
+    def _attempt_runner(self) -> AttemptRunner:
+        runner = self._runner
+        if runner is None:
+            with self._runner_lock:
+                runner = self._runner
+                if runner is None:
+                    runner = self._runner = AttemptRunner(
+                        self.name,
+                        max_threads=self.config.attempt_threads,
+                        max_abandoned=self.config.max_abandoned_attempts,
+                    )
+        return runner
+
+    @property
+    def abandoned_attempts(self) -> int:
+        """This process's timed-out attempts of this breaker that are still running."""
+        return 0 if self._runner is None else self._runner.abandoned
+
+    def guard(self, config: GuardConfig | None = None, **settings: Any) -> Guard:  # noqa: ANN401
+        """Retry, attempt timeout and fallback around this breaker, composed in one order:
+        fallback -> breaker -> retry -> timeout -> call.
+
+        Args:
+            config: a :class:`GuardConfig`; keyword ``settings`` override its fields.
+            **settings: any :class:`GuardConfig` field, e.g. ``attempt_timeout=2``,
+                ``retry_on=(ConnectionError,)``, ``fallback=redbreaker.fallback_value([])``.
+
+        Usage::
+
+            @payments.guard(attempt_timeout=2, retry_on=ConnectionError, deadline=5)
+            def charge(order): ...
+        """
+        return build_guard(self, config, settings)
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)`` through the breaker and return its result.

@@ -23,6 +23,9 @@ class Clock(Protocol):
     def monotonic(self) -> float:
         """Seconds on a local clock that never goes back."""
 
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (between retry attempts)."""
+
 
 class SystemClock:
     """Production time: Redis ``TIME`` for shared decisions, ``time.monotonic`` locally."""
@@ -32,6 +35,9 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
 
 class ManualClock:
@@ -51,6 +57,10 @@ class ManualClock:
 
     def monotonic(self) -> float:
         return self._now_ms / 1000
+
+    def sleep(self, seconds: float) -> None:
+        """Sleeping on a manual clock moves it: retries in tests take no real time."""
+        self.advance(seconds)
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds`` (rounded to whole ms)."""

@@ -10,7 +10,15 @@ from typing import Any, Union
 
 from ._exceptions import ConfigError
 
-__all__ = ["BreakerConfig", "ExceptionMatcher", "Seconds", "seconds_setting"]
+__all__ = [
+    "BreakerConfig",
+    "ExceptionMatcher",
+    "Seconds",
+    "count_setting",
+    "matcher_setting",
+    "ratio_setting",
+    "seconds_setting",
+]
 
 Seconds = Union[float, timedelta]  # noqa: UP007 (a runtime alias must work on 3.10)
 """A duration: seconds as a number, or a :class:`datetime.timedelta`."""
@@ -38,7 +46,9 @@ def seconds_setting(name: str, value: object, *, optional: bool = False) -> floa
     return float(value)
 
 
-def _count(name: str, value: object, *, optional: bool = False, minimum: int = 1) -> int | None:
+def count_setting(
+    name: str, value: object, *, optional: bool = False, minimum: int = 1
+) -> int | None:
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
@@ -48,7 +58,7 @@ def _count(name: str, value: object, *, optional: bool = False, minimum: int = 1
     return value
 
 
-def _ratio(name: str, value: object, *, optional: bool = False) -> float | None:
+def ratio_setting(name: str, value: object, *, optional: bool = False) -> float | None:
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -58,7 +68,7 @@ def _ratio(name: str, value: object, *, optional: bool = False) -> float | None:
     return float(value)
 
 
-def _matcher(name: str, value: object, *, optional: bool = False) -> None:
+def matcher_setting(name: str, value: object, *, optional: bool = False) -> None:
     if value is None and optional:
         return
     if isinstance(value, type) and issubclass(value, BaseException):
@@ -110,6 +120,12 @@ class BreakerConfig:
         key_ttl: idle lifetime of the breaker's keys, refreshed on every write. An
             abandoned breaker vanishes and comes back closed.
 
+    Attempt threads (local; used only by guards with an ``attempt_timeout`` or deadline):
+        attempt_threads: threads this breaker's attempts may hold at once in a process,
+            running or abandoned after a timeout.
+        max_abandoned_attempts: timed-out attempts still running at which new attempts
+            fail fast with :class:`AttemptRejectedError`; below ``attempt_threads``.
+
     Classification (local to each process; never sent to Redis):
         record_on: exceptions that count as failures (types or a predicate).
         ignore_on: exceptions that count as neither success nor failure; wins over
@@ -136,18 +152,20 @@ class BreakerConfig:
     probe_lease: Seconds = 10.0
     half_open_max_wait: Seconds | None = None
     key_ttl: Seconds = 86_400.0
+    attempt_threads: int = 16
+    max_abandoned_attempts: int = 8
     record_on: ExceptionMatcher = Exception
     ignore_on: ExceptionMatcher | None = None
     failure_result: Callable[[Any], bool] | None = None
     _argv: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _count("failure_threshold", self.failure_threshold, optional=True)
-        _ratio("failure_rate", self.failure_rate, optional=True)
+        count_setting("failure_threshold", self.failure_threshold, optional=True)
+        ratio_setting("failure_rate", self.failure_rate, optional=True)
         window = seconds_setting("window", self.window)
-        _count("minimum_calls", self.minimum_calls)
+        count_setting("minimum_calls", self.minimum_calls)
         slow = seconds_setting("slow_call_duration", self.slow_call_duration, optional=True)
-        _ratio("slow_call_rate", self.slow_call_rate)
+        ratio_setting("slow_call_rate", self.slow_call_rate)
         recovery = seconds_setting("recovery_timeout", self.recovery_timeout)
         backoff = self.recovery_backoff
         if isinstance(backoff, bool) or not isinstance(backoff, (int, float)):
@@ -170,13 +188,21 @@ class BreakerConfig:
             raise ConfigError("recovery_jitter", f"must be a number in [0, 1), got {jitter!r}")
         if not math.isfinite(jitter) or not 0 <= jitter < 1:
             raise ConfigError("recovery_jitter", f"must be in [0, 1), got {jitter!r}")
-        _count("half_open_max_calls", self.half_open_max_calls)
-        _count("success_threshold", self.success_threshold)
+        count_setting("half_open_max_calls", self.half_open_max_calls)
+        count_setting("success_threshold", self.success_threshold)
         lease = seconds_setting("probe_lease", self.probe_lease)
         max_wait = seconds_setting("half_open_max_wait", self.half_open_max_wait, optional=True)
         ttl = seconds_setting("key_ttl", self.key_ttl)
-        _matcher("record_on", self.record_on)
-        _matcher("ignore_on", self.ignore_on, optional=True)
+        count_setting("attempt_threads", self.attempt_threads, minimum=2)
+        count_setting("max_abandoned_attempts", self.max_abandoned_attempts)
+        if self.max_abandoned_attempts >= self.attempt_threads:
+            raise ConfigError(
+                "max_abandoned_attempts",
+                f"must be below attempt_threads ({self.attempt_threads}) so live attempts "
+                f"keep a thread, got {self.max_abandoned_attempts}",
+            )
+        matcher_setting("record_on", self.record_on)
+        matcher_setting("ignore_on", self.ignore_on, optional=True)
         if self.failure_result is not None and not callable(self.failure_result):
             raise ConfigError("failure_result", f"must be a predicate, got {self.failure_result!r}")
         if self.failure_threshold is None and self.failure_rate is None and slow is None:

@@ -3,19 +3,31 @@
 ::
 
     RedbreakerError
-    ├── ConfigError          (also a ValueError) a setting, name, prefix or URL is invalid
-    ├── CircuitOpenError     a call was rejected: the breaker is open, forced open, or
-    │                        half-open with every probe slot taken
-    ├── PermitError          (also a RuntimeError) a permit was settled twice
-    └── StoreError           Redis answered something the breaker cannot use (a key of the
-                             wrong type, a script error); chained to the redis-py error
+    ├── ConfigError            (also a ValueError) a setting, name, prefix or URL is invalid
+    ├── CircuitOpenError       a call was rejected: the breaker is open, forced open, or
+    │                          half-open with every probe slot taken
+    ├── AttemptTimeoutError    (also a TimeoutError) an attempt outlived its attempt_timeout
+    │                          or the deadline; the work itself may still be running
+    ├── AttemptRejectedError   too many timed-out attempts of this breaker are still
+    │                          running: a new attempt fails fast instead of adding a thread
+    ├── PermitError            (also a RuntimeError) a permit was settled twice
+    └── StoreError             Redis answered something the breaker cannot use (a key of
+                               the wrong type, a script error); chained to the redis-py error
 
 Exceptions raised by the guarded function itself always pass through unchanged.
 """
 
 from __future__ import annotations
 
-__all__ = ["CircuitOpenError", "ConfigError", "PermitError", "RedbreakerError", "StoreError"]
+__all__ = [
+    "AttemptRejectedError",
+    "AttemptTimeoutError",
+    "CircuitOpenError",
+    "ConfigError",
+    "PermitError",
+    "RedbreakerError",
+    "StoreError",
+]
 
 
 class RedbreakerError(Exception):
@@ -51,6 +63,48 @@ class CircuitOpenError(RedbreakerError):
         self.name = name
         self.state = state
         self.retry_after = retry_after
+
+
+class AttemptTimeoutError(RedbreakerError, TimeoutError):
+    """An attempt did not finish within its time budget; the caller got control back.
+
+    The work is **not** stopped: a thread cannot be killed safely, so an attempt that had
+    started keeps running in its (daemon) thread and its result is dropped. Side effects
+    may still happen after this error. An attempt that was still queued is cancelled and
+    never runs.
+
+    Attributes:
+        name: the breaker's name.
+        budget: the seconds the attempt was given (``attempt_timeout`` or what was left of
+            the ``deadline``, whichever was smaller).
+        started: False when the attempt was still queued and has been cancelled.
+    """
+
+    def __init__(self, name: str, budget: float, *, started: bool) -> None:
+        what = "still running, abandoned" if started else "never started, cancelled"
+        super().__init__(f"circuit {name!r}: attempt exceeded {budget:.3f}s ({what})")
+        self.name = name
+        self.budget = budget
+        self.started = started
+
+
+class AttemptRejectedError(RedbreakerError):
+    """The breaker's timed-out attempts still running reached ``max_abandoned_attempts``.
+
+    New attempts fail at once rather than pile up threads behind a hung dependency.
+
+    Attributes:
+        name: the breaker's name.
+        abandoned: timed-out attempts still running.
+    """
+
+    def __init__(self, name: str, abandoned: int) -> None:
+        super().__init__(
+            f"circuit {name!r}: {abandoned} timed-out attempts are still running; "
+            "refusing new attempts until some finish"
+        )
+        self.name = name
+        self.abandoned = abandoned
 
 
 class PermitError(RedbreakerError, RuntimeError):

@@ -1,0 +1,166 @@
+"""The thread-based attempt timeout: one bounded set of daemon threads per breaker.
+
+What it promises:
+    - the caller gets control back within the attempt's budget (plus scheduling jitter),
+      even when the attempt was still waiting for a thread;
+    - an attempt that had not started when its budget ran out is cancelled and never runs;
+    - a hung dependency can hold at most ``max_threads`` threads of its own breaker, and
+      once ``max_abandoned`` timed-out attempts are still running, new attempts fail fast
+      (:class:`AttemptRejectedError`) instead of adding threads;
+    - the threads are daemons and never delay interpreter exit.
+
+What it cannot promise: that timed-out work stops. Python cannot kill a thread safely, so
+an abandoned attempt runs to its end in the background and its result is dropped. Its side
+effects still happen. That is why the number of abandoned attempts is exposed and capped.
+
+``concurrent.futures.ThreadPoolExecutor`` is not used because it joins its workers at
+exit: one hung call would hold the process open for as long as it hangs.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from ._exceptions import AttemptRejectedError, AttemptTimeoutError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["AttemptRunner"]
+
+T = TypeVar("T")
+logger = logging.getLogger("redbreaker")
+
+_QUEUED, _RUNNING, _DONE, _CANCELLED = range(4)
+# An idle thread waits this long for work before it ends; busy breakers keep theirs warm.
+_IDLE_SECONDS = 30.0
+
+
+class _Attempt(Generic[T]):
+    __slots__ = ("abandoned", "done", "error", "fn", "started_at", "state", "value")
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self.fn = fn
+        self.state = _QUEUED
+        self.abandoned = False
+        self.done = threading.Event()
+        self.value: T | None = None
+        self.error: BaseException | None = None
+        self.started_at = 0.0
+
+
+class AttemptRunner:
+    """Runs attempts of one breaker in its own bounded set of daemon threads.
+
+    Args:
+        name: the breaker's name (thread names and errors say it).
+        max_threads: threads this breaker may hold at once, running or abandoned.
+        max_abandoned: timed-out attempts still running at which new attempts are refused.
+    """
+
+    def __init__(self, name: str, *, max_threads: int, max_abandoned: int) -> None:
+        self.name = name
+        self.max_threads = max_threads
+        self.max_abandoned = max_abandoned
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._queue: collections.deque[_Attempt[object]] = collections.deque()
+        self._threads = 0
+        self._idle = 0
+        self._abandoned = 0
+        self._spawned = 0
+
+    @property
+    def abandoned(self) -> int:
+        """Timed-out attempts whose threads are still running."""
+        return self._abandoned
+
+    @property
+    def threads(self) -> int:
+        """Threads alive now (running, abandoned or idle)."""
+        return self._threads
+
+    def run(self, fn: Callable[[], T], budget: float) -> T:
+        """Run ``fn()`` in a thread; return its result or raise its exception.
+
+        Raises:
+            AttemptTimeoutError: ``fn`` did not finish within ``budget`` seconds.
+            AttemptRejectedError: ``max_abandoned`` timed-out attempts are still running.
+        """
+        attempt = _Attempt(fn)
+        with self._lock:
+            if self._abandoned >= self.max_abandoned:
+                raise AttemptRejectedError(self.name, self._abandoned)
+            self._queue.append(attempt)  # type: ignore[arg-type]
+            # An idle thread counts as idle until it wakes, so compare with the queue: a
+            # burst of attempts must not all wait for the one thread that was notified.
+            if len(self._queue) > self._idle and self._threads < self.max_threads:
+                self._start_thread()
+            else:
+                self._work.notify()
+        try:
+            finished = attempt.done.wait(budget)
+        except BaseException:
+            # Interrupted while waiting (KeyboardInterrupt): the work must not run unseen.
+            self._give_up(attempt)
+            raise
+        if not finished and self._give_up(attempt):
+            raise AttemptTimeoutError(self.name, budget, started=attempt.state != _CANCELLED)
+        if attempt.error is not None:
+            raise attempt.error
+        return attempt.value  # type: ignore[return-value]
+
+    def _give_up(self, attempt: _Attempt[T]) -> bool:
+        """Cancel or abandon ``attempt``; False when it finished in the meantime."""
+        with self._lock:
+            if attempt.state == _QUEUED:
+                attempt.state = _CANCELLED
+                self._queue.remove(attempt)  # type: ignore[arg-type]
+                return True
+            if attempt.state == _RUNNING:
+                attempt.abandoned = True
+                self._abandoned += 1
+                return True
+            return False
+
+    def _start_thread(self) -> None:
+        self._threads += 1
+        self._spawned += 1
+        thread = threading.Thread(
+            target=self._serve, name=f"redbreaker-{self.name}-{self._spawned}", daemon=True
+        )
+        thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._idle += 1
+                    woken = self._work.wait(_IDLE_SECONDS)
+                    self._idle -= 1
+                    if not woken and not self._queue:
+                        self._threads -= 1
+                        return
+                attempt = self._queue.popleft()
+                attempt.state = _RUNNING
+                attempt.started_at = time.monotonic()
+            try:
+                attempt.value = attempt.fn()
+            except BaseException as exc:  # handed to the waiting caller, who re-raises it
+                attempt.error = exc
+            with self._lock:
+                attempt.state = _DONE
+                if attempt.abandoned:
+                    self._abandoned -= 1
+            attempt.done.set()
+            if attempt.abandoned:
+                logger.info(
+                    "circuit %r: an abandoned attempt finished after %.3fs (result dropped)",
+                    self.name,
+                    time.monotonic() - attempt.started_at,
+                    extra={"event": "abandoned_attempt_finished", "breaker": self.name},
+                )
