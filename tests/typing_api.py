@@ -1,0 +1,42 @@
+"""Type-checked by mypy --strict in CI, never run: the public API keeps callers' types.
+
+A line marked ``type: ignore[...]`` must stay an error (mypy --strict warns about an
+unused ignore), so a decorator that erased the signature would fail this file.
+"""
+
+from __future__ import annotations
+
+import redbreaker
+
+store = redbreaker.connect("memory://")
+payments = redbreaker.Breaker("payments-api", store=store, failure_threshold=5)
+
+
+@payments.guard(attempt_timeout=2.0, retry_on=(ConnectionError,))
+def charge(order_id: str, *, amount: int) -> dict[str, int]:
+    return {order_id: amount}
+
+
+@payments
+def refund(order_id: str) -> bool:
+    return bool(order_id)
+
+
+value: dict[str, int] = charge("o-1", amount=3)
+outcome: redbreaker.Outcome[dict[str, int]] = charge.outcome("o-1", amount=3)
+degraded: bool = outcome.degraded
+failure: redbreaker.Failure | None = outcome.failure
+refunded: bool = refund("o-1")
+direct: int = payments.call(len, "abc")
+guarded: str = payments.guard().call(str.upper, "abc")
+
+charge(1, amount=3)  # type: ignore[arg-type]
+charge("o-1")  # type: ignore[call-arg]
+refund(order_id=2)  # type: ignore[arg-type]
+wrong: str = payments.call(len, "abc")  # type: ignore[assignment]
+
+with payments.acquire() as permit:
+    is_probe: bool = permit.is_probe
+
+with redbreaker.set_testing(max_attempts=2):
+    pass
