@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 import redis
 
 from ._config import BreakerConfig, ExceptionMatcher, Seconds, seconds_setting
-from ._exceptions import CircuitOpenError, ConfigError, PermitError, StoreError
+from ._exceptions import (
+    AttemptRejectedError,
+    AttemptTimeoutError,
+    CircuitOpenError,
+    ConfigError,
+    PermitError,
+    StoreError,
+)
 from ._guard import Guard, GuardConfig, build_guard
 from ._keys import breaker_keys, check_name
 from ._state import (
@@ -155,6 +162,10 @@ class _BreakerCore:
     def _classify_exception(self, exc: BaseException) -> Outcome:
         if not isinstance(exc, Exception):
             return "release"
+        if isinstance(exc, AttemptTimeoutError):
+            return "failure"  # whatever record_on says: the dependency did not answer in time
+        if isinstance(exc, AttemptRejectedError):
+            return "ignore"  # local saturation, not the dependency's fault
         if _matches(self.config.ignore_on, exc):
             return "ignore"
         if _matches(self.config.record_on, exc):
@@ -429,16 +440,25 @@ class Breaker(_BreakerCore):
             CircuitOpenError: rejected; ``fn`` did not run.
         """
         permit = self.acquire()
-        state = permit._state
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            state.settled = True
-            self._record(state, self._classify_exception(exc))
+            self._settle(permit._state, exc=exc)
             raise
-        state.settled = True
-        self._record(state, self._classify_result(result))
+        self._settle(permit._state, result=result)
         return result
+
+    def _settle(
+        self, permit: _PermitState, *, exc: BaseException | None = None, result: object = None
+    ) -> None:
+        """Report how the call of ``permit`` ended: by ``exc``, or returning ``result``."""
+        permit.settled = True
+        if exc is None:
+            self._record(permit, self._classify_result(result))
+        else:
+            # A timed-out call is slow by definition, whatever slow_call_duration says.
+            slow = True if isinstance(exc, AttemptTimeoutError) else None
+            self._record(permit, self._classify_exception(exc), slow=slow)
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Use the breaker as a decorator: every call of ``fn`` goes through it."""

@@ -361,22 +361,10 @@ class Guard:
             call.deadline_at = self.breaker.store.clock.monotonic() + self._deadline
         try:
             result = self._with_retries(call, fn)
-        except AttemptTimeoutError:
-            # A timeout is a failure and a slow call, whatever record_on says.
-            permit._state.settled = True
-            self.breaker._record(permit._state, "failure", slow=True)
-            raise
-        except AttemptRejectedError:
-            # Local saturation, not the dependency's fault: the call counts as nothing.
-            permit._state.settled = True
-            self.breaker._record(permit._state, "ignore")
-            raise
         except BaseException as exc:
-            permit._state.settled = True
-            self.breaker._record(permit._state, self.breaker._classify_exception(exc))
+            self.breaker._settle(permit._state, exc=exc)
             raise
-        permit._state.settled = True
-        self.breaker._record(permit._state, self.breaker._classify_result(result))
+        self.breaker._settle(permit._state, result=result)
         return result
 
     def _attempts_allowed(self, permit: Permit) -> int:
