@@ -92,20 +92,21 @@ class AttemptRunner:
             AttemptRejectedError: ``max_abandoned`` timed-out attempts are still running.
         """
         attempt = _Attempt(fn)
-        with self._lock:
-            if self._abandoned >= self.max_abandoned:
-                raise AttemptRejectedError(self.name, self._abandoned)
-            self._queue.append(attempt)  # type: ignore[arg-type]
-            # An idle thread counts as idle until it wakes, so compare with the queue: a
-            # burst of attempts must not all wait for the one thread that was notified.
-            if len(self._queue) > self._idle and self._threads < self.max_threads:
-                self._start_thread()
-            else:
-                self._work.notify()
         try:
+            with self._lock:
+                if self._abandoned >= self.max_abandoned:
+                    raise AttemptRejectedError(self.name, self._abandoned)
+                self._queue.append(attempt)  # type: ignore[arg-type]
+                # An idle thread counts as idle until it wakes, so compare with the queue: a
+                # burst of attempts must not all wait for the one thread that was notified.
+                if len(self._queue) > self._idle and self._threads < self.max_threads:
+                    self._start_thread()
+                else:
+                    self._work.notify()
             finished = attempt.done.wait(budget)
         except BaseException:
-            # Interrupted while waiting (KeyboardInterrupt): the work must not run unseen.
+            # Refused, or interrupted (KeyboardInterrupt) after queueing: the work must not
+            # run unseen later.
             self._give_up(attempt)
             raise
         if not finished and self._give_up(attempt):
@@ -119,7 +120,8 @@ class AttemptRunner:
         with self._lock:
             if attempt.state == _QUEUED:
                 attempt.state = _CANCELLED
-                self._queue.remove(attempt)  # type: ignore[arg-type]
+                if attempt in self._queue:
+                    self._queue.remove(attempt)  # type: ignore[arg-type]
                 return True
             if attempt.state == _RUNNING:
                 attempt.abandoned = True
