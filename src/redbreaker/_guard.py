@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import math
 import random
 import threading
 import time
@@ -240,16 +241,18 @@ def _server_delay(exc: BaseException | None) -> float | None:
 class _Call:
     """What one guarded call has done so far (never shared between calls)."""
 
-    __slots__ = ("attempts", "deadline_at", "give_up", "max_attempts", "rejected_at_admission",
+    __slots__ = ("attempts", "deadline_ms", "give_up", "last_error", "max_attempts",
                  "store_failed")
 
     def __init__(self) -> None:
         self.attempts = 0
         self.max_attempts = 1
-        self.deadline_at: float | None = None
+        # Whole ms on the local clock: float seconds near 1.7e9 carry a remainder that let
+        # an attempt start exactly at the deadline.
+        self.deadline_ms: int | None = None
         self.give_up = False
         self.store_failed = False
-        self.rejected_at_admission = False
+        self.last_error: BaseException | None = None
 
 
 class Guard:
@@ -358,7 +361,7 @@ class Guard:
             raise
         call.max_attempts = self._attempts_allowed(permit)
         if self._deadline is not None:
-            call.deadline_at = self.breaker.store.clock.monotonic() + self._deadline
+            call.deadline_ms = self._now_ms() + math.ceil(self._deadline * 1000)
         try:
             result = self._with_retries(call, fn)
         except BaseException as exc:
@@ -428,11 +431,13 @@ class Guard:
     def _stop(self, call: _Call, state: _t.RetryCallState) -> bool:
         if call.give_up or state.attempt_number >= call.max_attempts:
             return True
-        if call.deadline_at is None:
+        if call.deadline_ms is None:
             return False
         # Never start a sleep that ends at or past the deadline: no time would be left.
-        now = self.breaker.store.clock.monotonic()
-        return now + state.upcoming_sleep >= call.deadline_at
+        return self._now_ms() + math.ceil(state.upcoming_sleep * 1000) >= call.deadline_ms
+
+    def _now_ms(self) -> int:
+        return round(self.breaker.store.clock.monotonic() * 1000)
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -463,10 +468,10 @@ class Guard:
     # -- one attempt, with its timeout ---------------------------------------------------
 
     def _attempt(self, call: _Call, fn: Callable[[], R]) -> R:
-        call.attempts += 1
-        if call.attempts > 1 and self.config.recheck_breaker:
+        if call.attempts and self.config.recheck_breaker:
             self._recheck()
         budget = self._budget(call)
+        call.attempts += 1
         clock = self.breaker.store.clock
         started = clock.monotonic()
         # A fresh copy per attempt: an abandoned attempt may still run in the previous one,
@@ -481,6 +486,7 @@ class Guard:
                 runner = self.breaker._attempt_runner()
                 result = runner.run(functools.partial(context.run, fn), budget)
         except BaseException as exc:
+            call.last_error = exc
             duration = budget if isinstance(exc, AttemptTimeoutError) and budget else None
             self._attempted(call, duration or clock.monotonic() - started, exc)
             raise
@@ -489,10 +495,15 @@ class Guard:
 
     def _budget(self, call: _Call) -> float | None:
         budget = self._attempt_timeout
-        if call.deadline_at is not None:
-            left = call.deadline_at - self.breaker.store.clock.monotonic()
-            if left <= 0:
+        if call.deadline_ms is not None:
+            left_ms = call.deadline_ms - self._now_ms()
+            if left_ms <= 0:
+                # A real sleep can overrun the planned one: no time is left for this attempt,
+                # so the call ends with what the previous one raised.
+                if call.last_error is not None:
+                    raise call.last_error
                 raise AttemptTimeoutError(self.breaker.name, 0.0, started=False)
+            left = left_ms / 1000
             budget = left if budget is None else min(budget, left)
         return budget
 
