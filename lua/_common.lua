@@ -222,6 +222,16 @@ local function load_state(create)
   return s, nil
 end
 
+-- The probe leases key is ours alone; if something else was written there (by hand), it is
+-- dropped rather than trusted: the probes it tracked are forgotten, and their leases with it.
+local function repair_probes()
+  local kind = redis.call('TYPE', PROBES)['ok']
+  if kind ~= 'zset' and kind ~= 'none' then
+    redis.call('DEL', PROBES)
+    redis.call('HSET', KEY, 'last_repair', 'dropped a ' .. kind .. ' at the probes key')
+  end
+end
+
 local function open_duration(s)
   local grown = CFG.recovery_timeout_ms * (CFG.recovery_backoff ^ (s.consecutive_opens - 1))
   -- A huge exponent gives inf in Lua; min() turns it into the cap.

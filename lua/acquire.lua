@@ -37,6 +37,7 @@ elseif s.state == 'open' then
 else
   -- half_open: a lease whose holder died is reclaimed here, so a crash cannot wedge it.
   -- Leases of earlier half-open periods still count: those probes are still running.
+  repair_probes()
   redis.call('ZREMRANGEBYSCORE', PROBES, '-inf', NOW)
   if redis.call('ZCARD', PROBES) < CFG.half_open_max_calls then
     verdict = 'probe'

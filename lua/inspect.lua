@@ -11,6 +11,10 @@ local kind = redis.call('TYPE', KEY)['ok']
 if kind ~= 'hash' and kind ~= 'none' then
   return redis.error_reply('redbreaker: ' .. KEY .. ' is not a breaker hash (it is a ' .. kind .. ')')
 end
-local reply = { NOW, redis.call('ZCOUNT', PROBES, '(' .. int(NOW), '+inf') }
+local probes = 0
+if redis.call('TYPE', PROBES)['ok'] == 'zset' then
+  probes = redis.call('ZCOUNT', PROBES, '(' .. int(NOW), '+inf')
+end
+local reply = { NOW, probes }
 for _, v in ipairs(redis.call('HGETALL', KEY)) do reply[#reply + 1] = v end
 return reply

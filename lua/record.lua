@@ -29,7 +29,10 @@ end
 local s, err = load_state(true)
 if err then return redis.error_reply(err) end
 
-if token ~= '' then redis.call('ZREM', PROBES, token) end
+if token ~= '' then
+  repair_probes()
+  redis.call('ZREM', PROBES, token)
+end
 advance_clock(s)
 
 local status = 'ignored'
