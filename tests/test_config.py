@@ -282,6 +282,7 @@ def test_setting_names_are_the_init_fields() -> None:
             "probe_lease",
             "half_open_max_wait",
             "key_ttl",
+            "on_store_error",
             "attempt_threads",
             "max_abandoned_attempts",
             "record_on",

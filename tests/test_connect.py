@@ -230,19 +230,37 @@ def test_password_in_url(auth_server: RedisServer) -> None:
 
 
 @pytest.mark.parametrize("password", ["wrong", None], ids=["wrong-password", "no-password"])
-def test_bad_password_fails_at_first_use(auth_server: RedisServer, password: str | None) -> None:
-    """connect() does no I/O; the first call raises redis' AuthenticationError unwrapped
-    (a redis ConnectionError, not a StoreError) and the guarded function does not run."""
+def test_bad_password_follows_the_store_error_policy(
+    auth_server: RedisServer, password: str | None
+) -> None:
+    """connect() does no I/O; at the first call an AuthenticationError is a store outage:
+    one store_degraded event, "allow" runs the call, "reject" raises StoreUnavailableError
+    chained to redis' AuthenticationError (never the raw redis error)."""
     auth = "" if password is None else f":{password}@"
-    store = redbreaker.connect(f"redis://{auth}127.0.0.1:{auth_server.port}/0")
+    events: list[redbreaker.StoreEvent] = []
+    store = redbreaker.connect(
+        f"redis://{auth}127.0.0.1:{auth_server.port}/0", on_store_event=events.append
+    )
     ran: list[int] = []
     try:
-        breaker = Breaker("svc", store=store)
-        with pytest.raises(redis.AuthenticationError):
-            breaker.call(ran.append, 1)
-        assert ran == []
+        assert Breaker("svc", store=store).call(ran.append, 1) is None
+        assert ran == [1]
+        assert [e.kind for e in events] == ["store_degraded"]
+        assert "AuthenticationError" in (events[0].error or "")
+        rejecting = Breaker("svc2", store=store, on_store_error="reject")
+        with pytest.raises(redbreaker.StoreUnavailableError) as rejected:
+            rejecting.call(ran.append, 2)
+        assert ran == [1]
+        assert rejected.value.state == "store_unavailable"
     finally:
         store.close()
+    fresh = redbreaker.connect(f"redis://{auth}127.0.0.1:{auth_server.port}/0")
+    try:
+        with pytest.raises(redbreaker.StoreUnavailableError) as first:
+            Breaker("svc3", store=fresh, on_store_error="reject").call(ran.append, 3)
+        assert isinstance(first.value.__cause__, redis.AuthenticationError)
+    finally:
+        fresh.close()
 
 
 @pytest.fixture(scope="module")
@@ -276,11 +294,13 @@ def test_unix_socket(unix_server: RedisServer) -> None:
 
 
 def test_unix_socket_missing_path_fails_at_first_use(tmp_path: Path) -> None:
-    """A unix:// URL to a socket that does not exist fails with a redis ConnectionError."""
+    """A unix:// URL to a socket that does not exist is a store outage at the first call:
+    StoreUnavailableError (under "reject") chained to redis' ConnectionError."""
     path = tmp_path / "absent.sock"
     store = redbreaker.connect(f"unix://{path}")
     try:
-        with pytest.raises(redis.ConnectionError):
-            Breaker("svc", store=store).call(lambda: None)
+        with pytest.raises(redbreaker.StoreUnavailableError) as rejected:
+            Breaker("svc", store=store, on_store_error="reject").call(lambda: None)
+        assert isinstance(rejected.value.__cause__, redis.ConnectionError)
     finally:
         store.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._breaker import Breaker, Permit, TransitionHook
 from ._clock import Clock, ManualClock, SystemClock
-from ._config import BreakerConfig, ExceptionMatcher, Seconds
+from ._config import BreakerConfig, ExceptionMatcher, Seconds, StoreErrorPolicy
 from ._exceptions import (
     AttemptRejectedError,
     AttemptTimeoutError,
@@ -18,6 +18,7 @@ from ._exceptions import (
     PermitError,
     RedbreakerError,
     StoreError,
+    StoreUnavailableError,
 )
 from ._guard import (
     AttemptInfo,
@@ -30,9 +31,10 @@ from ._guard import (
     Outcome,
     fallback_value,
 )
+from ._health import StoreEvent
 from ._keys import check_name
 from ._state import Snapshot, State, Transition
-from ._store import Store, connect
+from ._store import Store, StoreHook, connect
 from ._testing import is_testing, set_testing
 
 __all__ = [
@@ -61,6 +63,10 @@ __all__ = [
     "State",
     "Store",
     "StoreError",
+    "StoreErrorPolicy",
+    "StoreEvent",
+    "StoreHook",
+    "StoreUnavailableError",
     "SystemClock",
     "Transition",
     "TransitionHook",

@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
-import redis
-
 from ._config import BreakerConfig, ExceptionMatcher, Seconds, seconds_setting
 from ._exceptions import (
     AttemptRejectedError,
@@ -37,6 +35,7 @@ from ._exceptions import (
     ConfigError,
     PermitError,
     StoreError,
+    StoreUnavailableError,
 )
 from ._guard import Guard, GuardConfig, build_guard
 from ._keys import breaker_keys, check_name
@@ -51,7 +50,7 @@ from ._state import (
     decode_record,
     decode_snapshot,
 )
-from ._store import Store
+from ._store import Store, connect
 from ._timeout import AttemptRunner
 
 if TYPE_CHECKING:
@@ -116,6 +115,9 @@ class _BreakerCore:
         self._random = random.random
         self._runner: AttemptRunner | None = None
         self._runner_lock = threading.Lock()
+        self._local: Breaker | None = None
+        if self.config.on_store_error == "local":
+            _embedded_store(store)  # fails now, not in an outage, if fakeredis is missing
 
     def __repr__(self) -> str:
         return f"<redbreaker.{type(self).__name__} {self.name!r} prefix={self.store.prefix!r}>"
@@ -242,12 +244,21 @@ class _BreakerCore:
 class _PermitState:
     """What a permit remembers between admission and its outcome."""
 
-    __slots__ = ("admitted_at_ms", "generation", "probe_token", "settled", "started",
+    __slots__ = ("admitted_at_ms", "generation", "offline", "probe_token", "settled", "started",
                  "streak_at_admission")
 
     def __init__(
-        self, generation: int, probe_token: str, admitted_at_ms: int, streak: int, started: float
+        self,
+        generation: int,
+        probe_token: str,
+        admitted_at_ms: int,
+        streak: int,
+        started: float,
+        *,
+        offline: bool = False,
     ) -> None:
+        # offline: admitted without Redis (on_store_error="allow"); its outcome goes nowhere.
+        self.offline = offline
         self.generation = generation
         self.probe_token = probe_token
         self.admitted_at_ms = admitted_at_ms
@@ -301,6 +312,11 @@ class Permit:
             raise PermitError(f"this permit of circuit {self._breaker.name!r} is already settled")
         self._state.settled = True
         self._breaker._record(self._state, outcome)
+
+    def _finish(self, *, exc: BaseException | None = None, result: object = None) -> None:
+        # The breaker that admitted the call records it: during an outage with
+        # on_store_error="local" that is the process's own breaker, not the shared one.
+        self._breaker._settle(self._state, exc=exc, result=result)
 
     def __enter__(self) -> Permit:
         return self
@@ -371,19 +387,43 @@ class Breaker(_BreakerCore):
         """
         self._check_cached_rejection()
         started = self.store.clock.monotonic()
-        reply = decode_acquire(self.name, self.store.run("acquire", self._keys, self._args()))
-        generation, token, admitted_at, streak = self._admission(reply)
+        try:
+            raw = self.store.run("acquire", self._keys, self._args())
+        except StoreUnavailableError as exc:
+            return self._acquire_without_store(exc, started)
+        self._local = None  # Redis answers: the shared breaker decides again
+        generation, token, admitted_at, streak = self._admission(decode_acquire(self.name, raw))
         return Permit(self, _PermitState(generation, token, admitted_at, streak, started))
+
+    def _acquire_without_store(self, exc: StoreUnavailableError, started: float) -> Permit:
+        policy = self.config.on_store_error
+        if policy == "reject":
+            raise exc
+        if policy == "allow":
+            return Permit(self, _PermitState(0, "", 0, 0, started, offline=True))
+        local = self._local
+        if local is None:
+            # A breaker of this process alone, same config and same Lua, on an embedded
+            # Redis: it guards the dependency until the shared one answers again.
+            local = self._local = Breaker(
+                self.name,
+                store=_embedded_store(self.store),
+                config=replace(self.config, on_store_error="reject"),
+                on_transition=self._hooks,
+            )
+        return local.acquire()
 
     def _record(
         self, permit: _PermitState, outcome: Outcome, *, slow: bool | None = None
     ) -> RecordReply | None:
-        args = self._record_args(permit, outcome, slow)
+        args = None if permit.offline else self._record_args(permit, outcome, slow)
         if args is None:
             return None
         try:
             reply = decode_record(self.name, self.store.run("record", self._keys, args))
-        except (redis.RedisError, StoreError) as exc:
+        except StoreUnavailableError:
+            return None  # the store's outage was logged once, when it began
+        except StoreError as exc:
             # Bookkeeping must never mask the call's own result or exception.
             logger.warning(
                 "circuit %r: could not record a %s: %s: %s",
@@ -443,9 +483,9 @@ class Breaker(_BreakerCore):
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._settle(permit._state, exc=exc)
+            permit._finish(exc=exc)
             raise
-        self._settle(permit._state, result=result)
+        permit._finish(result=result)
         return result
 
     def _settle(
@@ -509,3 +549,18 @@ class Breaker(_BreakerCore):
         """Back to closed with empty counts and no open backoff, fleet-wide."""
         return self._order("reset", None)
 
+
+
+_embedded_stores: dict[int, Store] = {}
+_embedded_lock = threading.Lock()
+
+
+def _embedded_store(shared: Store) -> Store:
+    """The in-process store that ``on_store_error="local"`` breakers of ``shared`` fall
+    back to: one per shared store, created on first need."""
+    with _embedded_lock:
+        store = _embedded_stores.get(id(shared))
+        if store is None:
+            store = connect("memory://", prefix=shared.prefix, clock=shared.clock)
+            _embedded_stores[id(shared)] = store
+        return store

@@ -29,7 +29,7 @@ import redis
 
 from ._breaker import Breaker
 from ._demo import DemoError, DemoOptions, redact_url, run_demo
-from ._exceptions import RedbreakerError
+from ._exceptions import RedbreakerError, StoreUnavailableError
 from ._store import connect
 
 if TYPE_CHECKING:
@@ -328,6 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"redbreaker {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailableError as exc:
+        where = f" at {redact_url(args.url)}" if getattr(args, "url", None) else ""
+        detail = " ".join(exc.detail.split())
+        print(f"redbreaker: cannot use the Redis{where}: {detail}", file=sys.stderr)
         return 2
     except (RedbreakerError, DemoError) as exc:
         print(f"redbreaker: {_one_line(exc)}", file=sys.stderr)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from ._exceptions import ConfigError
 
@@ -14,6 +14,7 @@ __all__ = [
     "BreakerConfig",
     "ExceptionMatcher",
     "Seconds",
+    "StoreErrorPolicy",
     "count_setting",
     "matcher_setting",
     "ratio_setting",
@@ -27,6 +28,9 @@ ExceptionMatcher = Union[  # noqa: UP007 (a runtime alias must work on 3.10)
     type[BaseException], tuple[type[BaseException], ...], Callable[[BaseException], bool]
 ]
 """Exception types, or a predicate that takes the exception."""
+
+StoreErrorPolicy = Literal["allow", "reject", "local"]
+"""What a breaker does when Redis cannot be reached (see ``on_store_error``)."""
 
 _DEFAULT_MAX_RECOVERY = 300.0
 
@@ -120,6 +124,13 @@ class BreakerConfig:
         key_ttl: idle lifetime of the breaker's keys, refreshed on every write. An
             abandoned breaker vanishes and comes back closed.
 
+    When Redis cannot be reached (local to each process):
+        on_store_error: ``"allow"`` lets calls through unguarded (fail open; outcomes are
+            not recorded), ``"reject"`` rejects them with :class:`StoreUnavailableError`
+            (fail closed; a :class:`CircuitOpenError`), ``"local"`` hands over to a breaker
+            of this process alone with the same config (needs the ``embedded`` extra).
+            Shared state is used again as soon as Redis answers.
+
     Attempt threads (local; used only by guards with an ``attempt_timeout`` or deadline):
         attempt_threads: threads this breaker's attempts may hold at once in a process,
             running or abandoned after a timeout.
@@ -152,6 +163,7 @@ class BreakerConfig:
     probe_lease: Seconds = 10.0
     half_open_max_wait: Seconds | None = None
     key_ttl: Seconds = 86_400.0
+    on_store_error: StoreErrorPolicy = "allow"
     attempt_threads: int = 16
     max_abandoned_attempts: int = 8
     record_on: ExceptionMatcher = Exception
@@ -193,6 +205,11 @@ class BreakerConfig:
         lease = seconds_setting("probe_lease", self.probe_lease)
         max_wait = seconds_setting("half_open_max_wait", self.half_open_max_wait, optional=True)
         ttl = seconds_setting("key_ttl", self.key_ttl)
+        if self.on_store_error not in ("allow", "reject", "local"):
+            raise ConfigError(
+                "on_store_error",
+                f'must be "allow", "reject" or "local", got {self.on_store_error!r}',
+            )
         count_setting("attempt_threads", self.attempt_threads, minimum=2)
         count_setting("max_abandoned_attempts", self.max_abandoned_attempts)
         if self.max_abandoned_attempts >= self.attempt_threads:

@@ -5,7 +5,9 @@
     RedbreakerError
     ├── ConfigError            (also a ValueError) a setting, name, prefix or URL is invalid
     ├── CircuitOpenError       a call was rejected: the breaker is open, forced open, or
-    │                          half-open with every probe slot taken
+    │   │                      half-open with every probe slot taken
+    │   └── StoreUnavailableError  Redis could not be reached and the breaker's
+    │                          on_store_error is "reject"; chained to the redis-py error
     ├── AttemptTimeoutError    (also a TimeoutError) an attempt outlived its attempt_timeout
     │                          or the deadline; the work itself may still be running
     ├── AttemptRejectedError   too many timed-out attempts of this breaker are still
@@ -27,6 +29,7 @@ __all__ = [
     "PermitError",
     "RedbreakerError",
     "StoreError",
+    "StoreUnavailableError",
 ]
 
 
@@ -113,3 +116,19 @@ class PermitError(RedbreakerError, RuntimeError):
 
 class StoreError(RedbreakerError):
     """Redis replied something the breaker cannot use; the cause is chained."""
+
+
+class StoreUnavailableError(CircuitOpenError):
+    """Redis could not be reached (connection refused or lost, a store call timed out,
+    a read-only replica after a failover...), so nothing could be decided fleet-wide.
+
+    Raised to callers only by breakers whose ``on_store_error`` is ``"reject"``: it is a
+    :class:`CircuitOpenError` (state ``"store_unavailable"``), so code that handles
+    rejections handles this too. ``retry_after`` is the time until this process tries
+    Redis again. The redis-py error is chained as ``__cause__``.
+    """
+
+    def __init__(self, name: str, retry_after: float | None, detail: str) -> None:
+        super().__init__(name, "store_unavailable", retry_after)
+        self.args = (f"circuit {name!r}: the store is unavailable ({detail})",)
+        self.detail = detail

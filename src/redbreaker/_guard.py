@@ -32,7 +32,6 @@ from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
-import redis
 import tenacity as _t
 
 from ._config import (
@@ -48,6 +47,7 @@ from ._exceptions import (
     CircuitOpenError,
     ConfigError,
     StoreError,
+    StoreUnavailableError,
 )
 from ._testing import testing_mode
 
@@ -315,7 +315,7 @@ class Guard:
     # -- fallback ------------------------------------------------------------------------
 
     def _reason(self, exc: Exception, call: _Call) -> FailureReason:
-        if call.store_failed:
+        if call.store_failed or isinstance(exc, StoreUnavailableError):
             return "store_unavailable"
         if isinstance(exc, CircuitOpenError):
             return "circuit_open"
@@ -356,7 +356,7 @@ class Guard:
     def _through_breaker(self, call: _Call, fn: Callable[[], R]) -> R:
         try:
             permit = self.breaker.acquire()
-        except (redis.RedisError, StoreError):
+        except (StoreUnavailableError, StoreError):
             call.store_failed = True
             raise
         call.max_attempts = self._attempts_allowed(permit)
@@ -365,9 +365,9 @@ class Guard:
         try:
             result = self._with_retries(call, fn)
         except BaseException as exc:
-            self.breaker._settle(permit._state, exc=exc)
+            permit._finish(exc=exc)
             raise
-        self.breaker._settle(permit._state, result=result)
+        permit._finish(result=result)
         return result
 
     def _attempts_allowed(self, permit: Permit) -> int:
@@ -510,7 +510,12 @@ class Guard:
     def _recheck(self) -> None:
         """Stop retrying if the shared breaker opened meanwhile (by any process)."""
         self.breaker._check_cached_rejection()
-        snapshot = self.breaker.snapshot()
+        try:
+            snapshot = self.breaker.snapshot()
+        except StoreUnavailableError:
+            if self.breaker.config.on_store_error == "reject":
+                raise
+            return  # the outage is the policy's business: keep retrying the dependency
         if snapshot.state.value in ("open", "forced_open"):
             raise CircuitOpenError(self.breaker.name, snapshot.state.value, snapshot.retry_after)
 

@@ -51,9 +51,10 @@ def check_prefix(prefix: object) -> str:
 class BreakerKeys:
     """The Redis names one breaker uses; all keys share the ``{name}`` hash tag."""
 
-    __slots__ = ("channel", "probes", "state")
+    __slots__ = ("channel", "name", "probes", "state")
 
     def __init__(self, prefix: str, name: str) -> None:
+        self.name = name
         self.state = f"{prefix}:{{{name}}}"
         self.probes = f"{self.state}:probes"
         self.channel = f"{prefix}:events"

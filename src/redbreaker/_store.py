@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Union
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
 from ._clock import Clock, SystemClock
-from ._exceptions import ConfigError, StoreError
+from ._config import seconds_setting
+from ._exceptions import ConfigError, StoreError, StoreUnavailableError
+from ._health import UNAVAILABLE, StoreEvent, StoreHealth
 from ._keys import BreakerKeys, check_prefix
 from ._scripts import SCRIPT_NAMES, script_source
 from ._state import Transition, decode_event
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from redis.commands.core import Script
 
-__all__ = ["Store", "connect"]
+__all__ = ["Store", "StoreHook", "connect"]
+
+StoreHook = Callable[[StoreEvent], None]
+"""A callable run once per edge of a store's reachability (degraded, recovered)."""
 
 RedisClient = Union[redis.Redis, RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
 """A synchronous redis-py client: standalone, from a Sentinel, or a cluster client."""
@@ -45,7 +53,12 @@ class Store:
     """
 
     def __init__(
-        self, client: RedisClient, *, prefix: str = "redbreaker", clock: Clock | None = None
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = "redbreaker",
+        clock: Clock | None = None,
+        on_store_event: StoreHook | Iterable[StoreHook] = (),
     ) -> None:
         if isinstance(client, str) or not hasattr(client, "register_script"):
             raise ConfigError("target", f"expected a URL or a redis-py client, got {client!r}")
@@ -58,6 +71,11 @@ class Store:
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
         self._rejections: dict[str, tuple[int, str]] = {}
+        hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
+        for hook in hooks:
+            if not callable(hook):
+                raise ConfigError("on_store_event", f"{hook!r} is not callable")
+        self.health = StoreHealth(self.prefix, self.clock, hooks)
         # Connections connect() opened beside the client (a Sentinel's), closed with it.
         self._also_close: list[Callable[[], None]] = []
 
@@ -66,11 +84,27 @@ class Store:
 
     def run(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> list[Any]:
         """Run one script for one breaker: exactly one round trip (EVALSHA, or a reload
-        and EVALSHA after NOSCRIPT when the server lost its script cache)."""
+        and EVALSHA after NOSCRIPT when the server lost its script cache).
+
+        Raises:
+            StoreUnavailableError: Redis could not answer (or did not, recently, and the
+                backoff before trying it again has not passed: no I/O then).
+            StoreError: Redis answered with an error (a key of the wrong type, NOPERM...).
+        """
+        wait = self.health.wait_left()
+        if wait > 0:
+            raise StoreUnavailableError(keys.name, wait, "not retried yet after an error")
         try:
             reply = self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
-        except redis.ResponseError as exc:
+        except UNAVAILABLE as exc:
+            self.health.failed(exc)
+            raise StoreUnavailableError(
+                keys.name, self.health.wait_left_peek(), f"{type(exc).__name__}: {exc}"
+            ) from exc
+        except redis.RedisError as exc:
+            self.health.succeeded()  # it answered: reachable, but it said no
             raise StoreError(f"Redis refused the {script} script: {exc}") from exc
+        self.health.succeeded()
         if not isinstance(reply, list):
             raise StoreError(f"the {script} script replied {reply!r}, not a list")
         return reply
@@ -189,7 +223,7 @@ def _host_port(text: str, url: str) -> tuple[str, int]:
 
 
 def _sentinel_client(
-    url: str, parts: urllib.parse.SplitResult
+    url: str, parts: urllib.parse.SplitResult, socket: dict[str, Any]
 ) -> tuple[RedisClient, list[Callable[[], None]]]:
     # redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]
     userinfo, _, hosts = parts.netloc.rpartition("@")
@@ -208,16 +242,21 @@ def _sentinel_client(
         "password": urllib.parse.unquote(password) or None,
     }
     sentinel = redis.Sentinel(  # type: ignore[no-untyped-call]
-        sentinels, sentinel_kwargs=auth, socket_timeout=1.0
+        sentinels, sentinel_kwargs={**auth, **socket}, **socket
     )
     master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        path[0], db=int(db), **auth
+        path[0], db=int(db), **auth, **socket
     )
     return master, [s.close for s in sentinel.sentinels]
 
 
 def connect(
-    target: str | RedisClient, *, prefix: str = "redbreaker", clock: Clock | None = None
+    target: str | RedisClient,
+    *,
+    prefix: str = "redbreaker",
+    store_timeout: float = 0.5,
+    on_store_event: StoreHook | Iterable[StoreHook] = (),
+    clock: Clock | None = None,
 ) -> Store:
     """Open the store that holds breakers.
 
@@ -233,13 +272,28 @@ def connect(
             - ``redis+cluster://host:port`` -- any node of a Redis Cluster.
         prefix: every key starts with ``<prefix>:``; separate apps on one Redis use
             separate prefixes and never see each other's breakers or events.
+        store_timeout: seconds one store call (connect, send, reply) may take on a client
+            built from a URL, which also never retries a call by itself: when Redis stalls,
+            a caller waits at most this long before its breaker's ``on_store_error``
+            applies. A client passed in keeps its own settings.
+        on_store_event: callables run with a :class:`StoreEvent` once per edge: when Redis
+            stops answering (``store_degraded``) and when it answers again
+            (``store_recovered``).
         clock: a test clock (:class:`ManualClock`); production uses Redis ``TIME``.
 
     Raises:
         ConfigError: an unknown scheme or a malformed URL (a ``ValueError``).
     """
+    timeout = seconds_setting("store_timeout", store_timeout)
     if not isinstance(target, str):
-        return Store(target, prefix=prefix, clock=clock)
+        return Store(target, prefix=prefix, clock=clock, on_store_event=on_store_event)
+    # Short, single tries: the breaker's own policy decides what a failed call means, and
+    # redis-py's default retries would multiply every stall.
+    socket = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
     try:
         parts = urllib.parse.urlsplit(target)
     except ValueError as exc:
@@ -258,7 +312,7 @@ def connect(
     if scheme == "memory":
         client = _memory_client(parts)
     elif scheme == "redis+sentinel":
-        client, also_close = _sentinel_client(normalized, parts)
+        client, also_close = _sentinel_client(normalized, parts, socket)
     else:
         if scheme != "unix":
             if not parts.hostname:
@@ -271,11 +325,15 @@ def connect(
             raise ConfigError("target", f"{target!r}: no socket path")
         try:
             if scheme == "redis+cluster":
-                client = RedisCluster.from_url("redis" + normalized[len("redis+cluster") :])
+                client = RedisCluster.from_url(
+                    "redis" + normalized[len("redis+cluster") :],
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                )
             else:
-                client = redis.Redis.from_url(normalized)
+                client = redis.Redis.from_url(normalized, **socket)
         except ValueError as exc:
             raise ConfigError("target", f"{target!r}: {exc}") from exc
-    store = Store(client, prefix=prefix, clock=clock)
+    store = Store(client, prefix=prefix, clock=clock, on_store_event=on_store_event)
     store._also_close = also_close
     return store

@@ -1,0 +1,150 @@
+"""Is the store reachable? One answer per store and process, with edges reported once.
+
+After a store call fails for lack of Redis, the store is degraded: calls skip Redis (and
+follow their breaker's ``on_store_error``) until a backoff with jitter has passed, then
+one call tries Redis again. The first success ends the outage. Each edge is logged and
+sent to the store's hooks exactly once, never once per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import redis
+from redis.exceptions import ClusterDownError, ReadOnlyError, SlotNotCoveredError, TryAgainError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._clock import Clock
+
+__all__ = ["UNAVAILABLE", "StoreEvent", "StoreHealth"]
+
+logger = logging.getLogger("redbreaker")
+
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,  # refused, reset, auth refused, loading
+    redis.TimeoutError,  # a store call outlived the socket timeout (CLIENT PAUSE, a stall)
+    ReadOnlyError,  # talking to a replica after a failover
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
+"""redis-py errors that mean "Redis cannot answer now", as opposed to "Redis said no"."""
+
+_FIRST_RETRY = 0.1
+_MAX_RETRY = 5.0
+
+
+@dataclass(frozen=True)
+class StoreEvent:
+    """A change of a store's reachability, as its ``on_store_event`` hooks see it.
+
+    Attributes:
+        kind: ``"store_degraded"`` (Redis stopped answering) or ``"store_recovered"``.
+        prefix: the store's key prefix.
+        error: what failed, for ``store_degraded``; None for ``store_recovered``.
+        outage_seconds: for ``store_recovered``, how long the outage lasted.
+    """
+
+    kind: Literal["store_degraded", "store_recovered"]
+    prefix: str
+    error: str | None
+    outage_seconds: float | None
+
+
+class StoreHealth:
+    """The reachability of one store in this process. Thread-safe."""
+
+    def __init__(
+        self, prefix: str, clock: Clock, hooks: tuple[Callable[[StoreEvent], None], ...]
+    ) -> None:
+        self._prefix = prefix
+        self._clock = clock
+        self._hooks = hooks
+        self._lock = threading.Lock()
+        self._degraded_since: float | None = None
+        self._next_try = 0.0
+        self._failures = 0
+        self._random = random.random
+
+    @property
+    def degraded(self) -> bool:
+        """True while the last store call failed for lack of Redis."""
+        return self._degraded_since is not None
+
+    def wait_left(self) -> float:
+        """Seconds until Redis may be tried again; 0 when it may be tried now.
+
+        The caller that gets 0 while degraded is the one that tries: the next try is moved
+        on at once, so a thousand callers do not all try a dead Redis together.
+        """
+        if self._degraded_since is None:
+            return 0.0
+        with self._lock:
+            now = self._clock.monotonic()
+            if now < self._next_try:
+                return self._next_try - now
+            self._next_try = now + self._backoff()
+            return 0.0
+
+    def wait_left_peek(self) -> float:
+        """Seconds until Redis may be tried again, without claiming the try."""
+        if self._degraded_since is None:
+            return 0.0
+        return max(0.0, self._next_try - self._clock.monotonic())
+
+    def failed(self, exc: BaseException) -> None:
+        """A store call failed for lack of Redis."""
+        with self._lock:
+            now = self._clock.monotonic()
+            self._failures += 1
+            self._next_try = now + self._backoff()
+            if self._degraded_since is not None:
+                return
+            self._degraded_since = now
+        detail = f"{type(exc).__name__}: {exc}"
+        logger.warning(
+            "store %r degraded: %s; breakers follow their on_store_error policy",
+            self._prefix,
+            detail,
+            extra={"event": "store_degraded", "prefix": self._prefix, "error": detail},
+        )
+        self._emit(StoreEvent("store_degraded", self._prefix, detail, None))
+
+    def succeeded(self) -> None:
+        """A store call answered."""
+        if self._degraded_since is None:
+            return
+        with self._lock:
+            since = self._degraded_since
+            if since is None:
+                return
+            self._degraded_since = None
+            self._failures = 0
+            outage = self._clock.monotonic() - since
+        logger.warning(
+            "store %r recovered after %.3fs; shared breaker state is used again",
+            self._prefix,
+            outage,
+            extra={"event": "store_recovered", "prefix": self._prefix, "outage": outage},
+        )
+        self._emit(StoreEvent("store_recovered", self._prefix, None, outage))
+
+    def _backoff(self) -> float:
+        # Doubling from 0.1 s to 5 s, each wait drawn from its upper half: processes that
+        # lost Redis together do not come back together.
+        exponent = min(max(self._failures - 1, 0), 16)
+        ceiling = min(_MAX_RETRY, _FIRST_RETRY * 2.0**exponent)
+        return ceiling * (0.5 + 0.5 * self._random())
+
+    def _emit(self, event: StoreEvent) -> None:
+        for hook in self._hooks:
+            try:
+                hook(event)
+            except Exception:
+                logger.exception("redbreaker store hook %r failed", hook)
