@@ -182,7 +182,11 @@ end
 local function load_state(create)
   local v = redis.pcall('HMGET', KEY, unpack(STATE_FIELDS))
   if type(v) == 'table' and v.err then
-    return nil, 'redbreaker: ' .. KEY .. ' is not a breaker hash (' .. tostring(v.err) .. ')'
+    local err = tostring(v.err)
+    if string.find(err, 'WRONGTYPE', 1, true) then
+      return nil, 'redbreaker: ' .. KEY .. ' is not a breaker hash (' .. err .. ')'
+    end
+    return nil, 'redbreaker: cannot read ' .. KEY .. ' (' .. err .. ')'
   end
   if v[1] == false then
     if not create then return nil, nil end

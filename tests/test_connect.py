@@ -230,37 +230,27 @@ def test_password_in_url(auth_server: RedisServer) -> None:
 
 
 @pytest.mark.parametrize("password", ["wrong", None], ids=["wrong-password", "no-password"])
-def test_bad_password_follows_the_store_error_policy(
+def test_bad_password_is_a_loud_config_error(
     auth_server: RedisServer, password: str | None
 ) -> None:
-    """connect() does no I/O; at the first call an AuthenticationError is a store outage:
-    one store_degraded event, "allow" runs the call, "reject" raises StoreUnavailableError
-    chained to redis' AuthenticationError (never the raw redis error)."""
+    """connect() does no I/O; at the first call wrong credentials raise StoreError chained to
+    redis' AuthenticationError under every policy (not an outage: never run unguarded), and
+    no store_degraded event is reported."""
     auth = "" if password is None else f":{password}@"
     events: list[redbreaker.StoreEvent] = []
     store = redbreaker.connect(
         f"redis://{auth}127.0.0.1:{auth_server.port}/0", on_store_event=events.append
     )
-    ran: list[int] = []
+    ran: list[str] = []
     try:
-        assert Breaker("svc", store=store).call(ran.append, 1) is None
-        assert ran == [1]
-        assert [e.kind for e in events] == ["store_degraded"]
-        assert "AuthenticationError" in (events[0].error or "")
-        rejecting = Breaker("svc2", store=store, on_store_error="reject")
-        with pytest.raises(redbreaker.StoreUnavailableError) as rejected:
-            rejecting.call(ran.append, 2)
-        assert ran == [1]
-        assert rejected.value.state == "store_unavailable"
+        for policy in ("allow", "reject", "local"):
+            with pytest.raises(redbreaker.StoreError) as refused:
+                Breaker("svc", store=store, on_store_error=policy).call(ran.append, policy)
+            assert isinstance(refused.value.__cause__, redis.AuthenticationError)
+        assert ran == []
+        assert events == []
     finally:
         store.close()
-    fresh = redbreaker.connect(f"redis://{auth}127.0.0.1:{auth_server.port}/0")
-    try:
-        with pytest.raises(redbreaker.StoreUnavailableError) as first:
-            Breaker("svc3", store=fresh, on_store_error="reject").call(ran.append, 3)
-        assert isinstance(first.value.__cause__, redis.AuthenticationError)
-    finally:
-        fresh.close()
 
 
 @pytest.fixture(scope="module")

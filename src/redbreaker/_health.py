@@ -22,9 +22,16 @@ if TYPE_CHECKING:
 
     from ._clock import Clock
 
-__all__ = ["UNAVAILABLE", "StoreEvent", "StoreHealth"]
+__all__ = ["REFUSED", "UNAVAILABLE", "StoreEvent", "StoreHealth"]
 
 logger = logging.getLogger("redbreaker")
+
+REFUSED: tuple[type[BaseException], ...] = (
+    redis.AuthenticationError,
+    redis.exceptions.AuthenticationWrongNumberOfArgsError,
+)
+"""redis-py errors that mean the credentials are wrong: a configuration error, not an
+outage (checked before :data:`UNAVAILABLE`, which would otherwise match them)."""
 
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis.ConnectionError,  # refused, reset, auth refused, loading

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from redis.retry import Retry
 from ._clock import Clock, SystemClock
 from ._config import seconds_setting
 from ._exceptions import ConfigError, StoreError, StoreUnavailableError
-from ._health import UNAVAILABLE, StoreEvent, StoreHealth
+from ._health import REFUSED, UNAVAILABLE, StoreEvent, StoreHealth
 from ._keys import BreakerKeys, check_prefix
 from ._scripts import SCRIPT_NAMES, script_source
 from ._state import Transition, decode_event
@@ -96,6 +97,11 @@ class Store:
             raise StoreUnavailableError(keys.name, wait, "not retried yet after an error")
         try:
             reply = self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
+        except REFUSED as exc:
+            # Wrong credentials are a configuration error, not an outage: no policy may
+            # quietly run every call unguarded because of them.
+            self.health.succeeded()
+            raise StoreError(f"Redis refused the credentials: {type(exc).__name__}: {exc}") from exc
         except UNAVAILABLE as exc:
             self.health.failed(exc)
             raise StoreUnavailableError(
@@ -137,11 +143,24 @@ class Store:
         """Names of the breakers under this prefix, sorted (SCAN; never KEYS)."""
         names = set()
         head = f"{self.prefix}:{{"
-        for raw in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
-            key = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if key.startswith(head) and key.endswith("}"):
-                names.add(key[len(head) : -1])
+        with self._library_errors(f"listing the breakers under {self.prefix!r}"):
+            for raw in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if key.startswith(head) and key.endswith("}"):
+                    names.add(key[len(head) : -1])
         return sorted(names)
+
+    @contextlib.contextmanager
+    def _library_errors(self, doing: str) -> Iterator[None]:
+        """redis-py errors of a non-script call, as the library's own."""
+        try:
+            yield
+        except REFUSED as exc:
+            raise StoreError(f"{doing}: Redis refused the credentials: {exc}") from exc
+        except UNAVAILABLE as exc:
+            raise StoreUnavailableError(self.prefix, None, f"{doing}: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StoreError(f"{doing}: {type(exc).__name__}: {exc}") from exc
 
     def transitions(self) -> Iterator[Transition]:
         """Every transition of every breaker under this prefix, as it is PUBLISHed.
@@ -153,9 +172,16 @@ class Store:
         """
         raw_client = self._undecoded_client()
         pubsub = raw_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        pubsub.subscribe(f"{self.prefix}:events")
-        # The first reply confirms the subscription; reading it here makes it live now.
-        pubsub.get_message(timeout=1.0)
+        try:
+            with self._library_errors(f"subscribing to {self.prefix}:events"):
+                pubsub.subscribe(f"{self.prefix}:events")
+                # The first reply confirms the subscription; reading it makes it live now.
+                pubsub.get_message(timeout=1.0)
+        except BaseException:
+            pubsub.close()
+            if raw_client is not self.client:
+                raw_client.close()
+            raise
 
         def events() -> Iterator[Transition]:
             try:
