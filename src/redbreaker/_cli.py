@@ -331,7 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except StoreUnavailableError as exc:
         where = f" at {redact_url(args.url)}" if getattr(args, "url", None) else ""
-        detail = " ".join(exc.detail.split())
+        cause = exc.__cause__
+        detail = exc.detail if cause is None else f"{type(cause).__name__}: {cause}"
+        detail = " ".join(detail.split())
         print(f"redbreaker: cannot use the Redis{where}: {detail}", file=sys.stderr)
         return 2
     except (RedbreakerError, DemoError) as exc:

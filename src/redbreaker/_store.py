@@ -158,7 +158,9 @@ class Store:
         except REFUSED as exc:
             raise StoreError(f"{doing}: Redis refused the credentials: {exc}") from exc
         except UNAVAILABLE as exc:
-            raise StoreUnavailableError(self.prefix, None, f"{doing}: {exc}") from exc
+            raise StoreUnavailableError(
+                self.prefix, None, f"{doing}: {type(exc).__name__}: {exc}"
+            ) from exc
         except redis.RedisError as exc:
             raise StoreError(f"{doing}: {type(exc).__name__}: {exc}") from exc
 
