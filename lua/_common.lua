@@ -106,14 +106,26 @@ for i = 0, NBUCKETS - 1 do BUCKET_FIELDS[#BUCKET_FIELDS + 1] = 'w.' .. i end
 local STATE_FIELDS = {
   'state', 'generation', 'consecutive_failures', 'open_until', 'consecutive_opens',
   'half_open_at', 'half_open_successes', 'forced_until', 'open_count', 'would_trip_count',
+  'incarnation',
 }
+
+-- Integers Lua holds exactly; anything above is garbage, not a count or a time.
+local MAX_EXACT = 9007199254740991
 
 -- A field a person mangled by hand reads as nil here; the caller repairs the whole breaker
 -- rather than guess which of the other fields are still true.
 local function count_field(v)
   local n = tonumber(v)
-  if n == nil or n < 0 or n ~= math.floor(n) then return nil end
+  if n == nil or n < 0 or n > MAX_EXACT or n ~= math.floor(n) then return nil end
   return n
+end
+
+-- Which life of the breaker this is. A breaker deleted (DEL, FLUSHALL, a restart of an
+-- empty Redis, TTL expiry) and created again starts at generation 1 again; the
+-- incarnation tells its outcomes apart from those of calls admitted by the old one.
+local function new_incarnation()
+  local digits = string.match(ARGV[4], '^0?%.(%d+)') or '0'
+  return int(NOW) .. '-' .. string.sub(digits, 1, 8)
 end
 
 local function write_fields(s, extra)
@@ -123,6 +135,7 @@ local function write_fields(s, extra)
     'consecutive_opens', int(s.consecutive_opens), 'half_open_at', int(s.half_open_at),
     'half_open_successes', int(s.half_open_successes), 'forced_until', int(s.forced_until),
     'open_count', int(s.open_count), 'would_trip_count', int(s.would_trip_count),
+    'incarnation', s.incarnation,
   }
   for _, v in ipairs(extra or {}) do args[#args + 1] = v end
   redis.call('HSET', KEY, unpack(args))
@@ -132,7 +145,7 @@ local function fresh_state()
   return {
     state = 'closed', generation = 1, streak = 0, open_until = 0, consecutive_opens = 0,
     half_open_at = 0, half_open_successes = 0, forced_until = 0, open_count = 0,
-    would_trip_count = 0,
+    would_trip_count = 0, incarnation = new_incarnation(),
   }
 end
 
@@ -203,7 +216,7 @@ local function load_state(create)
     open_until = count_field(v[4]), consecutive_opens = count_field(v[5]),
     half_open_at = count_field(v[6]), half_open_successes = count_field(v[7]),
     forced_until = count_field(v[8]), open_count = count_field(v[9]) or 0,
-    would_trip_count = count_field(v[10]) or 0,
+    would_trip_count = count_field(v[10]) or 0, incarnation = v[11],
   }
   local broken = not STATES[s.state]
   for _, f in ipairs({'generation', 'streak', 'open_until', 'consecutive_opens', 'half_open_at',
@@ -214,7 +227,7 @@ local function load_state(create)
     -- Self-repair: a breaker whose fields cannot be trusted restarts closed and says so.
     -- The new generation is the current time in ms when the old one is unreadable, which
     -- is above any generation an in-flight call can carry, so their outcomes stay fenced.
-    local repaired = fresh_state()
+    local repaired = fresh_state()  -- a new incarnation too: no old outcome counts
     repaired.generation = s.generation or NOW
     repaired.open_count = s.open_count
     repaired.would_trip_count = s.would_trip_count
@@ -222,6 +235,11 @@ local function load_state(create)
     transition(repaired, 'closed', 'repaired_invalid_fields')
     touch(repaired)
     return repaired, nil
+  end
+  if not s.incarnation or s.incarnation == '' then
+    -- A breaker written before incarnations existed (or one edited by hand) gets one now.
+    s.incarnation = new_incarnation()
+    redis.call('HSET', KEY, 'incarnation', s.incarnation)
   end
   return s, nil
 end
@@ -287,12 +305,15 @@ local function bump_bucket(at, d_calls, d_failures, d_slow)
   local field = BUCKET_FIELDS[(index % NBUCKETS) + 1]
   local b_start, calls, failures, slow = parse_bucket(redis.call('HGET', KEY, field))
   if b_start ~= start then
-    if b_start ~= nil and b_start > start then return end
+    -- A newer live bucket in this slot wins; one from the future is garbage and goes.
+    if b_start ~= nil and b_start > start and b_start <= NOW then return end
     calls, failures, slow = 0, 0, 0
   end
-  calls = math.max(0, calls + d_calls)
   failures = math.max(0, failures + d_failures)
   slow = math.max(0, slow + d_slow)
+  -- Failures of calls this bucket never counted (it was overwritten, or the breaker was
+  -- wiped meanwhile) still leave a window with no more failures than calls.
+  calls = math.max(0, calls + d_calls, failures, slow)
   redis.call('HSET', KEY, field, int(start) .. ' ' .. calls .. ' ' .. failures .. ' ' .. slow)
 end
 
@@ -301,7 +322,7 @@ local function window_totals()
   local calls, failures, slow = 0, 0, 0
   for i = 1, NBUCKETS do
     local start, c, f, sl = parse_bucket(texts[i])
-    if start ~= nil and start > NOW - CFG.window_ms then
+    if start ~= nil and start > NOW - CFG.window_ms and start <= NOW then
       calls, failures, slow = calls + c, failures + f, slow + sl
     end
   end

@@ -10,10 +10,11 @@
 --   open, forced_open, half_open full    -> reject with the ms until a retry may pass
 --
 -- Returns {verdict, state, generation, consecutive_failures, probe_token, retry_after_ms,
---          now_ms, from_1, to_1, reason_1, ...}
+--          now_ms, incarnation, from_1, to_1, reason_1, ...}
 --   verdict         'admit' | 'probe' | 'reject'
 --   probe_token     '' unless verdict is 'probe'
 --   retry_after_ms  0 unless rejected; -1 when no deadline is known (forced_open, no end)
+--   incarnation     which life of the breaker admitted the call (see _common.lua)
 -- Errors: a reply error starting 'redbreaker:' when KEYS[1] is not a hash or ARGV is bad.
 
 local s, err = load_state(true)
@@ -39,9 +40,14 @@ else
   -- Leases of earlier half-open periods still count: those probes are still running.
   repair_probes()
   redis.call('ZREMRANGEBYSCORE', PROBES, '-inf', NOW)
+  -- No lease of ours ends later than a lease granted now; a later one was written by hand.
+  redis.call('ZREMRANGEBYSCORE', PROBES, '(' .. int(NOW + CFG.probe_lease_ms), '+inf')
   if redis.call('ZCARD', PROBES) < CFG.half_open_max_calls then
     verdict = 'probe'
-    token = int(s.generation) .. '.' .. int(redis.call('HINCRBY', KEY, 'probe_seq', 1))
+    -- Read, not HINCRBY: a hand-edited probe_seq must not turn into a Lua error.
+    local seq = (count_field(redis.call('HGET', KEY, 'probe_seq')) or 0) + 1
+    redis.call('HSET', KEY, 'probe_seq', int(seq))
+    token = int(s.generation) .. '.' .. int(seq)
     redis.call('ZADD', PROBES, int(NOW + CFG.probe_lease_ms), token)
     touch(s)
   else
@@ -50,4 +56,5 @@ else
   end
 end
 
-return with_events({ verdict, s.state, s.generation, s.streak, token, retry_after, NOW })
+return with_events({ verdict, s.state, s.generation, s.streak, token, retry_after, NOW,
+  s.incarnation })

@@ -7,9 +7,11 @@
 -- ARGV[21] the probe token, or '' when the call was not a probe
 -- ARGV[22] '1' when the call was slow (took at least slow_call_duration), else '0'
 -- ARGV[23] the ms time (server) the call was admitted at, to find the bucket it was counted in
+-- ARGV[24] the incarnation the call was admitted under
 --
--- Outcomes admitted under an older generation never move the breaker ('stale'); the lease
--- of a stale probe is still freed. In closed and metrics_only, a failure or slow call that
+-- Outcomes admitted under an older generation or incarnation never move the breaker
+-- ('stale'); the lease of a stale probe is still freed. A breaker that no longer exists is
+-- not created again by an outcome: the outcome is stale. In closed and metrics_only, a failure or slow call that
 -- meets a trip rule opens the breaker (metrics_only only counts a would-trip and starts
 -- counting afresh). In half_open, a probe failure re-opens it and success_threshold probe
 -- successes close it.
@@ -26,8 +28,13 @@ if outcome ~= 'success' and outcome ~= 'failure' and outcome ~= 'ignore'
   return redis.error_reply('redbreaker: unknown outcome ' .. tostring(outcome))
 end
 
-local s, err = load_state(true)
+local incarnation = ARGV[24]
+
+local s, err = load_state(false)
 if err then return redis.error_reply(err) end
+if s == nil then
+  return { 'stale', 'closed', 0, 0, NOW }
+end
 
 if token ~= '' then
   repair_probes()
@@ -36,7 +43,7 @@ end
 advance_clock(s)
 
 local status = 'ignored'
-if generation ~= s.generation then
+if generation ~= s.generation or incarnation ~= s.incarnation then
   status = 'stale'
 elseif outcome == 'release' then
   status = 'recorded'

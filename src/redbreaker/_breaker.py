@@ -146,8 +146,8 @@ class _BreakerCore:
         if cached is not None:
             raise CircuitOpenError(self.name, cached[1], cached[0])
 
-    def _admission(self, reply: AcquireReply) -> tuple[int, str, int, int]:
-        """Fire hooks, then (generation, probe token, admitted_at_ms, streak) or raise."""
+    def _admission(self, reply: AcquireReply) -> None:
+        """Fire the reply's hooks; raise if it rejects the call."""
         self._fire(reply.transitions)
         if reply.verdict == "reject":
             retry_after = None if reply.retry_after_ms < 0 else reply.retry_after_ms / 1000
@@ -157,7 +157,6 @@ class _BreakerCore:
                     self._keys.state, reply.retry_after_ms, reply.state.value
                 )
             raise CircuitOpenError(self.name, reply.state.value, retry_after)
-        return reply.generation, reply.probe_token, reply.now_ms, reply.consecutive_failures
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -206,6 +205,7 @@ class _BreakerCore:
             permit.probe_token,
             "1" if slow else "0",
             str(permit.admitted_at_ms),
+            permit.incarnation,
         )
 
     def _fire(self, transitions: Iterable[Transition]) -> None:
@@ -244,8 +244,8 @@ class _BreakerCore:
 class _PermitState:
     """What a permit remembers between admission and its outcome."""
 
-    __slots__ = ("admitted_at_ms", "generation", "offline", "probe_token", "settled", "started",
-                 "streak_at_admission")
+    __slots__ = ("admitted_at_ms", "generation", "incarnation", "offline", "probe_token",
+                 "settled", "started", "streak_at_admission")
 
     def __init__(
         self,
@@ -255,8 +255,10 @@ class _PermitState:
         streak: int,
         started: float,
         *,
+        incarnation: str = "",
         offline: bool = False,
     ) -> None:
+        self.incarnation = incarnation
         # offline: admitted without Redis (on_store_error="allow"); its outcome goes nowhere.
         self.offline = offline
         self.generation = generation
@@ -392,8 +394,19 @@ class Breaker(_BreakerCore):
         except StoreUnavailableError as exc:
             return self._acquire_without_store(exc, started)
         self._local = None  # Redis answers: the shared breaker decides again
-        generation, token, admitted_at, streak = self._admission(decode_acquire(self.name, raw))
-        return Permit(self, _PermitState(generation, token, admitted_at, streak, started))
+        reply = decode_acquire(self.name, raw)
+        self._admission(reply)
+        return Permit(
+            self,
+            _PermitState(
+                reply.generation,
+                reply.probe_token,
+                reply.now_ms,
+                reply.consecutive_failures,
+                started,
+                incarnation=reply.incarnation,
+            ),
+        )
 
     def _acquire_without_store(self, exc: StoreUnavailableError, started: float) -> Permit:
         policy = self.config.on_store_error

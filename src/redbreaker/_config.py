@@ -33,6 +33,8 @@ StoreErrorPolicy = Literal["allow", "reject", "local"]
 """What a breaker does when Redis cannot be reached (see ``on_store_error``)."""
 
 _DEFAULT_MAX_RECOVERY = 300.0
+# Longer is surely a mistake, and ms counts past ~1e17 reach Redis in float notation.
+_MAX_SECONDS = 10 * 365 * 86_400.0
 
 
 def seconds_setting(name: str, value: object, *, optional: bool = False) -> float | None:
@@ -47,6 +49,8 @@ def seconds_setting(name: str, value: object, *, optional: bool = False) -> floa
         raise ConfigError(name, f"must be a finite number of seconds > 0, got {value!r}")
     if value < 0.001:
         raise ConfigError(name, f"must be at least 1 ms (timing is kept in ms), got {value!r}")
+    if value > _MAX_SECONDS:
+        raise ConfigError(name, f"must be at most 10 years ({_MAX_SECONDS:.0f} s), got {value!r}")
     return float(value)
 
 

@@ -81,6 +81,7 @@ class AcquireReply:
     probe_token: str
     retry_after_ms: int
     now_ms: int
+    incarnation: str
     transitions: tuple[Transition, ...]
 
 
@@ -217,7 +218,8 @@ def decode_acquire(name: str, reply: Sequence[object]) -> AcquireReply:
         probe_token=_text(reply[4]),
         retry_after_ms=_int(reply[5]),
         now_ms=now_ms,
-        transitions=_transitions(name, generation, now_ms, reply[7:]),
+        incarnation=_text(reply[7]),
+        transitions=_transitions(name, generation, now_ms, reply[8:]),
     )
 
 
@@ -267,16 +269,17 @@ def decode_event(payload: bytes | str) -> Transition:
     )
 
 
+_BUCKET_FIELDS = tuple(f"w.{i}" for i in range(10))
+
+
 def _window(fields: dict[str, str], now_ms: int, window_ms: int) -> tuple[int, int, int]:
     calls = failures = slow = 0
-    for key, text in fields.items():
-        if not key.startswith("w."):
-            continue
-        parts = text.split(" ")
+    for key in _BUCKET_FIELDS:  # exactly the fields the scripts read, nothing else
+        parts = fields.get(key, "").split(" ")
         if len(parts) != 4 or not all(p.isdigit() for p in parts):
             continue
         start, c, f, s = (int(p) for p in parts)
-        if start > now_ms - window_ms:
+        if now_ms - window_ms < start <= now_ms:
             calls, failures, slow = calls + c, failures + f, slow + s
     return calls, failures, slow
 
