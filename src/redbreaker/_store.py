@@ -72,6 +72,7 @@ class Store:
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
         self._rejections: dict[str, tuple[int, str]] = {}
+        self._closed = False
         hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
         for hook in hooks:
             if not callable(hook):
@@ -187,7 +188,7 @@ class Store:
 
         def events() -> Iterator[Transition]:
             try:
-                for message in pubsub.listen():
+                for message in self._listen(pubsub):
                     if message.get("type") != "message":
                         continue
                     try:
@@ -202,6 +203,16 @@ class Store:
 
         return events()
 
+    def _listen(self, pubsub: Any) -> Iterator[dict[str, Any]]:  # noqa: ANN401
+        # Losing the connection mid-watch is the library's StoreUnavailableError too, unless
+        # the store was closed: that is how a watch is ended from another thread.
+        try:
+            with self._library_errors(f"watching {self.prefix}:events"):
+                yield from pubsub.listen()
+        except (StoreUnavailableError, StoreError):
+            if not self._closed:
+                raise
+
     def _undecoded_client(self) -> RedisClient:
         # A decoding connection fails inside redis-py on a payload that is not UTF-8, before
         # we could skip it; events are read on a connection that hands over bytes.
@@ -215,7 +226,8 @@ class Store:
         return redis.Redis(connection_pool=raw_pool)
 
     def close(self) -> None:
-        """Close the client's connections."""
+        """Close the client's connections (and end any :meth:`transitions` loop)."""
+        self._closed = True
         if isinstance(self.client, RedisCluster):
             # Node clients built by RedisCluster.from_url do not close the pools they were
             # handed; without this their sockets stay open until garbage collection.
