@@ -164,13 +164,16 @@ local function touch(s)
   redis.call('PEXPIRE', PROBES, ttl)
 end
 
-local function publish(from, to, reason, generation)
+-- retry_after_ms tells watchers that cache rejections how long the new state rejects:
+-- the ms until an open (or deadlined forced_open) breaker admits again, -1 for a
+-- forced_open without deadline, 0 for states that admit or decide per call.
+local function publish(from, to, reason, generation, retry_after_ms)
   EVENTS[#EVENTS + 1] = from
   EVENTS[#EVENTS + 1] = to
   EVENTS[#EVENTS + 1] = reason
   redis.call('PUBLISH', CHANNEL, cjson.encode({
     name = NAME, from_state = from, to_state = to, reason = reason,
-    generation = generation, at_ms = NOW,
+    generation = generation, at_ms = NOW, retry_after_ms = retry_after_ms or 0,
   }))
 end
 
@@ -189,7 +192,13 @@ local function transition(s, to, reason)
   if not OPERATOR_STATES[to] then s.forced_until = 0 end
   redis.call('HDEL', KEY, unpack(BUCKET_FIELDS))
   write_fields(s, { 'changed_at', int(NOW), 'last_reason', reason, 'config', CONFIG_TEXT })
-  publish(from, to, reason, s.generation)
+  local retry_after = 0
+  if to == 'open' then
+    retry_after = s.open_until - NOW
+  elseif to == 'forced_open' then
+    retry_after = (s.forced_until > 0) and (s.forced_until - NOW) or -1
+  end
+  publish(from, to, reason, s.generation, retry_after)
 end
 
 local function load_state(create)

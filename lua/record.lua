@@ -2,12 +2,15 @@
 --
 -- KEYS[1], KEYS[2], ARGV[1..18]: as in _common.lua (prepended to this file).
 -- ARGV[19] outcome: 'success' | 'failure' | 'ignore' (counts as no call) | 'release'
---          (a probe ended without an outcome: its lease is freed, nothing is counted)
+--          (a probe ended without an outcome: its lease is freed, nothing is counted) |
+--          'flush' (no outcome of its own: only ARGV[25]'s calls are added)
 -- ARGV[20] the generation the call was admitted under
 -- ARGV[21] the probe token, or '' when the call was not a probe
 -- ARGV[22] '1' when the call was slow (took at least slow_call_duration), else '0'
 -- ARGV[23] the ms time (server) the call was admitted at, to find the bucket it was counted in
 -- ARGV[24] the incarnation the call was admitted under
+-- ARGV[25] calls to add to the window now, for calls admitted without asking Redis (the
+--          cached consistency mode): this call, if it was one, plus batched successes
 --
 -- Outcomes admitted under an older generation or incarnation never move the breaker
 -- ('stale'); the lease of a stale probe is still freed. A breaker that no longer exists is
@@ -23,8 +26,9 @@
 local outcome, generation, token = ARGV[19], tonumber(ARGV[20]), ARGV[21]
 local slow = ARGV[22] == '1'
 local admitted_at = tonumber(ARGV[23]) or NOW
+local extra_calls = count_field(ARGV[25]) or 0
 if outcome ~= 'success' and outcome ~= 'failure' and outcome ~= 'ignore'
-    and outcome ~= 'release' then
+    and outcome ~= 'release' and outcome ~= 'flush' then
   return redis.error_reply('redbreaker: unknown outcome ' .. tostring(outcome))
 end
 
@@ -49,7 +53,10 @@ elseif outcome == 'release' then
   status = 'recorded'
 elseif s.state == 'closed' or s.state == 'metrics_only' then
   status = 'recorded'
-  if outcome == 'ignore' then
+  if extra_calls > 0 then bump_bucket(NOW, extra_calls, 0, 0) end
+  if outcome == 'flush' then
+    -- only the batched calls above
+  elseif outcome == 'ignore' then
     bump_bucket(admitted_at, -1, 0, 0)
   else
     if outcome == 'failure' then

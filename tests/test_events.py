@@ -145,6 +145,9 @@ CYCLE = [
     ("closed", "forced_open", "operator:force_open", 5, START_MS + 5000),
     ("forced_open", "closed", "reset", 6, START_MS + 5000),
 ]
+# What each of those tells a watcher that caches rejections: the ms the new state rejects
+# for (open: the recovery timeout; forced_open: its 60 s duration; others: 0).
+RETRY_AFTER_MS = [5000, 0, 0, 60000, 0]
 NAME = "zahlungs-dienst-ü:eu/1"
 
 
@@ -177,8 +180,11 @@ def test_transitions_are_published_as_json(redis_url: str, raw: redis.Redis) -> 
             "reason": reason,
             "generation": generation,
             "at_ms": at_ms,
+            "retry_after_ms": retry_after_ms,
         }
-        for from_state, to_state, reason, generation, at_ms in CYCLE
+        for (from_state, to_state, reason, generation, at_ms), retry_after_ms in zip(
+            CYCLE, RETRY_AFTER_MS, strict=True
+        )
     ]
 
 

@@ -183,18 +183,21 @@ class Model:
             return
         old = self.buckets.get(at // width % 10)
         if old is None or old[0] != start:
-            if old is not None and old[0] > start:
+            if old is not None and start < old[0] <= now:
                 return
             old = [start, 0, 0, 0]
+        new_failures = max(0, old[2] + failures)
+        new_slow = max(0, old[3] + slow)
+        # A bucket never holds more failures or slow calls than calls.
         self.buckets[at // width % 10] = [
             start,
-            max(0, old[1] + calls),
-            max(0, old[2] + failures),
-            max(0, old[3] + slow),
+            max(0, old[1] + calls, new_failures, new_slow),
+            new_failures,
+            new_slow,
         ]
 
     def totals(self, now: int) -> tuple[int, int, int]:
-        live = [b for b in self.buckets.values() if b[0] > now - self.window]
+        live = [b for b in self.buckets.values() if now - self.window < b[0] <= now]
         return sum(b[1] for b in live), sum(b[2] for b in live), sum(b[3] for b in live)
 
     def _trip_reason(self, now: int) -> str | None:

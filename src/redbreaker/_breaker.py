@@ -19,10 +19,13 @@ Round trips per call:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import logging
 import random
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
@@ -118,6 +121,15 @@ class _BreakerCore:
         self._local: Breaker | None = None
         if self.config.on_store_error == "local":
             _embedded_store(store)  # fails now, not in an outage, if fakeredis is missing
+        self._cached = self.config.consistency == "cached"
+        self._max_staleness = seconds_setting("max_staleness", self.config.max_staleness) or 0.0
+        self._flush_interval = (
+            seconds_setting("flush_interval", self.config.flush_interval) or 0.0
+        )
+        self._copy: _LocalCopy | None = None
+        self._batch = _Batch()
+        if self._cached:
+            _cached_breakers.add(self)
 
     def __repr__(self) -> str:
         return f"<redbreaker.{type(self).__name__} {self.name!r} prefix={self.store.prefix!r}>"
@@ -188,25 +200,78 @@ class _BreakerCore:
             slow = False
         elif slow is None:
             slow = self.store.clock.monotonic() - permit.started >= self._slow_after
-        if (
-            outcome == "success"
-            and not permit.probe_token
-            and not slow
-            and permit.streak_at_admission == 0
-        ):
-            # The call was counted when admitted; a success only has news to carry when
-            # it ends a failure streak or was slow.
-            return None
-        if outcome == "release" and not permit.probe_token:
-            return None
+        quiet = (
+            (outcome == "success" and not slow and permit.streak_at_admission == 0)
+            or outcome == "release"
+            or (outcome == "ignore" and not permit.counted)
+        ) and not permit.probe_token
+        # A cached breaker's locally admitted call was not counted in Redis yet.
+        own_call = 0 if permit.counted or outcome in ("ignore", "release") else 1
+        if quiet:
+            # Nothing for Redis to learn now: a plain success was counted when admitted
+            # (strict), or joins the batch (cached), which goes out once it is due.
+            batched = self._batch.add(permit, own_call, self._flush_interval, self._now())
+            if batched is None:
+                return None
+            generation, incarnation, calls = batched
+            return self._args(
+                "flush", str(generation), "", "0", "", incarnation, str(calls)
+            )
+        calls = self._batch.take(permit.generation, permit.incarnation) + own_call
         return self._args(
             outcome,
             str(permit.generation),
             permit.probe_token,
             "1" if slow else "0",
-            str(permit.admitted_at_ms),
+            "" if permit.admitted_at_ms is None else str(permit.admitted_at_ms),
             permit.incarnation,
+            str(calls),
         )
+
+    def _now(self) -> float:
+        return self.store.clock.monotonic()
+
+    # -- the local copy (cached consistency) -----------------------------------------------
+
+    def _admit_locally(self) -> _PermitState | None:
+        """A permit from the local copy, or None when Redis must decide."""
+        copy = self._copy
+        if copy is None:
+            return None
+        now = self._now()
+        if (
+            now - copy.taken_at >= self._max_staleness
+            or self.store.heard(self.name) != copy.heard
+        ):
+            self._copy = None  # a transition was pushed, or the copy is too old
+            return None
+        return _PermitState(
+            copy.generation,
+            "",
+            None,
+            copy.streak,
+            now,
+            incarnation=copy.incarnation,
+            counted=False,
+        )
+
+    def _keep_copy(self, reply: AcquireReply, heard: int, taken_at: float) -> None:
+        if reply.verdict == "admit" and reply.state in _LOCAL_STATES and not reply.transitions:
+            self._copy = _LocalCopy(
+                reply.generation, reply.incarnation, reply.consecutive_failures, heard, taken_at
+            )
+        else:
+            self._copy = None
+
+    def _learn(self, reply: RecordReply) -> None:
+        """A cached breaker's copy follows what its own records reveal."""
+        copy = self._copy
+        if copy is None:
+            return
+        if reply.transitions or reply.generation != copy.generation:
+            self._copy = None
+        else:
+            copy.streak = reply.consecutive_failures
 
     def _fire(self, transitions: Iterable[Transition]) -> None:
         for transition in transitions:
@@ -244,20 +309,24 @@ class _BreakerCore:
 class _PermitState:
     """What a permit remembers between admission and its outcome."""
 
-    __slots__ = ("admitted_at_ms", "generation", "incarnation", "offline", "probe_token",
-                 "settled", "started", "streak_at_admission")
+    __slots__ = ("admitted_at_ms", "counted", "generation", "incarnation", "offline",
+                 "probe_token", "settled", "started", "streak_at_admission")
 
     def __init__(
         self,
         generation: int,
         probe_token: str,
-        admitted_at_ms: int,
+        admitted_at_ms: int | None,
         streak: int,
         started: float,
         *,
         incarnation: str = "",
         offline: bool = False,
+        counted: bool = True,
     ) -> None:
+        # counted: Redis counted the call when it admitted it; a cached breaker's local
+        # admission was not counted yet, so its outcome (or a batch) must carry it.
+        self.counted = counted
         self.incarnation = incarnation
         # offline: admitted without Redis (on_store_error="allow"); its outcome goes nowhere.
         self.offline = offline
@@ -388,6 +457,12 @@ class Breaker(_BreakerCore):
                 try again.
         """
         self._check_cached_rejection()
+        if self._cached:
+            local = self._admit_locally()
+            if local is not None:
+                return Permit(self, local)
+            self.store.start_feed()
+            heard = self.store.heard(self.name)
         started = self.store.clock.monotonic()
         try:
             raw = self.store.run("acquire", self._keys, self._args())
@@ -395,6 +470,8 @@ class Breaker(_BreakerCore):
             return self._acquire_without_store(exc, started)
         self._local = None  # Redis answers: the shared breaker decides again
         reply = decode_acquire(self.name, raw)
+        if self._cached:
+            self._keep_copy(reply, heard, started)
         self._admission(reply)
         return Permit(
             self,
@@ -435,6 +512,7 @@ class Breaker(_BreakerCore):
         try:
             reply = decode_record(self.name, self.store.run("record", self._keys, args))
         except StoreUnavailableError:
+            self._copy = None
             return None  # the store's outage was logged once, when it began
         except StoreError as exc:
             # Bookkeeping must never mask the call's own result or exception.
@@ -447,8 +525,21 @@ class Breaker(_BreakerCore):
                 extra={"event": "record_failed", "breaker": self.name, "outcome": outcome},
             )
             return None
+        if self._cached:
+            self._learn(reply)
         self._fire(reply.transitions)
         return reply
+
+    def flush(self) -> None:
+        """Send the successes a cached breaker has counted but not sent yet (one round
+        trip when there are any). Snapshots do it first; exiting processes do it too."""
+        batched = self._batch.drain()
+        if batched is None:
+            return
+        generation, incarnation, calls = batched
+        args = self._args("flush", str(generation), "", "0", "", incarnation, str(calls))
+        with contextlib.suppress(StoreUnavailableError, StoreError):
+            self.store.run("record", self._keys, args)
 
     def _attempt_runner(self) -> AttemptRunner:
         runner = self._runner
@@ -525,7 +616,9 @@ class Breaker(_BreakerCore):
     # -- reading -------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """The breaker as Redis holds it now (one round trip; changes nothing)."""
+        """The breaker as Redis holds it now (one round trip; changes nothing but the
+        sending of a cached breaker's counted successes)."""
+        self.flush()
         reply = self.store.run("inspect", self._keys, self._args())
         return decode_snapshot(self.name, reply, self._window_ms)
 
@@ -577,3 +670,77 @@ def _embedded_store(shared: Store) -> Store:
             store = connect("memory://", prefix=shared.prefix, clock=shared.clock)
             _embedded_stores[id(shared)] = store
         return store
+
+
+_LOCAL_STATES = frozenset({State.CLOSED, State.METRICS_ONLY, State.FORCED_CLOSED})
+
+
+class _LocalCopy:
+    """What a cached breaker knows of the shared one, and since when."""
+
+    __slots__ = ("generation", "heard", "incarnation", "streak", "taken_at")
+
+    def __init__(
+        self, generation: int, incarnation: str, streak: int, heard: int, taken_at: float
+    ) -> None:
+        self.generation = generation
+        self.incarnation = incarnation
+        self.streak = streak
+        self.heard = heard
+        self.taken_at = taken_at
+
+
+class _Batch:
+    """Successes counted locally, waiting to be sent in one round trip. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._generation = 0
+        self._incarnation = ""
+        self._since = 0.0
+
+    def add(
+        self, permit: _PermitState, calls: int, interval: float, now: float
+    ) -> tuple[int, str, int] | None:
+        """Count ``calls``; return (generation, incarnation, calls) when a send is due."""
+        with self._lock:
+            if (permit.generation, permit.incarnation) != (self._generation, self._incarnation):
+                # Successes of an earlier generation would be stale in Redis: drop them.
+                self._calls, self._since = 0, now
+                self._generation, self._incarnation = permit.generation, permit.incarnation
+            self._calls += calls
+            if self._calls == 0 or now - self._since < interval:
+                return None
+            due = (self._generation, self._incarnation, self._calls)
+            self._calls, self._since = 0, now
+            return due
+
+    def take(self, generation: int, incarnation: str) -> int:
+        """The counted calls of that generation, to ride along with an outcome."""
+        with self._lock:
+            if (generation, incarnation) != (self._generation, self._incarnation):
+                return 0
+            calls, self._calls = self._calls, 0
+            return calls
+
+    def drain(self) -> tuple[int, str, int] | None:
+        with self._lock:
+            if self._calls == 0:
+                return None
+            due = (self._generation, self._incarnation, self._calls)
+            self._calls = 0
+            return due
+
+
+_cached_breakers: weakref.WeakSet[_BreakerCore] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    # Counted successes would be lost with the process; one round trip each sends them.
+    for breaker in list(_cached_breakers):
+        flush = getattr(breaker, "flush", None)
+        if flush is not None:
+            with contextlib.suppress(Exception):
+                flush()

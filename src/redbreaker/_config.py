@@ -12,6 +12,7 @@ from ._exceptions import ConfigError
 
 __all__ = [
     "BreakerConfig",
+    "Consistency",
     "ExceptionMatcher",
     "Seconds",
     "StoreErrorPolicy",
@@ -28,6 +29,9 @@ ExceptionMatcher = Union[  # noqa: UP007 (a runtime alias must work on 3.10)
     type[BaseException], tuple[type[BaseException], ...], Callable[[BaseException], bool]
 ]
 """Exception types, or a predicate that takes the exception."""
+
+Consistency = Literal["strict", "cached"]
+"""How a breaker admits calls in the closed state (see ``consistency``)."""
 
 StoreErrorPolicy = Literal["allow", "reject", "local"]
 """What a breaker does when Redis cannot be reached (see ``on_store_error``)."""
@@ -135,6 +139,18 @@ class BreakerConfig:
             of this process alone with the same config (needs the ``embedded`` extra).
             Shared state is used again as soon as Redis answers.
 
+    Consistency (local to each process):
+        consistency: ``"strict"`` asks Redis on every call (one round trip for a healthy
+            call). ``"cached"`` admits closed-state calls from a local copy of the breaker
+            that every transition updates at once through pub/sub: no round trip for a
+            healthy call. Successes are counted locally and sent in batches; failures are
+            sent at once, so trips are not delayed; half-open is always decided in Redis,
+            so the probe limit holds fleet-wide.
+        max_staleness: the oldest local copy a cached breaker admits from; an older one is
+            refreshed with one round trip (the backstop when a pub/sub message is lost).
+        flush_interval: how long a cached breaker may hold counted successes before it
+            sends them (with the next call after the interval, or any failure).
+
     Attempt threads (local; used only by guards with an ``attempt_timeout`` or deadline):
         attempt_threads: threads this breaker's attempts may hold at once in a process,
             running or abandoned after a timeout.
@@ -168,6 +184,9 @@ class BreakerConfig:
     half_open_max_wait: Seconds | None = None
     key_ttl: Seconds = 86_400.0
     on_store_error: StoreErrorPolicy = "allow"
+    consistency: Consistency = "strict"
+    max_staleness: Seconds = 1.0
+    flush_interval: Seconds = 0.1
     attempt_threads: int = 16
     max_abandoned_attempts: int = 8
     record_on: ExceptionMatcher = Exception
@@ -209,6 +228,12 @@ class BreakerConfig:
         lease = seconds_setting("probe_lease", self.probe_lease)
         max_wait = seconds_setting("half_open_max_wait", self.half_open_max_wait, optional=True)
         ttl = seconds_setting("key_ttl", self.key_ttl)
+        if self.consistency not in ("strict", "cached"):
+            raise ConfigError(
+                "consistency", f'must be "strict" or "cached", got {self.consistency!r}'
+            )
+        seconds_setting("max_staleness", self.max_staleness)
+        seconds_setting("flush_interval", self.flush_interval)
         if self.on_store_error not in ("allow", "reject", "local"):
             raise ConfigError(
                 "on_store_error",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import random
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Union
@@ -17,7 +20,7 @@ from ._clock import Clock, SystemClock
 from ._config import seconds_setting
 from ._exceptions import ConfigError, StoreError, StoreUnavailableError
 from ._health import REFUSED, UNAVAILABLE, StoreEvent, StoreHealth
-from ._keys import BreakerKeys, check_prefix
+from ._keys import BreakerKeys, breaker_keys, check_name, check_prefix
 from ._scripts import SCRIPT_NAMES, script_source
 from ._state import Transition, decode_event
 
@@ -73,6 +76,13 @@ class Store:
         }
         self._rejections: dict[str, tuple[int, str]] = {}
         self._closed = False
+        # The transition feed of cached breakers: per breaker name, how many transitions
+        # this process has heard of. A local copy taken before the latest one is stale.
+        self._heard: dict[str, int] = {}
+        self._feed_lock = threading.Lock()
+        self._feed: threading.Thread | None = None
+        self._feed_live = False
+        self._feed_epoch = 0
         hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
         for hook in hooks:
             if not callable(hook):
@@ -139,6 +149,77 @@ class Store:
     def forget_rejection(self, key: str) -> None:
         """Drop a cached rejection, e.g. after this process changed the breaker."""
         self._rejections.pop(key, None)
+
+    # -- the transition feed (cached consistency) ---------------------------------------
+
+    def heard(self, name: str) -> int:
+        """Transitions of breaker ``name`` this process has heard of (pub/sub), plus one
+        per (re)subscription, which may have missed some: compare two readings to learn
+        whether anything happened in between."""
+        return self._heard.get(name, 0) + self._feed_epoch
+
+    @property
+    def feed_live(self) -> bool:
+        """True while the transition feed is subscribed."""
+        return self._feed_live
+
+    def start_feed(self) -> None:
+        """Start the thread that hears every transition under this prefix (once)."""
+        if self._feed is not None:
+            return
+        with self._feed_lock:
+            if self._feed is None and not self._closed:
+                self._feed = threading.Thread(
+                    target=self._run_feed, name=f"redbreaker-feed-{self.prefix}", daemon=True
+                )
+                self._feed.start()
+
+    def _run_feed(self) -> None:
+        delay = 0.05
+        while not self._closed:
+            raw_client = self._undecoded_client()
+            pubsub = raw_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(f"{self.prefix}:events")
+                pubsub.get_message(timeout=1.0)
+                # Events published while unsubscribed are lost: every local copy taken
+                # before now must be refreshed from Redis.
+                self._feed_epoch += 1
+                self._feed_live = True
+                delay = 0.05
+                while not self._closed:
+                    message = pubsub.get_message(timeout=0.25)
+                    if message is not None and message.get("type") == "message":
+                        self._heard_event(message["data"])
+            except Exception:  # any failure: resubscribe after a pause
+                pass
+            finally:
+                self._feed_live = False
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+                if raw_client is not self.client:
+                    with contextlib.suppress(Exception):
+                        raw_client.close()
+            if self._closed:
+                return
+            time.sleep(delay * (0.5 + 0.5 * random.random()))
+            delay = min(2.0, delay * 2)
+
+    def _heard_event(self, payload: bytes | str) -> None:
+        try:
+            data = json.loads(payload)
+            name = check_name(data["name"])
+            to_state = str(data["to_state"])
+            retry_after_ms = int(data.get("retry_after_ms", 0))
+        except Exception:  # not ours to decode: skip it
+            return
+        self._heard[name] = self._heard.get(name, 0) + 1
+        key = breaker_keys(self.prefix, name).state
+        if to_state in ("open", "forced_open") and retry_after_ms > 0:
+            # The server's deadline, pushed: every process now rejects locally until then.
+            self.cache_rejection(key, retry_after_ms, to_state)
+        else:
+            self.forget_rejection(key)
 
     def breaker_names(self) -> list[str]:
         """Names of the breakers under this prefix, sorted (SCAN; never KEYS)."""
