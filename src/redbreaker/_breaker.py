@@ -19,17 +19,16 @@ Round trips per call:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import logging
 import random
 import threading
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
+from ._cache import LOCAL_STATES, Batch, LocalCopy, flush_at_exit
 from ._config import BreakerConfig, ExceptionMatcher, Seconds, seconds_setting
 from ._exceptions import (
     AttemptRejectedError,
@@ -126,10 +125,8 @@ class _BreakerCore:
         self._flush_interval = (
             seconds_setting("flush_interval", self.config.flush_interval) or 0.0
         )
-        self._copy: _LocalCopy | None = None
-        self._batch = _Batch()
-        if self._cached:
-            _cached_breakers.add(self)
+        self._copy: LocalCopy | None = None
+        self._batch = Batch()
 
     def __repr__(self) -> str:
         return f"<redbreaker.{type(self).__name__} {self.name!r} prefix={self.store.prefix!r}>"
@@ -256,8 +253,8 @@ class _BreakerCore:
         )
 
     def _keep_copy(self, reply: AcquireReply, heard: int, taken_at: float) -> None:
-        if reply.verdict == "admit" and reply.state in _LOCAL_STATES and not reply.transitions:
-            self._copy = _LocalCopy(
+        if reply.verdict == "admit" and reply.state in LOCAL_STATES and not reply.transitions:
+            self._copy = LocalCopy(
                 reply.generation, reply.incarnation, reply.consecutive_failures, heard, taken_at
             )
         else:
@@ -448,6 +445,8 @@ class Breaker(_BreakerCore):
         super().__init__(
             name, store=store, config=config, on_transition=on_transition, settings=settings
         )
+        if self._cached:
+            flush_at_exit(self)
 
     def acquire(self) -> Permit:
         """Ask for leave to make one call.
@@ -670,77 +669,3 @@ def _embedded_store(shared: Store) -> Store:
             store = connect("memory://", prefix=shared.prefix, clock=shared.clock)
             _embedded_stores[id(shared)] = store
         return store
-
-
-_LOCAL_STATES = frozenset({State.CLOSED, State.METRICS_ONLY, State.FORCED_CLOSED})
-
-
-class _LocalCopy:
-    """What a cached breaker knows of the shared one, and since when."""
-
-    __slots__ = ("generation", "heard", "incarnation", "streak", "taken_at")
-
-    def __init__(
-        self, generation: int, incarnation: str, streak: int, heard: int, taken_at: float
-    ) -> None:
-        self.generation = generation
-        self.incarnation = incarnation
-        self.streak = streak
-        self.heard = heard
-        self.taken_at = taken_at
-
-
-class _Batch:
-    """Successes counted locally, waiting to be sent in one round trip. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._calls = 0
-        self._generation = 0
-        self._incarnation = ""
-        self._since = 0.0
-
-    def add(
-        self, permit: _PermitState, calls: int, interval: float, now: float
-    ) -> tuple[int, str, int] | None:
-        """Count ``calls``; return (generation, incarnation, calls) when a send is due."""
-        with self._lock:
-            if (permit.generation, permit.incarnation) != (self._generation, self._incarnation):
-                # Successes of an earlier generation would be stale in Redis: drop them.
-                self._calls, self._since = 0, now
-                self._generation, self._incarnation = permit.generation, permit.incarnation
-            self._calls += calls
-            if self._calls == 0 or now - self._since < interval:
-                return None
-            due = (self._generation, self._incarnation, self._calls)
-            self._calls, self._since = 0, now
-            return due
-
-    def take(self, generation: int, incarnation: str) -> int:
-        """The counted calls of that generation, to ride along with an outcome."""
-        with self._lock:
-            if (generation, incarnation) != (self._generation, self._incarnation):
-                return 0
-            calls, self._calls = self._calls, 0
-            return calls
-
-    def drain(self) -> tuple[int, str, int] | None:
-        with self._lock:
-            if self._calls == 0:
-                return None
-            due = (self._generation, self._incarnation, self._calls)
-            self._calls = 0
-            return due
-
-
-_cached_breakers: weakref.WeakSet[_BreakerCore] = weakref.WeakSet()
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    # Counted successes would be lost with the process; one round trip each sends them.
-    for breaker in list(_cached_breakers):
-        flush = getattr(breaker, "flush", None)
-        if flush is not None:
-            with contextlib.suppress(Exception):
-                flush()

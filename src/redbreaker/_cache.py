@@ -1,0 +1,103 @@
+"""The local side of the cached consistency mode: a copy of the shared breaker, and the
+successes counted locally until they are sent. Pure bookkeeping: no I/O here."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import threading
+import weakref
+from typing import Protocol
+
+from ._state import State
+
+__all__ = ["LOCAL_STATES", "Batch", "LocalCopy", "PermitKey", "flush_at_exit"]
+
+LOCAL_STATES = frozenset({State.CLOSED, State.METRICS_ONLY, State.FORCED_CLOSED})
+"""States whose admissions a cached breaker may decide from its local copy."""
+
+
+class PermitKey(Protocol):
+    """The generation and incarnation a call was admitted under."""
+
+    generation: int
+    incarnation: str
+
+
+class LocalCopy:
+    """What a cached breaker knows of the shared one, and since when."""
+
+    __slots__ = ("generation", "heard", "incarnation", "streak", "taken_at")
+
+    def __init__(
+        self, generation: int, incarnation: str, streak: int, heard: int, taken_at: float
+    ) -> None:
+        self.generation = generation
+        self.incarnation = incarnation
+        self.streak = streak
+        self.heard = heard
+        self.taken_at = taken_at
+
+
+class Batch:
+    """Successes counted locally, waiting to be sent in one round trip. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._generation = 0
+        self._incarnation = ""
+        self._since = 0.0
+
+    def add(
+        self, permit: PermitKey, calls: int, interval: float, now: float
+    ) -> tuple[int, str, int] | None:
+        """Count ``calls``; return (generation, incarnation, calls) when a send is due."""
+        with self._lock:
+            if (permit.generation, permit.incarnation) != (self._generation, self._incarnation):
+                # Successes of an earlier generation would be stale in Redis: drop them.
+                self._calls, self._since = 0, now
+                self._generation, self._incarnation = permit.generation, permit.incarnation
+            self._calls += calls
+            if self._calls == 0 or now - self._since < interval:
+                return None
+            due = (self._generation, self._incarnation, self._calls)
+            self._calls, self._since = 0, now
+            return due
+
+    def take(self, generation: int, incarnation: str) -> int:
+        """The counted calls of that generation, to ride along with an outcome."""
+        with self._lock:
+            if (generation, incarnation) != (self._generation, self._incarnation):
+                return 0
+            calls, self._calls = self._calls, 0
+            return calls
+
+    def drain(self) -> tuple[int, str, int] | None:
+        """Everything counted, to send now; None when there is nothing."""
+        with self._lock:
+            if self._calls == 0:
+                return None
+            due = (self._generation, self._incarnation, self._calls)
+            self._calls = 0
+            return due
+
+
+class _Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+_cached: weakref.WeakSet[_Flushable] = weakref.WeakSet()
+
+
+def flush_at_exit(breaker: _Flushable) -> None:
+    """Send ``breaker``'s counted successes when the process exits normally."""
+    _cached.add(breaker)
+
+
+@atexit.register
+def _flush_all() -> None:
+    # Counted successes would be lost with the process; one round trip each sends them.
+    for breaker in list(_cached):
+        with contextlib.suppress(Exception):
+            breaker.flush()
