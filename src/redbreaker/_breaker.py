@@ -265,7 +265,8 @@ class _BreakerCore:
         copy = self._copy
         if copy is None:
             return
-        if reply.transitions or reply.generation != copy.generation:
+        if reply.status == "stale" or reply.transitions or reply.generation != copy.generation:
+            # Redis moved on (or lost the breaker): ask it again at the next call.
             self._copy = None
         else:
             copy.streak = reply.consecutive_failures

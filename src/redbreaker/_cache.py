@@ -55,7 +55,15 @@ class Batch:
         """Count ``calls``; return (generation, incarnation, calls) when a send is due."""
         with self._lock:
             if (permit.generation, permit.incarnation) != (self._generation, self._incarnation):
-                # Successes of an earlier generation would be stale in Redis: drop them.
+                if (
+                    self._calls
+                    and permit.incarnation == self._incarnation
+                    and permit.generation < self._generation
+                ):
+                    # A late outcome of an earlier generation: stale in Redis anyway, and
+                    # no reason to drop what the current generation has counted.
+                    return None
+                # The breaker moved on: what was counted under the old generation is stale.
                 self._calls, self._since = 0, now
                 self._generation, self._incarnation = permit.generation, permit.incarnation
             self._calls += calls
