@@ -1,9 +1,11 @@
 """Worker for ``test_faults.py``: one load-generating process (``spawn``).
 
 Each worker builds its own store with :func:`redbreaker.connect` (a short ``store_timeout``,
-real Redis ``TIME``) and its own ``Breaker("dep", ...)`` with the test's ``on_store_error``,
-waits on the shared barrier, then calls ``breaker.call(dependency)`` in a loop (one call
-per ``pace`` seconds) until the parent sets ``stop``, while the parent breaks Redis.
+real Redis ``TIME``) and its own ``Breaker("dep", ...)`` with the test's ``on_store_error``
+and ``consistency`` ("strict" unless given, or "cached"), waits on the shared barrier, then
+calls ``breaker.call(dependency)`` in a loop (one call per ``pace`` seconds) until the
+parent sets ``stop``, while the parent breaks Redis. Then it flushes its breaker (a cached
+breaker's batched successes reach Redis before the worker reports).
 
 It counts, per process: calls, dependency runs, the exceptions that reached the caller (by
 type name; a non-redbreaker exception is named with its module, so a raw redis-py error
@@ -123,6 +125,7 @@ def load(
         NAME,
         store=store,
         on_store_error=params["policy"],
+        consistency=params.get("consistency", "strict"),
         on_transition=on_transition,
         **params["config"],
     )
@@ -159,6 +162,7 @@ def load(
             starts.append(started)
             durations.append(ended - started)
             time.sleep(pace)
+        breaker.flush()
         return {
             "calls": calls,
             "runs": runs,

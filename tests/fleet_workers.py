@@ -1,9 +1,12 @@
 """Worker functions for ``test_fleet.py``: each runs in its own process (``spawn``).
 
 Every worker builds its own store with :func:`redbreaker.connect` (real Redis ``TIME``, no
-test clock) and its own ``Breaker("dep", ...)``, waits on the shared barrier so the fleet
-really starts together, and returns plain picklable data. The parent imports this module by
-name: ``tests/`` is on ``sys.path`` and ``spawn`` hands the parent's ``sys.path`` to the child.
+test clock) and its own ``Breaker("dep", ...)`` in the consistency mode the test asks for
+(``params["consistency"]``: "strict" unless given, or "cached"), waits on the shared barrier
+so the fleet really starts together, and returns plain picklable data. Each worker flushes
+its breaker before it reports, so the successes a cached breaker batched are in Redis by
+then. The parent imports this module by name: ``tests/`` is on ``sys.path`` and ``spawn``
+hands the parent's ``sys.path`` to the child.
 
 Times are ``time.monotonic()`` readings: CLOCK_MONOTONIC is system-wide on Linux, so the
 readings of different processes on one host can be compared.
@@ -71,8 +74,9 @@ def _build(
 ) -> tuple[redbreaker.Store, redbreaker.Breaker, list[Event]]:
     store = redbreaker.connect(url)
     seen: list[Event] = []
+    settings = {**params["config"], "consistency": params.get("consistency", "strict")}
     breaker = redbreaker.Breaker(
-        NAME, store=store, on_transition=[lambda t: seen.append(_event(t))], **params["config"]
+        NAME, store=store, on_transition=[lambda t: seen.append(_event(t))], **settings
     )
     return store, breaker, seen
 
@@ -106,6 +110,7 @@ def trip_until_rejected(
             except Boom:
                 continue
             except redbreaker.CircuitOpenError as exc:
+                breaker.flush()
                 return {
                     "calls": calls,
                     "transitions": seen,
@@ -126,6 +131,7 @@ def fail_n_times(
     failures = successes = 0
     try:
         barrier.wait(BARRIER_TIMEOUT)
+        started = time.monotonic()
         for _ in range(n):
             try:
                 breaker.call(fail)
@@ -134,7 +140,13 @@ def fail_n_times(
             for _ in range(successes_each):
                 breaker.call(succeed)
                 successes += 1
-        return {"failures": failures, "successes": successes, "transitions": seen}
+        breaker.flush()
+        return {
+            "failures": failures,
+            "successes": successes,
+            "transitions": seen,
+            "elapsed": time.monotonic() - started,
+        }
     finally:
         store.close()
 
@@ -177,6 +189,7 @@ def probe_hammer(
             else:
                 permit.failure()
             probes.append((permit.generation, start, end))
+        breaker.flush()
         return {
             "probes": probes,
             "rejected": dict(rejected),
@@ -207,6 +220,7 @@ def restarted(
             breaker.call(dependency)
         except redbreaker.CircuitOpenError as exc:
             rejected = (exc.state, exc.retry_after)
+        breaker.flush()
         return {
             "before": before,
             "after": breaker.snapshot(),
@@ -274,6 +288,7 @@ def close_after_kill(
                 probes.append((permit.generation, start, end))
                 continue
             permit.success()
+            breaker.flush()
             return {
                 "probes": probes,
                 "rejected": dict(rejected),
@@ -282,6 +297,7 @@ def close_after_kill(
                 "last_rejection": last_rejection,
                 "transitions": seen,
             }
+        breaker.flush()
         return {
             "probes": probes,
             "rejected": dict(rejected),

@@ -399,6 +399,7 @@ def test_cluster_transitions_reach_a_subscriber_on_one_node(
             "reason": "consecutive_failures",
             "generation": 2,
             "at_ms": clock.server_ms(),
+            "retry_after_ms": 30_000,  # the default recovery_timeout
         }
         for name in NAMES
     }
