@@ -64,15 +64,17 @@ for _, required in ipairs({'window_ms', 'minimum_calls', 'recovery_timeout_ms', 
 end
 
 -- The config as a person reads it in HGETALL: written whenever the state changes, so the
--- hash says which settings drove its last transition.
-local CONFIG_TEXT = table.concat({
-  'failure_threshold=' .. ARGV[5], 'failure_rate=' .. ARGV[6], 'window_ms=' .. ARGV[7],
-  'minimum_calls=' .. ARGV[8], 'slow_call_rate=' .. ARGV[9],
-  'recovery_timeout_ms=' .. ARGV[10], 'recovery_backoff=' .. ARGV[11],
-  'max_recovery_timeout_ms=' .. ARGV[12], 'recovery_jitter=' .. ARGV[13],
-  'half_open_max_calls=' .. ARGV[14], 'success_threshold=' .. ARGV[15],
-  'probe_lease_ms=' .. ARGV[16], 'half_open_max_wait_ms=' .. ARGV[17], 'key_ttl_ms=' .. ARGV[18],
-}, ' ')
+-- hash says which settings drove its last transition. Built only then: most calls write none.
+local function config_text()
+  return table.concat({
+    'failure_threshold=' .. ARGV[5], 'failure_rate=' .. ARGV[6], 'window_ms=' .. ARGV[7],
+    'minimum_calls=' .. ARGV[8], 'slow_call_rate=' .. ARGV[9],
+    'recovery_timeout_ms=' .. ARGV[10], 'recovery_backoff=' .. ARGV[11],
+    'max_recovery_timeout_ms=' .. ARGV[12], 'recovery_jitter=' .. ARGV[13],
+    'half_open_max_calls=' .. ARGV[14], 'success_threshold=' .. ARGV[15],
+    'probe_lease_ms=' .. ARGV[16], 'half_open_max_wait_ms=' .. ARGV[17], 'key_ttl_ms=' .. ARGV[18],
+  }, ' ')
+end
 
 local STATES = {
   closed = true, open = true, half_open = true,
@@ -191,7 +193,7 @@ local function transition(s, to, reason)
   if to ~= 'open' then s.open_until = 0 end
   if not OPERATOR_STATES[to] then s.forced_until = 0 end
   redis.call('HDEL', KEY, unpack(BUCKET_FIELDS))
-  write_fields(s, { 'changed_at', int(NOW), 'last_reason', reason, 'config', CONFIG_TEXT })
+  write_fields(s, { 'changed_at', int(NOW), 'last_reason', reason, 'config', config_text() })
   local retry_after = 0
   if to == 'open' then
     retry_after = s.open_until - NOW
@@ -216,7 +218,7 @@ local function load_state(create)
     -- never resets the fleet's counts or an open deadline.
     local s = fresh_state()
     write_fields(s, { 'created_at', int(NOW), 'changed_at', int(NOW), 'last_reason', 'created',
-      'config', CONFIG_TEXT })
+      'config', config_text() })
     touch(s)
     return s, nil
   end
