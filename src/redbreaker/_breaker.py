@@ -207,6 +207,8 @@ class _BreakerCore:
         if quiet:
             # Nothing for Redis to learn now: a plain success was counted when admitted
             # (strict), or joins the batch (cached), which goes out once it is due.
+            if not self._cached:
+                return None
             batched = self._batch.add(permit, own_call, self._flush_interval, self._now())
             if batched is None:
                 return None
@@ -214,7 +216,10 @@ class _BreakerCore:
             return self._args(
                 "flush", str(generation), "", "0", "", incarnation, str(calls)
             )
-        calls = self._batch.take(permit.generation, permit.incarnation) + own_call
+        riding = 0
+        if self._cached:
+            riding = self._batch.take(permit.generation, permit.incarnation)
+        calls = riding + own_call
         return self._args(
             outcome,
             str(permit.generation),

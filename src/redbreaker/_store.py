@@ -261,10 +261,13 @@ class Store:
                 pubsub.subscribe(f"{self.prefix}:events")
                 # The first reply confirms the subscription; reading it makes it live now.
                 pubsub.get_message(timeout=1.0)
-        except BaseException:
-            pubsub.close()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                pubsub.close()
             if raw_client is not self.client:
                 raw_client.close()
+            if self._closed and isinstance(exc, (StoreUnavailableError, StoreError)):
+                return iter(())  # closed while subscribing: nothing more to watch
             raise
 
         def events() -> Iterator[Transition]:
@@ -289,7 +292,17 @@ class Store:
         # the store was closed: that is how a watch is ended from another thread.
         try:
             with self._library_errors(f"watching {self.prefix}:events"):
-                yield from pubsub.listen()
+                # Short waits, not listen(): a client that reconnects by itself would keep
+                # a blocked read alive past close(); this loop sees close() within 0.25 s.
+                while not self._closed:
+                    try:
+                        message = pubsub.get_message(timeout=0.25)
+                    except Exception:
+                        if self._closed:
+                            return  # close() pulled the connection from under the read
+                        raise
+                    if message is not None:
+                        yield message
         except (StoreUnavailableError, StoreError):
             if not self._closed:
                 raise
