@@ -1,107 +1,42 @@
--- _common.lua: the part every redbreaker script shares. It is prepended to acquire.lua,
--- record.lua, control.lua and inspect.lua when they are loaded, so each script that reaches
--- Redis is one self-contained EVAL body.
+-- _common.lua: the part every redbreaker script shares. Composed two ways (see
+-- src/redbreaker/_scripts.py): as one Redis Functions library (this file, then every
+-- script's file, then one register_function per script), loaded once with FUNCTION LOAD
+-- and called with FCALL; or, where Functions are missing or refused, as one EVAL body per
+-- script (this file, the script's file, then `return <script>(KEYS, ARGV)`).
 --
--- KEYS[1]  the breaker hash            <prefix>:{<name>}
--- KEYS[2]  the probe leases (ZSET)     <prefix>:{<name>}:probes   member = token, score = expiry ms
+-- Everything at the top level of this file runs once per FUNCTION LOAD, not once per call:
+-- that is the point of the library form. The per-call context below is set by begin().
 --
--- ARGV[1]  server time override in Unix ms, or '' to use Redis TIME (the override is a test seam)
--- ARGV[2]  the pub/sub channel transitions are PUBLISHed on
--- ARGV[3]  the breaker name (only echoed in event payloads)
--- ARGV[4]  a uniform random sample in [0, 1) used to jitter the open duration
--- ARGV[5]  failure_threshold          consecutive failures that trip, or ''
--- ARGV[6]  failure_rate               failure ratio in (0, 1] over the window that trips, or ''
--- ARGV[7]  window_ms                  length of the sliding window
--- ARGV[8]  minimum_calls              calls in the window before a rate can trip
--- ARGV[9]  slow_call_rate             slow ratio in (0, 1] that trips, or '' (slow calls not tracked)
--- ARGV[10] recovery_timeout_ms        first open duration
--- ARGV[11] recovery_backoff           open duration multiplier per consecutive re-open (>= 1)
--- ARGV[12] max_recovery_timeout_ms    cap of the grown open duration
--- ARGV[13] recovery_jitter            fraction in [0, 1) the open duration may be shortened by
--- ARGV[14] half_open_max_calls        probes in flight at once, fleet-wide
--- ARGV[15] success_threshold          probe successes that close the breaker
--- ARGV[16] probe_lease_ms             how long a probe may run before its slot is reclaimed
--- ARGV[17] half_open_max_wait_ms      longest stay in half_open before re-opening, or ''
--- ARGV[18] key_ttl_ms                 idle lifetime of both keys, refreshed on every write
--- ARGV[19..] the script's own arguments (see its header)
+-- keys[1]  the breaker hash            <prefix>:{<name>}
+-- keys[2]  the probe leases (ZSET)     <prefix>:{<name>}:probes   member = token, score = expiry ms
+--
+-- argv[1]  server time override in Unix ms, or '' to use Redis TIME (the override is a test seam)
+-- argv[2]  the pub/sub channel transitions are PUBLISHed on
+-- argv[3]  the breaker name (only echoed in event payloads)
+-- argv[4]  a uniform random sample in [0, 1) used to jitter the open duration
+-- argv[5]  the config, as space-separated name=value pairs (an empty value: the rule is off):
+--            failure_threshold        consecutive failures that trip
+--            failure_rate             failure ratio in (0, 1] over the window that trips
+--            window_ms                length of the sliding window
+--            minimum_calls            calls in the window before a rate can trip
+--            slow_call_rate           slow ratio in (0, 1] that trips (empty: slow calls not tracked)
+--            recovery_timeout_ms      first open duration
+--            recovery_backoff         open duration multiplier per consecutive re-open (>= 1)
+--            max_recovery_timeout_ms  cap of the grown open duration
+--            recovery_jitter          fraction in [0, 1) the open duration may be shortened by
+--            half_open_max_calls      probes in flight at once, fleet-wide
+--            success_threshold        probe successes that close the breaker
+--            probe_lease_ms           how long a probe may run before its slot is reclaimed
+--            half_open_max_wait_ms    longest stay in half_open before re-opening (empty: none)
+--            key_ttl_ms               idle lifetime of both keys (see touch())
+--          The same text is written to the hash's `config` field at every transition.
+-- argv[6..] the script's own arguments (see its header)
 --
 -- Every reply starts with the script's fixed fields and ends with zero or more transition
 -- triples (from_state, to_state, reason): the transitions this very call made. Only the
 -- process that receives them fires its local hooks; every watcher gets them by PUBLISH.
 
-local KEY, PROBES = KEYS[1], KEYS[2]
-local CHANNEL, NAME = ARGV[2], ARGV[3]
-local JITTER_SAMPLE = tonumber(ARGV[4]) or 0
 local NBUCKETS = 10
-
-local function optional_number(s)
-  if s == nil or s == '' then return nil end
-  return tonumber(s)
-end
-
-local CFG = {
-  failure_threshold = optional_number(ARGV[5]),
-  failure_rate = optional_number(ARGV[6]),
-  window_ms = tonumber(ARGV[7]),
-  minimum_calls = tonumber(ARGV[8]),
-  slow_call_rate = optional_number(ARGV[9]),
-  recovery_timeout_ms = tonumber(ARGV[10]),
-  recovery_backoff = tonumber(ARGV[11]),
-  max_recovery_timeout_ms = tonumber(ARGV[12]),
-  recovery_jitter = tonumber(ARGV[13]),
-  half_open_max_calls = tonumber(ARGV[14]),
-  success_threshold = tonumber(ARGV[15]),
-  probe_lease_ms = tonumber(ARGV[16]),
-  half_open_max_wait_ms = optional_number(ARGV[17]),
-  key_ttl_ms = tonumber(ARGV[18]),
-}
-for _, required in ipairs({'window_ms', 'minimum_calls', 'recovery_timeout_ms', 'recovery_backoff',
-    'max_recovery_timeout_ms', 'recovery_jitter', 'half_open_max_calls', 'success_threshold',
-    'probe_lease_ms', 'key_ttl_ms'}) do
-  if CFG[required] == nil then
-    return redis.error_reply('redbreaker: ARGV carries no valid ' .. required)
-  end
-end
-
--- The config as a person reads it in HGETALL: written whenever the state changes, so the
--- hash says which settings drove its last transition. Built only then: most calls write none.
-local function config_text()
-  return table.concat({
-    'failure_threshold=' .. ARGV[5], 'failure_rate=' .. ARGV[6], 'window_ms=' .. ARGV[7],
-    'minimum_calls=' .. ARGV[8], 'slow_call_rate=' .. ARGV[9],
-    'recovery_timeout_ms=' .. ARGV[10], 'recovery_backoff=' .. ARGV[11],
-    'max_recovery_timeout_ms=' .. ARGV[12], 'recovery_jitter=' .. ARGV[13],
-    'half_open_max_calls=' .. ARGV[14], 'success_threshold=' .. ARGV[15],
-    'probe_lease_ms=' .. ARGV[16], 'half_open_max_wait_ms=' .. ARGV[17], 'key_ttl_ms=' .. ARGV[18],
-  }, ' ')
-end
-
-local STATES = {
-  closed = true, open = true, half_open = true,
-  forced_open = true, forced_closed = true, metrics_only = true,
-}
--- Operator states: set by a person, never left by traffic, only by a deadline or another order.
-local OPERATOR_STATES = { forced_open = true, forced_closed = true, metrics_only = true }
-
-local function int(n)
-  return string.format('%d', n)
-end
-
-local function now_ms()
-  if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
-  -- Every process reads one clock, the server's: host clocks may be hours apart.
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local NOW = now_ms()
-if NOW == nil then
-  return redis.error_reply('redbreaker: ARGV[1] is not a time in ms')
-end
-
-local EVENTS = {}
-
-local BUCKET_MS = math.max(1, math.ceil(CFG.window_ms / NBUCKETS))
 local BUCKET_FIELDS = {}
 for i = 0, NBUCKETS - 1 do BUCKET_FIELDS[#BUCKET_FIELDS + 1] = 'w.' .. i end
 
@@ -111,8 +46,98 @@ local STATE_FIELDS = {
   'incarnation',
 }
 
+local STATES = {
+  closed = true, open = true, half_open = true,
+  forced_open = true, forced_closed = true, metrics_only = true,
+}
+-- Operator states: set by a person, never left by traffic, only by a deadline or another order.
+local OPERATOR_STATES = { forced_open = true, forced_closed = true, metrics_only = true }
+
+-- The state fields (by their names in the state table) a breaker cannot be read without.
+local REQUIRED_COUNTS = {
+  'generation', 'streak', 'open_until', 'consecutive_opens', 'half_open_at',
+  'half_open_successes', 'forced_until',
+}
+
 -- Integers Lua holds exactly; anything above is garbage, not a count or a time.
 local MAX_EXACT = 9007199254740991
+
+-- {name, may be empty} in the order the config text lists them.
+local CONFIG_FIELDS = {
+  { 'failure_threshold', true }, { 'failure_rate', true }, { 'window_ms', false },
+  { 'minimum_calls', false }, { 'slow_call_rate', true }, { 'recovery_timeout_ms', false },
+  { 'recovery_backoff', false }, { 'max_recovery_timeout_ms', false },
+  { 'recovery_jitter', false }, { 'half_open_max_calls', false },
+  { 'success_threshold', false }, { 'probe_lease_ms', false },
+  { 'half_open_max_wait_ms', true }, { 'key_ttl_ms', false },
+}
+
+-- The per-call context, set by begin() before anything else runs. Redis runs one script
+-- at a time, so these upvalues belong to exactly one call while it runs.
+local A, KEY, PROBES, CHANNEL, NAME, JITTER_SAMPLE, CONFIG_TEXT, CFG, NOW, EVENTS
+-- Window bucket texts this call already knows, by field (false: the field is absent), so
+-- the admission's bucket arrives with the state in one HMGET instead of its own HGET.
+local BUCKET_TEXT
+
+-- Parsed configs by their text: a fleet has a handful, and parsing one costs more than the
+-- rest of a closed-state admission. Bounded, because the text comes from clients.
+local CONFIGS, CONFIG_COUNT, MAX_CONFIGS = {}, 0, 256
+
+local function parse_config(text)
+  local raw = {}
+  for name, value in string.gmatch(text, '([%w_]+)=(%S*)') do raw[name] = value end
+  local cfg = {}
+  for _, field in ipairs(CONFIG_FIELDS) do
+    local name, may_be_empty = field[1], field[2]
+    local value = raw[name]
+    if not (may_be_empty and value == '') then
+      cfg[name] = tonumber(value)
+      if cfg[name] == nil then
+        return nil, 'redbreaker: the config (ARGV[5]) carries no valid ' .. name
+      end
+    end
+  end
+  cfg.bucket_ms = math.max(1, math.ceil(cfg.window_ms / NBUCKETS))
+  return cfg, nil
+end
+
+local function int(n)
+  return string.format('%d', n)
+end
+
+local function optional_number(s)
+  if s == nil or s == '' then return nil end
+  return tonumber(s)
+end
+
+local function now_ms()
+  if A[1] ~= '' then return tonumber(A[1]) end
+  -- Every process reads one clock, the server's: host clocks may be hours apart.
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Set the per-call context; returns an error text when the arguments are unusable.
+local function begin(keys, argv)
+  A, KEY, PROBES = argv, keys[1], keys[2]
+  CHANNEL, NAME = argv[2], argv[3]
+  JITTER_SAMPLE = tonumber(argv[4]) or 0
+  CONFIG_TEXT = argv[5] or ''
+  local cfg = CONFIGS[CONFIG_TEXT]
+  if cfg == nil then
+    local err
+    cfg, err = parse_config(CONFIG_TEXT)
+    if cfg == nil then return err end
+    if CONFIG_COUNT >= MAX_CONFIGS then CONFIGS, CONFIG_COUNT = {}, 0 end
+    CONFIGS[CONFIG_TEXT], CONFIG_COUNT = cfg, CONFIG_COUNT + 1
+  end
+  CFG = cfg
+  EVENTS = {}
+  BUCKET_TEXT = {}
+  NOW = now_ms()
+  if NOW == nil then return 'redbreaker: ARGV[1] is not a time in ms' end
+  return nil
+end
 
 -- A field a person mangled by hand reads as nil here; the caller repairs the whole breaker
 -- rather than guess which of the other fields are still true.
@@ -126,7 +151,7 @@ end
 -- empty Redis, TTL expiry) and created again starts at generation 1 again; the
 -- incarnation tells its outcomes apart from those of calls admitted by the old one.
 local function new_incarnation()
-  local digits = string.match(ARGV[4], '^0?%.(%d+)') or '0'
+  local digits = string.match(A[4], '^0?%.(%d+)') or '0'
   return int(NOW) .. '-' .. string.sub(digits, 1, 8)
 end
 
@@ -153,17 +178,19 @@ end
 
 -- Keys idle for key_ttl vanish, so abandoned breakers come back closed. An operator state
 -- without a deadline is an order a person gave: it stays until a person lifts it.
-local function touch(s)
+-- key_only: a closed-state admission refreshes the hash alone; the probes key gets its TTL
+-- whenever a probe is leased or the state changes, and is never needed longer than that.
+local function touch(s, key_only)
   if OPERATOR_STATES[s.state] and s.forced_until == 0 then
     redis.call('PERSIST', KEY)
-    redis.call('PERSIST', PROBES)
+    if not key_only then redis.call('PERSIST', PROBES) end
     return
   end
   local ttl = CFG.key_ttl_ms
   if s.forced_until > NOW then ttl = ttl + (s.forced_until - NOW) end
   if s.open_until > NOW then ttl = ttl + (s.open_until - NOW) end
   redis.call('PEXPIRE', KEY, ttl)
-  redis.call('PEXPIRE', PROBES, ttl)
+  if not key_only then redis.call('PEXPIRE', PROBES, ttl) end
 end
 
 -- retry_after_ms tells watchers that cache rejections how long the new state rejects:
@@ -179,6 +206,12 @@ local function publish(from, to, reason, generation, retry_after_ms)
   }))
 end
 
+-- Drop the whole window (a new generation counts afresh).
+local function clear_buckets()
+  redis.call('HDEL', KEY, unpack(BUCKET_FIELDS))
+  for _, field in ipairs(BUCKET_FIELDS) do BUCKET_TEXT[field] = false end
+end
+
 -- Every transition starts a new generation with empty counts: outcomes of calls admitted
 -- before it are fenced off by the generation they carry. Probe leases outlive it on
 -- purpose: a probe of an earlier half-open period that is still running is still a call
@@ -192,8 +225,8 @@ local function transition(s, to, reason)
   if to ~= 'half_open' then s.half_open_at = 0 end
   if to ~= 'open' then s.open_until = 0 end
   if not OPERATOR_STATES[to] then s.forced_until = 0 end
-  redis.call('HDEL', KEY, unpack(BUCKET_FIELDS))
-  write_fields(s, { 'changed_at', int(NOW), 'last_reason', reason, 'config', config_text() })
+  clear_buckets()
+  write_fields(s, { 'changed_at', int(NOW), 'last_reason', reason, 'config', CONFIG_TEXT })
   local retry_after = 0
   if to == 'open' then
     retry_after = s.open_until - NOW
@@ -203,8 +236,15 @@ local function transition(s, to, reason)
   publish(from, to, reason, s.generation, retry_after)
 end
 
+local function bucket_field(at)
+  return BUCKET_FIELDS[(math.floor(at / CFG.bucket_ms) % NBUCKETS) + 1]
+end
+
 local function load_state(create)
+  local now_bucket = bucket_field(NOW)
+  STATE_FIELDS[#STATE_FIELDS + 1] = now_bucket
   local v = redis.pcall('HMGET', KEY, unpack(STATE_FIELDS))
+  STATE_FIELDS[#STATE_FIELDS] = nil
   if type(v) == 'table' and v.err then
     local err = tostring(v.err)
     if string.find(err, 'WRONGTYPE', 1, true) then
@@ -212,13 +252,14 @@ local function load_state(create)
     end
     return nil, 'redbreaker: cannot read ' .. KEY .. ' (' .. err .. ')'
   end
+  BUCKET_TEXT[now_bucket] = v[#STATE_FIELDS + 1]
   if v[1] == false then
     if not create then return nil, nil end
     -- Created only when absent, inside the script: a worker that starts or restarts
     -- never resets the fleet's counts or an open deadline.
     local s = fresh_state()
     write_fields(s, { 'created_at', int(NOW), 'changed_at', int(NOW), 'last_reason', 'created',
-      'config', config_text() })
+      'config', CONFIG_TEXT })
     touch(s)
     return s, nil
   end
@@ -230,8 +271,7 @@ local function load_state(create)
     would_trip_count = count_field(v[10]) or 0, incarnation = v[11],
   }
   local broken = not STATES[s.state]
-  for _, f in ipairs({'generation', 'streak', 'open_until', 'consecutive_opens', 'half_open_at',
-      'half_open_successes', 'forced_until'}) do
+  for _, f in ipairs(REQUIRED_COUNTS) do
     if s[f] == nil then broken = true end
   end
   if broken then
@@ -308,16 +348,20 @@ local function parse_bucket(text)
   return tonumber(start), tonumber(calls), tonumber(failures), tonumber(slow)
 end
 
--- Add to the bucket that holds `at` if it is still the live one for that slot.
+-- Add to the bucket that holds `at` if it is still the live one for that slot. Returns
+-- true when this started a new bucket (at most once per bucket_ms per slot).
 local function bump_bucket(at, d_calls, d_failures, d_slow)
-  local index = math.floor(at / BUCKET_MS)
-  local start = index * BUCKET_MS
-  if start <= NOW - CFG.window_ms then return end
+  local index = math.floor(at / CFG.bucket_ms)
+  local start = index * CFG.bucket_ms
+  if start <= NOW - CFG.window_ms then return false end
   local field = BUCKET_FIELDS[(index % NBUCKETS) + 1]
-  local b_start, calls, failures, slow = parse_bucket(redis.call('HGET', KEY, field))
-  if b_start ~= start then
+  local text = BUCKET_TEXT[field]
+  if text == nil then text = redis.call('HGET', KEY, field) end
+  local b_start, calls, failures, slow = parse_bucket(text)
+  local started = b_start ~= start
+  if started then
     -- A newer live bucket in this slot wins; one from the future is garbage and goes.
-    if b_start ~= nil and b_start > start and b_start <= NOW then return end
+    if b_start ~= nil and b_start > start and b_start <= NOW then return false end
     calls, failures, slow = 0, 0, 0
   end
   failures = math.max(0, failures + d_failures)
@@ -325,7 +369,10 @@ local function bump_bucket(at, d_calls, d_failures, d_slow)
   -- Failures of calls this bucket never counted (it was overwritten, or the breaker was
   -- wiped meanwhile) still leave a window with no more failures than calls.
   calls = math.max(0, calls + d_calls, failures, slow)
-  redis.call('HSET', KEY, field, int(start) .. ' ' .. calls .. ' ' .. failures .. ' ' .. slow)
+  text = int(start) .. ' ' .. calls .. ' ' .. failures .. ' ' .. slow
+  redis.call('HSET', KEY, field, text)
+  BUCKET_TEXT[field] = text
+  return started
 end
 
 local function window_totals()

@@ -1,6 +1,6 @@
 -- acquire.lua: "may this call go ahead?" Decides admission for one call, fleet-wide.
 --
--- KEYS[1], KEYS[2], ARGV[1..18]: as in _common.lua (prepended to this file).
+-- KEYS[1], KEYS[2], ARGV[1..5]: as in _common.lua (composed before this file).
 --
 -- Creates the breaker closed if it does not exist. Applies due time-driven transitions
 -- (open -> half_open after the open deadline, half_open -> open after half_open_max_wait,
@@ -17,44 +17,51 @@
 --   incarnation     which life of the breaker admitted the call (see _common.lua)
 -- Errors: a reply error starting 'redbreaker:' when KEYS[1] is not a hash or ARGV is bad.
 
-local s, err = load_state(true)
-if err then return redis.error_reply(err) end
-advance_clock(s)
+local function acquire(keys, argv)
+  local bad_args = begin(keys, argv)
+  if bad_args then return redis.error_reply(bad_args) end
 
-local verdict, token, retry_after = 'reject', '', 0
+  local s, err = load_state(true)
+  if err then return redis.error_reply(err) end
+  advance_clock(s)
 
-if s.state == 'closed' or s.state == 'metrics_only' then
-  verdict = 'admit'
-  -- Calls are counted when admitted, failures and slow calls when reported, so a plain
-  -- success needs no second round trip to be part of the failure rate.
-  bump_bucket(NOW, 1, 0, 0)
-  touch(s)
-elseif s.state == 'forced_closed' then
-  verdict = 'admit'
-elseif s.state == 'forced_open' then
-  retry_after = (s.forced_until > 0) and (s.forced_until - NOW) or -1
-elseif s.state == 'open' then
-  retry_after = s.open_until - NOW
-else
-  -- half_open: a lease whose holder died is reclaimed here, so a crash cannot wedge it.
-  -- Leases of earlier half-open periods still count: those probes are still running.
-  repair_probes()
-  redis.call('ZREMRANGEBYSCORE', PROBES, '-inf', NOW)
-  -- No lease of ours ends later than a lease granted now; a later one was written by hand.
-  redis.call('ZREMRANGEBYSCORE', PROBES, '(' .. int(NOW + CFG.probe_lease_ms), '+inf')
-  if redis.call('ZCARD', PROBES) < CFG.half_open_max_calls then
-    verdict = 'probe'
-    -- Read, not HINCRBY: a hand-edited probe_seq must not turn into a Lua error.
-    local seq = (count_field(redis.call('HGET', KEY, 'probe_seq')) or 0) + 1
-    redis.call('HSET', KEY, 'probe_seq', int(seq))
-    token = int(s.generation) .. '.' .. int(seq)
-    redis.call('ZADD', PROBES, int(NOW + CFG.probe_lease_ms), token)
-    touch(s)
+  local verdict, token, retry_after = 'reject', '', 0
+
+  if s.state == 'closed' or s.state == 'metrics_only' then
+    verdict = 'admit'
+    -- Calls are counted when admitted, failures and slow calls when reported, so a plain
+    -- success needs no second round trip to be part of the failure rate.
+    local new_bucket = bump_bucket(NOW, 1, 0, 0)
+    -- The TTL moves on when a bucket starts (every window/10 at most) or the state changed:
+    -- once per admission would double the cost of one, and key_ttl >= 2 windows anyway.
+    if new_bucket or #EVENTS > 0 then touch(s, #EVENTS == 0) end
+  elseif s.state == 'forced_closed' then
+    verdict = 'admit'
+  elseif s.state == 'forced_open' then
+    retry_after = (s.forced_until > 0) and (s.forced_until - NOW) or -1
+  elseif s.state == 'open' then
+    retry_after = s.open_until - NOW
   else
-    local first = redis.call('ZRANGE', PROBES, 0, 0, 'WITHSCORES')
-    retry_after = math.max(1, tonumber(first[2]) - NOW)
+    -- half_open: a lease whose holder died is reclaimed here, so a crash cannot wedge it.
+    -- Leases of earlier half-open periods still count: those probes are still running.
+    repair_probes()
+    redis.call('ZREMRANGEBYSCORE', PROBES, '-inf', NOW)
+    -- No lease of ours ends later than a lease granted now; a later one was written by hand.
+    redis.call('ZREMRANGEBYSCORE', PROBES, '(' .. int(NOW + CFG.probe_lease_ms), '+inf')
+    if redis.call('ZCARD', PROBES) < CFG.half_open_max_calls then
+      verdict = 'probe'
+      -- Read, not HINCRBY: a hand-edited probe_seq must not turn into a Lua error.
+      local seq = (count_field(redis.call('HGET', KEY, 'probe_seq')) or 0) + 1
+      redis.call('HSET', KEY, 'probe_seq', int(seq))
+      token = int(s.generation) .. '.' .. int(seq)
+      redis.call('ZADD', PROBES, int(NOW + CFG.probe_lease_ms), token)
+      touch(s)
+    else
+      local first = redis.call('ZRANGE', PROBES, 0, 0, 'WITHSCORES')
+      retry_after = math.max(1, tonumber(first[2]) - NOW)
+    end
   end
-end
 
-return with_events({ verdict, s.state, s.generation, s.streak, token, retry_after, NOW,
-  s.incarnation })
+  return with_events({ verdict, s.state, s.generation, s.streak, token, retry_after, NOW,
+    s.incarnation })
+end

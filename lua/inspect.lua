@@ -1,20 +1,25 @@
 -- inspect.lua: read a breaker without changing it.
 --
--- KEYS[1], KEYS[2], ARGV[1..18]: as in _common.lua (prepended to this file).
+-- KEYS[1], KEYS[2], ARGV[1..5]: as in _common.lua (composed before this file).
 --
 -- Returns {now_ms, probes_in_flight, field_1, value_1, field_2, value_2, ...}: the hash as
 -- HGETALL gives it (empty when the breaker does not exist), and the probe leases that have
 -- not expired. Due time-driven transitions are not applied: the next acquire applies them.
 -- Errors: as acquire.lua.
 
-local kind = redis.call('TYPE', KEY)['ok']
-if kind ~= 'hash' and kind ~= 'none' then
-  return redis.error_reply('redbreaker: ' .. KEY .. ' is not a breaker hash (it is a ' .. kind .. ')')
+local function inspect(keys, argv)
+  local bad_args = begin(keys, argv)
+  if bad_args then return redis.error_reply(bad_args) end
+
+  local kind = redis.call('TYPE', KEY)['ok']
+  if kind ~= 'hash' and kind ~= 'none' then
+    return redis.error_reply('redbreaker: ' .. KEY .. ' is not a breaker hash (it is a ' .. kind .. ')')
+  end
+  local probes = 0
+  if redis.call('TYPE', PROBES)['ok'] == 'zset' then
+    probes = redis.call('ZCOUNT', PROBES, '(' .. int(NOW), '+inf')
+  end
+  local reply = { NOW, probes }
+  for _, v in ipairs(redis.call('HGETALL', KEY)) do reply[#reply + 1] = v end
+  return reply
 end
-local probes = 0
-if redis.call('TYPE', PROBES)['ok'] == 'zset' then
-  probes = redis.call('ZCOUNT', PROBES, '(' .. int(NOW), '+inf')
-end
-local reply = { NOW, probes }
-for _, v in ipairs(redis.call('HGETALL', KEY)) do reply[#reply + 1] = v end
-return reply

@@ -1,15 +1,15 @@
 -- record.lua: report the outcome of one admitted call.
 --
--- KEYS[1], KEYS[2], ARGV[1..18]: as in _common.lua (prepended to this file).
--- ARGV[19] outcome: 'success' | 'failure' | 'ignore' (counts as no call) | 'release'
+-- KEYS[1], KEYS[2], ARGV[1..5]: as in _common.lua (composed before this file).
+-- ARGV[6] outcome: 'success' | 'failure' | 'ignore' (counts as no call) | 'release'
 --          (a probe ended without an outcome: its lease is freed, nothing is counted) |
---          'flush' (no outcome of its own: only ARGV[25]'s calls are added)
--- ARGV[20] the generation the call was admitted under
--- ARGV[21] the probe token, or '' when the call was not a probe
--- ARGV[22] '1' when the call was slow (took at least slow_call_duration), else '0'
--- ARGV[23] the ms time (server) the call was admitted at, to find the bucket it was counted in
--- ARGV[24] the incarnation the call was admitted under
--- ARGV[25] calls to add to the window now, for calls admitted without asking Redis (the
+--          'flush' (no outcome of its own: only ARGV[12]'s calls are added)
+-- ARGV[7] the generation the call was admitted under
+-- ARGV[8] the probe token, or '' when the call was not a probe
+-- ARGV[9] '1' when the call was slow (took at least slow_call_duration), else '0'
+-- ARGV[10] the ms time (server) the call was admitted at, to find the bucket it was counted in
+-- ARGV[11] the incarnation the call was admitted under
+-- ARGV[12] calls to add to the window now, for calls admitted without asking Redis (the
 --          cached consistency mode): this call, if it was one, plus batched successes
 --
 -- Outcomes admitted under an older generation or incarnation never move the breaker
@@ -23,83 +23,88 @@
 --   status  'recorded' | 'stale' | 'ignored' (nothing to count in this state)
 -- Errors: as acquire.lua.
 
-local outcome, generation, token = ARGV[19], tonumber(ARGV[20]), ARGV[21]
-local slow = ARGV[22] == '1'
-local admitted_at = tonumber(ARGV[23]) or NOW
-local extra_calls = count_field(ARGV[25]) or 0
-if outcome ~= 'success' and outcome ~= 'failure' and outcome ~= 'ignore'
-    and outcome ~= 'release' and outcome ~= 'flush' then
-  return redis.error_reply('redbreaker: unknown outcome ' .. tostring(outcome))
-end
+local function record(keys, argv)
+  local bad_args = begin(keys, argv)
+  if bad_args then return redis.error_reply(bad_args) end
 
-local incarnation = ARGV[24]
+  local outcome, generation, token = argv[6], tonumber(argv[7]), argv[8]
+  local slow = argv[9] == '1'
+  local admitted_at = tonumber(argv[10]) or NOW
+  local extra_calls = count_field(argv[12]) or 0
+  if outcome ~= 'success' and outcome ~= 'failure' and outcome ~= 'ignore'
+      and outcome ~= 'release' and outcome ~= 'flush' then
+    return redis.error_reply('redbreaker: unknown outcome ' .. tostring(outcome))
+  end
 
-local s, err = load_state(false)
-if err then return redis.error_reply(err) end
-if s == nil then
-  return { 'stale', 'closed', 0, 0, NOW }
-end
+  local incarnation = argv[11]
 
-if token ~= '' then
-  repair_probes()
-  redis.call('ZREM', PROBES, token)
-end
-advance_clock(s)
+  local s, err = load_state(false)
+  if err then return redis.error_reply(err) end
+  if s == nil then
+    return { 'stale', 'closed', 0, 0, NOW }
+  end
 
-local status = 'ignored'
-if generation ~= s.generation or incarnation ~= s.incarnation then
-  status = 'stale'
-elseif outcome == 'release' then
-  status = 'recorded'
-elseif s.state == 'closed' or s.state == 'metrics_only' then
-  status = 'recorded'
-  if extra_calls > 0 then bump_bucket(NOW, extra_calls, 0, 0) end
-  if outcome == 'flush' then
-    -- only the batched calls above
-  elseif outcome == 'ignore' then
-    bump_bucket(admitted_at, -1, 0, 0)
-  else
-    if outcome == 'failure' then
-      s.streak = s.streak + 1
+  if token ~= '' then
+    repair_probes()
+    redis.call('ZREM', PROBES, token)
+  end
+  advance_clock(s)
+
+  local status = 'ignored'
+  if generation ~= s.generation or incarnation ~= s.incarnation then
+    status = 'stale'
+  elseif outcome == 'release' then
+    status = 'recorded'
+  elseif s.state == 'closed' or s.state == 'metrics_only' then
+    status = 'recorded'
+    if extra_calls > 0 then bump_bucket(NOW, extra_calls, 0, 0) end
+    if outcome == 'flush' then
+      -- only the batched calls above
+    elseif outcome == 'ignore' then
+      bump_bucket(admitted_at, -1, 0, 0)
     else
-      s.streak = 0
-    end
-    if outcome == 'failure' or slow then
-      -- Into the bucket the call was counted in, so a window never holds more failures
-      -- than calls; a call admitted before the window began no longer counts in the rate.
-      bump_bucket(admitted_at, 0, outcome == 'failure' and 1 or 0, slow and 1 or 0)
-    end
-    redis.call('HSET', KEY, 'consecutive_failures', int(s.streak))
-    local reason = trip_reason(s)
-    if reason ~= nil then
-      if s.state == 'metrics_only' then
-        -- Shadow mode: say it would have tripped, then count afresh so it can say so again.
-        s.would_trip_count = s.would_trip_count + 1
-        s.streak = 0
-        redis.call('HDEL', KEY, unpack(BUCKET_FIELDS))
-        redis.call('HSET', KEY, 'consecutive_failures', 0, 'would_trip_count',
-          int(s.would_trip_count), 'last_would_trip_at', int(NOW), 'last_reason',
-          'would_trip:' .. reason)
-        publish('metrics_only', 'metrics_only', 'would_trip:' .. reason, s.generation)
+      if outcome == 'failure' then
+        s.streak = s.streak + 1
       else
-        trip(s, reason)
+        s.streak = 0
+      end
+      if outcome == 'failure' or slow then
+        -- Into the bucket the call was counted in, so a window never holds more failures
+        -- than calls; a call admitted before the window began no longer counts in the rate.
+        bump_bucket(admitted_at, 0, outcome == 'failure' and 1 or 0, slow and 1 or 0)
+      end
+      redis.call('HSET', KEY, 'consecutive_failures', int(s.streak))
+      local reason = trip_reason(s)
+      if reason ~= nil then
+        if s.state == 'metrics_only' then
+          -- Shadow mode: say it would have tripped, then count afresh so it can say so again.
+          s.would_trip_count = s.would_trip_count + 1
+          s.streak = 0
+          clear_buckets()
+          redis.call('HSET', KEY, 'consecutive_failures', 0, 'would_trip_count',
+            int(s.would_trip_count), 'last_would_trip_at', int(NOW), 'last_reason',
+            'would_trip:' .. reason)
+          publish('metrics_only', 'metrics_only', 'would_trip:' .. reason, s.generation)
+        else
+          trip(s, reason)
+        end
       end
     end
-  end
-  touch(s)
-elseif s.state == 'half_open' and token ~= '' then
-  status = 'recorded'
-  if outcome == 'failure' then
-    trip(s, 'probe_failed')
-  elseif outcome == 'success' then
-    s.half_open_successes = s.half_open_successes + 1
-    redis.call('HSET', KEY, 'half_open_successes', int(s.half_open_successes))
-    if s.half_open_successes >= CFG.success_threshold then
-      s.consecutive_opens = 0
-      transition(s, 'closed', 'probes_succeeded')
+    touch(s)
+  elseif s.state == 'half_open' and token ~= '' then
+    status = 'recorded'
+    if outcome == 'failure' then
+      trip(s, 'probe_failed')
+    elseif outcome == 'success' then
+      s.half_open_successes = s.half_open_successes + 1
+      redis.call('HSET', KEY, 'half_open_successes', int(s.half_open_successes))
+      if s.half_open_successes >= CFG.success_threshold then
+        s.consecutive_opens = 0
+        transition(s, 'closed', 'probes_succeeded')
+      end
     end
+    touch(s)
   end
-  touch(s)
-end
 
-return with_events({ status, s.state, s.generation, s.streak, NOW })
+  return with_events({ status, s.state, s.generation, s.streak, NOW })
+end

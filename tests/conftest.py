@@ -55,7 +55,8 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    """URL of the session redis-server, emptied for this test (FLUSHALL + SCRIPT FLUSH).
+    """URL of the session redis-server, emptied for this test (FLUSHALL, SCRIPT FLUSH and
+    FUNCTION FLUSH).
 
     If an earlier test killed or paused the session server, it is brought back first.
     """

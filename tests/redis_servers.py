@@ -320,16 +320,24 @@ class RedisServer:
             return False
 
     def flushall(self, *, scripts: bool = False) -> None:
-        """FLUSHALL (synchronously); with ``scripts=True`` also SCRIPT FLUSH."""
+        """FLUSHALL (synchronously); with ``scripts=True`` also SCRIPT FLUSH and FUNCTION
+        FLUSH (every cached script and loaded function library is gone)."""
         with self.client() as r:
             r.flushall(asynchronous=False)
             if scripts:
                 r.script_flush()
+                r.function_flush("SYNC")
 
     def script_flush(self) -> None:
         """SCRIPT FLUSH: forget all cached Lua scripts (EVALSHA then gets NOSCRIPT)."""
         with self.client() as r:
             r.script_flush()
+
+    def function_flush(self) -> None:
+        """FUNCTION FLUSH: delete every function library (FCALL then gets "Function not
+        found")."""
+        with self.client() as r:
+            r.function_flush("SYNC")
 
     def pause(self, seconds: float) -> None:
         """``CLIENT PAUSE <ms> ALL``: every client's commands hang for ``seconds``.

@@ -278,7 +278,7 @@ def test_unix_socket(unix_server: RedisServer) -> None:
             by_socket = [
                 c for c in tcp.client_list() if c["addr"].startswith(f"{unix_server.dir}/r.sock")
             ]
-        assert [c["cmd"] for c in by_socket] == ["evalsha"]  # the store's one connection
+        assert [c["cmd"] for c in by_socket] == ["fcall"]  # the store's one connection
     finally:
         store.close()
 

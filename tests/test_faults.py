@@ -7,8 +7,9 @@ What must hold, whatever the fault:
 - only the policy's own exceptions reach callers: "allow" and "local" none at all (every
   call runs the dependency), "reject" only ``StoreUnavailableError``; never a raw redis-py
   error, never ``StoreError``;
-- a lost script cache (SCRIPT FLUSH, a restart) or lost data (FLUSHALL) is no outage: no
-  exception, no store event, the breaker is simply recreated closed;
+- a lost function library or script cache (FUNCTION FLUSH, SCRIPT FLUSH, a restart) or lost
+  data (FLUSHALL) is no outage: no exception, no store event, the breaker is simply
+  recreated closed;
 - each process reports an outage once: store_degraded / store_recovered in pairs, one pair
   per outage, never one per call;
 - no call waits on a stalled Redis longer than the store timeout (plus scheduling slack);
@@ -293,7 +294,8 @@ def run_fault(
         else:
             time.sleep(SETTLE)
             settled_at = time.monotonic()
-        script_loads = server.commandstats().get("script|load", 0)
+        stats = server.commandstats()
+        script_loads = stats.get("function|load", 0) + stats.get("script|load", 0)
         after = _snapshot(server, config)
         time.sleep(AFTER)
         later = _snapshot(server, config)
@@ -442,19 +444,21 @@ def test_kill_9_then_restart_empty(
 
 @CONSISTENCY
 @pytest.mark.parametrize("policy", POLICIES)
-def test_script_flush_mid_load(
+def test_function_and_script_flush_mid_load(
     server: RedisServer, policy: str, consistency: str, figures: dict[str, Any]
 ) -> None:
-    """SCRIPT FLUSH mid-load is no outage: scripts reload on NOSCRIPT, no exception, no
-    store event, and every call is counted in the shared window."""
+    """FUNCTION FLUSH + SCRIPT FLUSH mid-load is no outage: the library reloads on
+    "Function not found", no exception, no store event, and every call is counted in the
+    shared window."""
 
     def inject(fleet: Fleet) -> tuple[float, float]:
         start = time.monotonic()
+        server.function_flush()
         server.script_flush()
         return start, time.monotonic()
 
     run = run_fault(server, policy, inject, outage=False, consistency=consistency)
-    during = _measure(figures, run, "SCRIPT FLUSH", (run.fault[0], run.settled_at))
+    during = _measure(figures, run, "FUNCTION FLUSH", (run.fault[0], run.settled_at))
 
     _check_policy(run, policy, outage=False, consistency=consistency)
     _check_edges(run, outages=0, consistency=consistency)

@@ -683,9 +683,10 @@ def _wipe(store: redbreaker.Store, how: str) -> None:
     if how == "del":
         store.client.delete(key_of(store, "dep"), probes_of(store, "dep"))
     else:
-        # FLUSHALL and SCRIPT FLUSH: the keys and the server's script cache are gone.
+        # FLUSHALL, SCRIPT FLUSH, FUNCTION FLUSH: the keys and the server's code are gone.
         store.client.flushall()
         store.client.script_flush()
+        store.client.function_flush("SYNC")
 
 
 WIPES = ["del", "flushall"]

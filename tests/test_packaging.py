@@ -78,10 +78,14 @@ def test_current_install_finds_scripts() -> None:
         assert folder.resolve() == (package_dir.parents[1] / "lua").resolve()
     assert sorted(p.name for p in folder.glob("*.lua")) == LUA_FILES
     common = (folder / "_common.lua").read_text(encoding="utf-8")
+    library = _scripts.library_source()
+    assert library.startswith(f"#!lua name={_scripts.library_name()}\n{common}")
     for name in _scripts.SCRIPT_NAMES:
+        body = (folder / f"{name}.lua").read_text(encoding="utf-8")
         source = _scripts.script_source(name)
-        assert source.startswith(common)
-        assert source.endswith((folder / f"{name}.lua").read_text(encoding="utf-8"))
+        assert source == f"{common}\n{body}\nreturn {name}(KEYS, ARGV)\n"
+        assert body in library
+        assert f"redis.register_function('{_scripts.function_name(name)}', {name})" in library
     assert sorted(f"{n}.lua" for n in _scripts.SCRIPT_NAMES) == sorted(
         n for n in LUA_FILES if n != "_common.lua"
     )

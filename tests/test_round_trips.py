@@ -4,7 +4,8 @@ Two independent counts per path: the commands the redis-py client sent (a client
 records each ``execute_command``), and the server's ``INFO commandstats`` after
 ``CONFIG RESETSTAT``. The server also counts the commands a script runs inside itself
 (``hmget``, ``hset``, ``pexpire``, ...): those are not round trips. A round trip is an
-``evalsha`` (or a ``script|load`` after NOSCRIPT), and the two counts must agree.
+``fcall`` (or a ``function|load`` after "Function not found"; ``evalsha`` and
+``script|load`` where Functions are not used), and the two counts must agree.
 
 Run with ``-rP`` (or ``-s``) to see the per-path table.
 """
@@ -35,7 +36,7 @@ SCRIPT_COMMANDS = frozenset(
     for path in LUA.glob("*.lua")
     for m in re.findall(r"redis\.p?call\(\s*'([A-Za-z]+)'", path.read_text(encoding="utf-8"))
 )
-ROUND_TRIP_COMMANDS = ("evalsha", "script|load")
+ROUND_TRIP_COMMANDS = ("fcall", "function|load", "evalsha", "script|load")
 
 
 class CountingRedis(redis.Redis):
@@ -94,6 +95,8 @@ class Harness:
         """The client's and the server's counts agree, and nothing unexpected ran."""
         assert measured.round_trips == round_trips, measured
         assert len(measured.client) == round_trips, measured
+        assert measured.client.count("FCALL") == measured.server.get("fcall", 0)
+        assert measured.client.count("FUNCTION LOAD") == measured.server.get("function|load", 0)
         assert measured.client.count("EVALSHA") == measured.server.get("evalsha", 0)
         assert measured.client.count("SCRIPT LOAD") == measured.server.get("script|load", 0)
         unexpected = set(measured.inner) - SCRIPT_COMMANDS
@@ -234,17 +237,17 @@ def _run_path(harness: Harness, path: Scenario) -> Measured:
 def test_round_trips_per_path(harness: Harness, path: Scenario) -> None:
     """Each path costs exactly its documented number of client round trips."""
     measured = _run_path(harness, path)
-    assert measured.client == ["EVALSHA"] * path.round_trips
-    assert "script|load" not in measured.server  # scripts were warm
+    assert measured.client == ["FCALL"] * path.round_trips
+    assert "function|load" not in measured.server  # the library was loaded
 
 
-def test_closed_success_sends_nothing_but_one_evalsha(harness: Harness) -> None:
-    """A closed success with no streak: one EVALSHA, and inside it no PUBLISH, no DEL."""
+def test_closed_success_sends_nothing_but_one_fcall(harness: Harness) -> None:
+    """A closed success with no streak: one FCALL, and inside it no PUBLISH, no DEL."""
     breaker = Breaker("svc", store=harness.store)
     breaker.call(_ok)
     measured = harness.measure(lambda: breaker.call(_ok))
-    assert measured.client == ["EVALSHA"]
-    assert measured.server["evalsha"] == 1
+    assert measured.client == ["FCALL"]
+    assert measured.server["fcall"] == 1
     assert {"publish", "del", "hdel", "time"}.isdisjoint(measured.inner)
     assert measured.inner["hmget"] == 1  # load_state: one read of the state fields
 
@@ -260,20 +263,39 @@ def test_rejections_are_cached_until_the_deadline(harness: Harness) -> None:
     assert breaker.state is State.CLOSED
 
 
-def test_noscript_recovery(harness: Harness) -> None:
-    """After SCRIPT FLUSH the next call still works: one NOSCRIPT EVALSHA, SCRIPT LOAD, EVALSHA."""
+def test_function_flush_recovery(harness: Harness) -> None:
+    """After FUNCTION FLUSH the next call still works: a refused FCALL, FUNCTION LOAD, FCALL."""
     breaker = Breaker("svc", store=harness.store)
     breaker.call(_ok)
+    harness.server.function_flush()
+    measured = harness.measure(lambda: breaker.call(_ok))
+    assert measured.client == ["FCALL", "FUNCTION LOAD", "FCALL"]
+    assert measured.server["fcall"] == 2  # the "Function not found" reply counts as a call
+    assert measured.server["function|load"] == 1
+    harness.check(measured, 3)
+    # Loaded again: back to one round trip.
+    again = harness.measure(lambda: breaker.call(_ok))
+    assert again.client == ["FCALL"]
+    assert breaker.snapshot().window_calls == 3  # the reloaded call was counted once
+
+
+def test_scripts_without_functions(harness: Harness) -> None:
+    """A store that cannot use Functions (Redis < 7, an ACL without FCALL) runs the same
+    scripts by EVALSHA: one per round trip, and after SCRIPT FLUSH a NOSCRIPT EVALSHA,
+    SCRIPT LOAD, EVALSHA."""
+    harness.store._use_functions = False
+    breaker = Breaker("svc", store=harness.store)
+    breaker.call(_ok)  # the acquire script gets loaded
+    measured = harness.measure(lambda: breaker.call(_ok))
+    assert measured.client == ["EVALSHA"]
+    harness.check(measured, 1)
     harness.server.script_flush()
     measured = harness.measure(lambda: breaker.call(_ok))
     assert measured.client == ["EVALSHA", "SCRIPT LOAD", "EVALSHA"]
     assert measured.server["evalsha"] == 2  # the NOSCRIPT reply counts as a call
     assert measured.server["script|load"] == 1
     harness.check(measured, 3)
-    # Loaded again: back to one round trip.
-    again = harness.measure(lambda: breaker.call(_ok))
-    assert again.client == ["EVALSHA"]
-    assert breaker.snapshot().window_calls == 3  # the reloaded call was counted once
+    assert breaker.snapshot().window_calls == 3
 
 
 def test_unicode_name_key_and_hash_slot(harness: Harness) -> None:
@@ -298,12 +320,12 @@ def test_unicode_name_key_and_hash_slot(harness: Harness) -> None:
 
 def _table(rows: list[tuple[str, Measured]]) -> str:
     width = max(len(name) for name, _ in rows)
-    lines = [f"{'path':<{width}}  trips  evalsha  load  inside the scripts (server-side)"]
+    lines = [f"{'path':<{width}}  trips  fcall  load  inside the scripts (server-side)"]
     for name, m in rows:
         inner = " ".join(f"{k}:{v}" for k, v in m.inner.items()) or "-"
         lines.append(
-            f"{name:<{width}}  {m.round_trips:>5}  {m.server.get('evalsha', 0):>7}  "
-            f"{m.server.get('script|load', 0):>4}  {inner}"
+            f"{name:<{width}}  {m.round_trips:>5}  {m.server.get('fcall', 0):>5}  "
+            f"{m.server.get('function|load', 0):>4}  {inner}"
         )
     return "\n".join(lines)
 
@@ -325,10 +347,10 @@ def test_print_round_trip_table(redis_server: RedisServer, redis_url: str) -> No
         harness.warm_up()
         breaker = Breaker("svc", store=harness.store)
         breaker.call(_ok)
-        redis_server.script_flush()
-        noscript = harness.measure(lambda: breaker.call(_ok))
-        harness.check(noscript, 3)
-        rows.append(("closed success after SCRIPT FLUSH", noscript))
+        redis_server.function_flush()
+        reloaded = harness.measure(lambda: breaker.call(_ok))
+        harness.check(reloaded, 3)
+        rows.append(("closed success after FUNCTION FLUSH", reloaded))
     finally:
         harness.store.close()
     print("\n" + _table(rows))

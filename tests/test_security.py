@@ -37,7 +37,7 @@ SECURITY_DOC = REPO / "docs" / "security.md"
 # The line docs/security.md gives, verbatim (test_doc_states_the_tested_acl keeps them equal).
 ACL_LINE = (
     "ACL SETUSER redbreaker reset on >CHANGE-ME resetchannels ~redbreaker:* "
-    "&redbreaker:events -@all +evalsha +script|load +hmget +hget +hset +hdel "
+    "&redbreaker:events -@all +fcall +function|load +hmget +hget +hset +hdel "
     "+hgetall +del +type +pexpire +persist +zadd +zcard +zrange +zrem +zremrangebyscore "
     "+zcount +publish +time +scan +subscribe"
 )
@@ -137,9 +137,11 @@ def _lifecycle(
     url: str, admin: redis.Redis, *, clock: ManualClock | None = None
 ) -> list[tuple[str, str, str]]:
     """All of redbreaker against ``url``: creation, a trip, a probe while a second caller is
-    turned away, a snapshot, a reload after SCRIPT FLUSH, operator orders, names, events.
-    Returns (from, to, reason) of every event seen on the channel."""
-    admin.script_flush()  # the first EVALSHA gets NOSCRIPT: the user runs SCRIPT LOAD
+    turned away, a snapshot, a reload after FUNCTION FLUSH and SCRIPT FLUSH, operator
+    orders, names, events. Returns (from, to, reason) of every event seen on the channel."""
+    # The first FCALL (or EVALSHA) finds nothing: the user runs FUNCTION LOAD (SCRIPT LOAD).
+    admin.function_flush("SYNC")
+    admin.script_flush()
     store = redbreaker.connect(url, clock=clock)
     try:
         events = store.transitions()
@@ -164,7 +166,9 @@ def _lifecycle(
         assert _raises(CircuitOpenError, breaker.acquire)  # the only probe slot is taken
         snapshot = breaker.snapshot()
         assert (snapshot.state, snapshot.probes_in_flight) == (State.HALF_OPEN, 1)
-        admin.script_flush()  # NOSCRIPT in the middle of a probe: reloaded as the user
+        # The code is gone in the middle of a probe: reloaded as the user.
+        admin.function_flush("SYNC")
+        admin.script_flush()
         probe.success()
         assert breaker.state is State.CLOSED
         assert breaker.force_open() is State.FORCED_OPEN  # no deadline: PERSIST
@@ -204,6 +208,7 @@ def admin(acl_server: RedisServer) -> Iterator[redis.Redis]:
     with acl_server.client(decode_responses=True) as client:
         client.flushall()
         client.script_flush()
+        client.function_flush("SYNC")
         client.execute_command("ACL", "SETUSER", USER, *_acl_rules())
         client.execute_command("ACL", "LOG", "RESET")
         yield client
@@ -237,6 +242,22 @@ def test_acl_user_runs_the_whole_lifecycle_under_the_documented_acl(
     url = _user_url(acl_server.port, query=f"?protocol={protocol}")
     assert _lifecycle(url, admin) == LIFECYCLE_EVENTS
     assert _acl_denials(admin) - _TOLERATED_DENIALS == set()
+
+
+@pytest.mark.slow
+@pytest.mark.redis_server
+def test_an_acl_with_evalsha_instead_of_fcall_still_works(
+    acl_server: RedisServer, admin: redis.Redis
+) -> None:
+    """The ACL of redbreaker releases before Functions (EVALSHA and SCRIPT LOAD instead of
+    FCALL and FUNCTION LOAD) still runs the whole lifecycle: each store is refused one
+    FCALL, then runs the same scripts by EVALSHA."""
+    rules = [
+        {"+fcall": "+evalsha", "+function|load": "+script|load"}.get(t, t) for t in _acl_rules()
+    ]
+    admin.execute_command("ACL", "SETUSER", USER, *rules)
+    assert _lifecycle(_user_url(acl_server.port), admin, clock=ManualClock()) == LIFECYCLE_EVENTS
+    assert _acl_denials(admin) - _TOLERATED_DENIALS == {("command", "fcall")}
 
 
 def _granting_rules() -> list[str]:
@@ -317,6 +338,7 @@ def test_acl_user_can_do_nothing_broader(acl_server: RedisServer, admin: redis.R
             lambda: user.config_set("appendonly", "yes"),
             lambda: user.keys("*"),
             lambda: user.eval("return 1", 0),
+            lambda: user.script_load("return 1"),
             user.script_flush,
             lambda: user.publish("other:events", "x"),
             lambda: user.execute_command("ACL", "SETUSER", USER, "+@all"),
@@ -332,20 +354,30 @@ def test_acl_user_can_do_nothing_broader(acl_server: RedisServer, admin: redis.R
             pubsub.get_message(timeout=5.0)  # the refusal is the subscription's reply
         pubsub.close()
 
-        # SCRIPT LOAD is granted, so any Lua runs by EVALSHA, but every command inside is
-        # checked against the same ACL: a script can do nothing its user could not.
-        read_any = user.script_load("return redis.call('GET', KEYS[1])")
+        # FUNCTION LOAD is granted, so any Lua library can be loaded and run by FCALL, but
+        # every command inside is checked against the same ACL: a function can do nothing
+        # its user could not.
+        user.function_load(
+            "#!lua name=acl_probe\n"
+            "redis.register_function('read_any', function(k) return redis.call('GET', k[1]) end)\n"
+            "redis.register_function('read_other',"
+            " function() return redis.call('HGETALL', 'other:x') end)\n"
+            "redis.register_function('flush_all', function() return redis.call('FLUSHALL') end)\n"
+            "redis.register_function('publish_other',"
+            " function() return redis.call('PUBLISH', 'other:e', 'x') end)\n",
+            replace=True,
+        )
         with pytest.raises(redis.exceptions.NoPermissionError):
-            user.evalsha(read_any, 1, "other:secret")  # declared key outside the pattern
-        scripts = [  # (sha, keys, what the refusal names)
-            (read_any, [f"{PREFIX}:x"], "run this command"),  # GET: not granted at all
-            (user.script_load("return redis.call('HGETALL', 'other:x')"), [], "keys"),
-            (user.script_load("return redis.call('FLUSHALL')"), [], "run this command"),
-            (user.script_load("return redis.call('PUBLISH', 'other:e', 'x')"), [], "channel"),
+            user.fcall("read_any", 1, "other:secret")  # declared key outside the pattern
+        functions = [  # (function, keys, what the refusal names)
+            ("read_any", [f"{PREFIX}:x"], "run this command"),  # GET: not granted at all
+            ("read_other", [], "keys"),
+            ("flush_all", [], "run this command"),
+            ("publish_other", [], "channel"),
         ]
-        for sha, keys, refusal in scripts:
+        for function, keys, refusal in functions:
             with pytest.raises(redis.ResponseError) as refused:
-                user.evalsha(sha, len(keys), *keys)
+                user.fcall(function, len(keys), *keys)
             assert "The user executing the script can't" in str(refused.value)
             assert refusal in str(refused.value)
 

@@ -1,7 +1,7 @@
 """The Redis-down policy, on the embedded store with an outage switched on and off.
 
 The real-server faults (kill -9, CLIENT PAUSE, ...) are in test_faults.py; here the outage
-is a switch in front of the scripts, so edges, backoff and policies are exact and fast.
+is a switch in front of the script calls, so edges, backoff and policies are exact and fast.
 """
 
 from __future__ import annotations
@@ -23,18 +23,15 @@ class Outage:
     def __init__(self, store: redbreaker.Store) -> None:
         self.down = False
         self.tries = 0
-        self._real = dict(store._scripts)
-        for name in self._real:
-            store._scripts[name] = self._wrap(name)  # type: ignore[assignment]
+        real = store._call
 
-    def _wrap(self, name: str) -> Any:
-        def script(**kwargs: Any) -> Any:
+        def call(script: str, keys: Any, args: Any) -> Any:
             self.tries += 1
             if self.down:
                 raise redis.ConnectionError("Connection refused (simulated)")
-            return self._real[name](**kwargs)
+            return real(script, keys, args)
 
-        return script
+        store._call = call  # type: ignore[method-assign]
 
 
 @pytest.fixture

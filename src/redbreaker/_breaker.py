@@ -140,7 +140,7 @@ class _BreakerCore:
             self._keys.channel,
             self.name,
             repr(self._random()),
-            *self.config.script_argv,
+            self.config.script_config,
             *extra,
         ]
 

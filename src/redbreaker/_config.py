@@ -100,6 +100,15 @@ def _ms(seconds: float | None) -> str:
     return "" if seconds is None else str(max(1, round(seconds * 1000)))
 
 
+# The config fields the Lua scripts read, in the order lua/_common.lua lists them.
+_SCRIPT_FIELDS = (
+    "failure_threshold", "failure_rate", "window_ms", "minimum_calls", "slow_call_rate",
+    "recovery_timeout_ms", "recovery_backoff", "max_recovery_timeout_ms", "recovery_jitter",
+    "half_open_max_calls", "success_threshold", "probe_lease_ms", "half_open_max_wait_ms",
+    "key_ttl_ms",
+)
+
+
 @dataclass(frozen=True)
 class BreakerConfig:
     """How a breaker decides. Every process that shares a breaker should use the same.
@@ -193,6 +202,7 @@ class BreakerConfig:
     ignore_on: ExceptionMatcher | None = None
     failure_result: Callable[[Any], bool] | None = None
     _argv: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _script_config: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         count_setting("failure_threshold", self.failure_threshold, optional=True)
@@ -282,11 +292,19 @@ class BreakerConfig:
             _ms(ttl),
         )
         object.__setattr__(self, "_argv", argv)
+        text = " ".join(f"{name}={value}" for name, value in zip(_SCRIPT_FIELDS, argv, strict=True))
+        object.__setattr__(self, "_script_config", text)
 
     @property
     def script_argv(self) -> tuple[str, ...]:
-        """ARGV[5..18] of every script, in the order ``lua/_common.lua`` reads them."""
+        """The config values the scripts read, in the order of ``_SCRIPT_FIELDS``."""
         return self._argv
+
+    @property
+    def script_config(self) -> str:
+        """ARGV[5] of every script: ``name=value`` pairs, as ``lua/_common.lua`` reads them
+        and as the breaker hash's ``config`` field shows them."""
+        return self._script_config
 
     @property
     def slow_call_seconds(self) -> float | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -70,8 +70,7 @@ class Transition:
     at_ms: int
 
 
-@dataclass(frozen=True)
-class AcquireReply:
+class AcquireReply(NamedTuple):
     """The decoded reply of ``acquire.lua``."""
 
     verdict: str
@@ -85,8 +84,7 @@ class AcquireReply:
     transitions: tuple[Transition, ...]
 
 
-@dataclass(frozen=True)
-class RecordReply:
+class RecordReply(NamedTuple):
     """The decoded reply of ``record.lua``."""
 
     status: str
@@ -97,8 +95,7 @@ class RecordReply:
     transitions: tuple[Transition, ...]
 
 
-@dataclass(frozen=True)
-class ControlReply:
+class ControlReply(NamedTuple):
     """The decoded reply of ``control.lua``."""
 
     state: State
@@ -169,6 +166,8 @@ def _text(value: object) -> str:
 
 
 def _int(value: object, default: int = 0) -> int:
+    if type(value) is int:  # what Lua numbers arrive as: the hot path
+        return value
     if value is None:
         return default
     try:
@@ -177,8 +176,15 @@ def _int(value: object, default: int = 0) -> int:
         return default
 
 
+# Every spelling a reply may carry a state in (bytes, or str on a decoding client).
+_STATES: dict[object, State] = {
+    **{s.value: s for s in State}, **{s.value.encode(): s for s in State}
+}
+
+
 def _state(value: object) -> State:
-    return State(_text(value))
+    state = _STATES.get(value)
+    return state if state is not None else State(_text(value))
 
 
 def _maybe_state(value: object) -> State | None:
@@ -219,7 +225,7 @@ def decode_acquire(name: str, reply: Sequence[object]) -> AcquireReply:
         retry_after_ms=_int(reply[5]),
         now_ms=now_ms,
         incarnation=_text(reply[7]),
-        transitions=_transitions(name, generation, now_ms, reply[8:]),
+        transitions=_transitions(name, generation, now_ms, reply[8:]) if len(reply) > 8 else (),
     )
 
 

@@ -21,7 +21,7 @@ from ._config import seconds_setting
 from ._exceptions import ConfigError, StoreError, StoreUnavailableError
 from ._health import REFUSED, UNAVAILABLE, StoreEvent, StoreHealth
 from ._keys import BreakerKeys, breaker_keys, check_name, check_prefix
-from ._scripts import SCRIPT_NAMES, script_source
+from ._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from ._state import Transition, decode_event
 
 if TYPE_CHECKING:
@@ -74,6 +74,11 @@ class Store:
         self._scripts: dict[str, Script] = {
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
+        self._functions = {name: function_name(name) for name in SCRIPT_NAMES}
+        # FCALL until the server shows it cannot (Redis < 7, an ACL without it): then the
+        # same scripts by EVALSHA. A cluster client would spend a COMMAND GETKEYS round
+        # trip routing each FCALL (its keys are "movable"), so clusters use EVALSHA.
+        self._use_functions = not isinstance(client, RedisCluster)
         self._rejections: dict[str, tuple[int, str]] = {}
         self._closed = False
         # The transition feed of cached breakers: per breaker name, how many transitions
@@ -95,8 +100,9 @@ class Store:
         return f"<redbreaker.Store prefix={self.prefix!r} client={self.client!r}>"
 
     def run(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> list[Any]:
-        """Run one script for one breaker: exactly one round trip (EVALSHA, or a reload
-        and EVALSHA after NOSCRIPT when the server lost its script cache).
+        """Run one script for one breaker: exactly one round trip (FCALL; or FUNCTION LOAD
+        and FCALL again when the server lost the library; EVALSHA where Functions are
+        missing or refused, with SCRIPT LOAD after NOSCRIPT).
 
         Raises:
             StoreUnavailableError: Redis could not answer (or did not, recently, and the
@@ -107,7 +113,7 @@ class Store:
         if wait > 0:
             raise StoreUnavailableError(keys.name, wait, "not retried yet after an error")
         try:
-            reply = self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
+            reply = self._call(script, keys, args)
         except REFUSED as exc:
             # Wrong credentials are a configuration error, not an outage: no policy may
             # quietly run every call unguarded because of them.
@@ -125,6 +131,33 @@ class Store:
         if not isinstance(reply, list):
             raise StoreError(f"the {script} script replied {reply!r}, not a list")
         return reply
+
+    def _call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        if self._use_functions:
+            try:
+                return self._fcall(script, keys, args)
+            except redis.ResponseError as exc:
+                if not _no_such_function(exc):
+                    if _cannot_fcall(exc):
+                        self._use_functions = False
+                        return self._call(script, keys, args)
+                    raise
+            # A server that never had the library, or lost it (FUNCTION FLUSH, a restart
+            # without persistence, a new node): load it, then call again once.
+            try:
+                self.client.function_load(library_source(), replace=True)
+            except redis.ResponseError as exc:
+                if not _cannot_fcall(exc):
+                    raise
+                self._use_functions = False  # loading is refused: scripts will do
+            else:
+                return self._fcall(script, keys, args)
+        return self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
+
+    def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        return self.client.execute_command(  # type: ignore[no-untyped-call]
+            "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
+        )
 
     def _local_ms(self) -> int:
         return round(self.clock.monotonic() * 1000)
@@ -331,6 +364,18 @@ class Store:
         self.client.close()
         for close in self._also_close:
             close()
+
+
+def _no_such_function(exc: redis.ResponseError) -> bool:
+    return "function not found" in str(exc).lower()
+
+
+def _cannot_fcall(exc: redis.ResponseError) -> bool:
+    """The server has no Functions, or this user may not call or load them."""
+    text = str(exc).lower()
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return "'fcall'" in text or "'function|load'" in text
+    return "unknown command" in text and ("'fcall'" in text or "'function'" in text)
 
 
 def _memory_client(url: urllib.parse.SplitResult) -> RedisClient:
