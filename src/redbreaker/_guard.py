@@ -238,6 +238,17 @@ def _server_delay(exc: BaseException | None) -> float | None:
     return float(value)
 
 
+class _First:
+    """The outcome of a call's first attempt, handed to the retry loop to replay."""
+
+    __slots__ = ("error", "replayed", "value")
+
+    def __init__(self, error: Exception | None, value: object) -> None:
+        self.error = error
+        self.value = value
+        self.replayed = False
+
+
 class _Call:
     """What one guarded call has done so far (never shared between calls)."""
 
@@ -384,6 +395,19 @@ class Guard:
     def _with_retries(self, call: _Call, fn: Callable[[], R]) -> R:
         if call.max_attempts == 1:
             return self._attempt(call, fn)
+        # The first attempt runs outside tenacity: most calls succeed at once, and a retry
+        # loop built for them would cost more than the attempt's own thread handoff. When
+        # it asks for a retry, tenacity takes over with its outcome as attempt 1.
+        try:
+            value = self._attempt(call, fn)
+        except Exception as exc:
+            if not self._retries_error(exc):
+                raise
+            first = _First(exc, None)
+        else:
+            if not self._retry_result(value):
+                return value
+            first = _First(None, value)
         retrying = _t.Retrying(
             stop=lambda state: self._stop(call, state),
             wait=lambda state: self._wait(call, state),
@@ -393,15 +417,26 @@ class Guard:
             retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
             reraise=True,
         )
-        result: R = retrying(self._attempt, call, fn)
+        result: R = retrying(self._attempt_after, first, call, fn)
         return result
+
+    def _attempt_after(self, first: _First, call: _Call, fn: Callable[[], R]) -> R:
+        """Attempt 1 replayed from ``first`` (it already ran), then real attempts."""
+        if not first.replayed:
+            first.replayed = True
+            if first.error is not None:
+                raise first.error
+            return first.value  # type: ignore[return-value]
+        return self._attempt(call, fn)
 
     def _should_retry(self, state: _t.RetryCallState) -> bool:
         outcome = state.outcome
         assert outcome is not None
         if not outcome.failed:
             return bool(self._retry_result(outcome.result()))
-        exc = outcome.exception()
+        return self._retries_error(outcome.exception())
+
+    def _retries_error(self, exc: BaseException | None) -> bool:
         if not isinstance(exc, Exception) or isinstance(
             exc, (CircuitOpenError, AttemptRejectedError)
         ):
@@ -520,6 +555,8 @@ class Guard:
             raise CircuitOpenError(self.breaker.name, snapshot.state.value, snapshot.retry_after)
 
     def _attempted(self, call: _Call, duration: float, exc: BaseException | None) -> None:
+        if not self.config.on_attempt and not logger.isEnabledFor(logging.DEBUG):
+            return
         info = AttemptInfo(self.breaker.name, call.attempts, call.max_attempts, duration, exc)
         logger.debug(
             "circuit %r: attempt %d of %d %s in %.3fs",

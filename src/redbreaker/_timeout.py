@@ -14,13 +14,16 @@ an abandoned attempt runs to its end in the background and its result is dropped
 effects still happen. That is why the number of abandoned attempts is exposed and capped.
 
 ``concurrent.futures.ThreadPoolExecutor`` is not used because it joins its workers at
-exit: one hung call would hold the process open for as long as it hangs.
+exit: one hung call would hold the process open for as long as it hangs. The handoff is
+the cheapest CPython has: attempts travel on a ``queue.SimpleQueue`` (C), and each carries
+one plain lock, held until the attempt is done, that its caller waits on with the budget
+as the timeout (no ``Condition``, no per-wait allocation).
 """
 
 from __future__ import annotations
 
-import collections
 import logging
+import queue
 import threading
 import time
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -47,7 +50,9 @@ class _Attempt(Generic[T]):
         self.fn = fn
         self.state = _QUEUED
         self.abandoned = False
-        self.done = threading.Event()
+        # Held while the attempt is not done: the thread that finishes it releases it.
+        self.done = threading.Lock()
+        self.done.acquire()
         self.value: T | None = None
         self.error: BaseException | None = None
         self.started_at = 0.0
@@ -67,8 +72,8 @@ class AttemptRunner:
         self.max_threads = max_threads
         self.max_abandoned = max_abandoned
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
-        self._queue: collections.deque[_Attempt[object]] = collections.deque()
+        self._queue: queue.SimpleQueue[_Attempt[object]] = queue.SimpleQueue()
+        self._waiting = 0  # attempts queued and not yet taken by a thread
         self._threads = 0
         self._idle = 0
         self._abandoned = 0
@@ -96,14 +101,19 @@ class AttemptRunner:
             with self._lock:
                 if self._abandoned >= self.max_abandoned:
                     raise AttemptRejectedError(self.name, self._abandoned)
-                self._queue.append(attempt)  # type: ignore[arg-type]
-                # An idle thread counts as idle until it wakes, so compare with the queue: a
-                # burst of attempts must not all wait for the one thread that was notified.
-                if len(self._queue) > self._idle and self._threads < self.max_threads:
-                    self._start_thread()
-                else:
-                    self._work.notify()
-            finished = attempt.done.wait(budget)
+                self._waiting += 1
+                # An idle thread counts as idle until it takes work, so compare with the
+                # attempts waiting: a burst must not all wait for the one idle thread.
+                start = self._waiting > self._idle and self._threads < self.max_threads
+                if start:
+                    self._threads += 1
+                    self._spawned += 1
+            self._queue.put(attempt)  # type: ignore[arg-type]
+            if start:
+                threading.Thread(
+                    target=self._serve, name=f"redbreaker-{self.name}-{self._spawned}", daemon=True
+                ).start()
+            finished = attempt.done.acquire(timeout=budget)
         except BaseException:
             # Refused, or interrupted (KeyboardInterrupt) after queueing: the work must not
             # run unseen later.
@@ -119,9 +129,8 @@ class AttemptRunner:
         """Cancel or abandon ``attempt``; False when it finished in the meantime."""
         with self._lock:
             if attempt.state == _QUEUED:
+                # It stays in the queue; the thread that takes it skips it.
                 attempt.state = _CANCELLED
-                if attempt in self._queue:
-                    self._queue.remove(attempt)  # type: ignore[arg-type]
                 return True
             if attempt.state == _RUNNING:
                 attempt.abandoned = True
@@ -129,27 +138,35 @@ class AttemptRunner:
                 return True
             return False
 
-    def _start_thread(self) -> None:
-        self._threads += 1
-        self._spawned += 1
-        thread = threading.Thread(
-            target=self._serve, name=f"redbreaker-{self.name}-{self._spawned}", daemon=True
-        )
-        thread.start()
+    def _take(self) -> _Attempt[object] | None:
+        """The next attempt to run, or None when this thread should end (idle too long)."""
+        while True:
+            with self._lock:
+                self._idle += 1
+            try:
+                attempt = self._queue.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    self._idle -= 1
+                    # Work may have been queued between the timeout and this lock: stay.
+                    if self._waiting == 0:
+                        self._threads -= 1
+                        return None
+                continue
+            with self._lock:
+                self._idle -= 1
+                self._waiting -= 1
+                if attempt.state == _CANCELLED:
+                    continue  # its caller gave up before it started: it never runs
+                attempt.state = _RUNNING
+                attempt.started_at = time.monotonic()
+                return attempt
 
     def _serve(self) -> None:
         while True:
-            with self._lock:
-                while not self._queue:
-                    self._idle += 1
-                    woken = self._work.wait(_IDLE_SECONDS)
-                    self._idle -= 1
-                    if not woken and not self._queue:
-                        self._threads -= 1
-                        return
-                attempt = self._queue.popleft()
-                attempt.state = _RUNNING
-                attempt.started_at = time.monotonic()
+            attempt = self._take()
+            if attempt is None:
+                return
             try:
                 attempt.value = attempt.fn()
             except BaseException as exc:  # handed to the waiting caller, who re-raises it
@@ -158,7 +175,7 @@ class AttemptRunner:
                 attempt.state = _DONE
                 if attempt.abandoned:
                     self._abandoned -= 1
-            attempt.done.set()
+            attempt.done.release()
             if attempt.abandoned:
                 logger.info(
                     "circuit %r: an abandoned attempt finished after %.3fs (result dropped)",
