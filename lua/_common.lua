@@ -349,8 +349,10 @@ local function parse_bucket(text)
 end
 
 -- Add to the bucket that holds `at` if it is still the live one for that slot. Returns
--- true when this started a new bucket (at most once per bucket_ms per slot).
-local function bump_bucket(at, d_calls, d_failures, d_slow)
+-- true when this started a new bucket (at most once per bucket_ms per slot). With
+-- `writes`, the new bucket text joins that list of HSET field/value pairs instead of being
+-- written at once, so a caller writes all its fields in one HSET.
+local function bump_bucket(at, d_calls, d_failures, d_slow, writes)
   local index = math.floor(at / CFG.bucket_ms)
   local start = index * CFG.bucket_ms
   if start <= NOW - CFG.window_ms then return false end
@@ -370,7 +372,12 @@ local function bump_bucket(at, d_calls, d_failures, d_slow)
   -- wiped meanwhile) still leave a window with no more failures than calls.
   calls = math.max(0, calls + d_calls, failures, slow)
   text = int(start) .. ' ' .. calls .. ' ' .. failures .. ' ' .. slow
-  redis.call('HSET', KEY, field, text)
+  if writes then
+    writes[#writes + 1] = field
+    writes[#writes + 1] = text
+  else
+    redis.call('HSET', KEY, field, text)
+  end
   BUCKET_TEXT[field] = text
   return started
 end

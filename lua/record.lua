@@ -57,12 +57,11 @@ local function record(keys, argv)
     status = 'recorded'
   elseif s.state == 'closed' or s.state == 'metrics_only' then
     status = 'recorded'
-    if extra_calls > 0 then bump_bucket(NOW, extra_calls, 0, 0) end
-    if outcome == 'flush' then
-      -- only the batched calls above
-    elseif outcome == 'ignore' then
-      bump_bucket(admitted_at, -1, 0, 0)
-    else
+    local writes, started = {}, false
+    if extra_calls > 0 then started = bump_bucket(NOW, extra_calls, 0, 0, writes) end
+    if outcome == 'ignore' then
+      started = bump_bucket(admitted_at, -1, 0, 0, writes) or started
+    elseif outcome ~= 'flush' then
       if outcome == 'failure' then
         s.streak = s.streak + 1
       else
@@ -71,9 +70,15 @@ local function record(keys, argv)
       if outcome == 'failure' or slow then
         -- Into the bucket the call was counted in, so a window never holds more failures
         -- than calls; a call admitted before the window began no longer counts in the rate.
-        bump_bucket(admitted_at, 0, outcome == 'failure' and 1 or 0, slow and 1 or 0)
+        started = bump_bucket(admitted_at, 0, outcome == 'failure' and 1 or 0,
+          slow and 1 or 0, writes) or started
       end
-      redis.call('HSET', KEY, 'consecutive_failures', int(s.streak))
+      writes[#writes + 1] = 'consecutive_failures'
+      writes[#writes + 1] = int(s.streak)
+    end
+    -- One write for the streak and the buckets, before the rules read the window.
+    if #writes > 0 then redis.call('HSET', KEY, unpack(writes)) end
+    if outcome ~= 'flush' and outcome ~= 'ignore' then
       local reason = trip_reason(s)
       if reason ~= nil then
         if s.state == 'metrics_only' then
@@ -90,7 +95,8 @@ local function record(keys, argv)
         end
       end
     end
-    touch(s)
+    -- As in acquire: the TTL moves on when a bucket starts or the state changed.
+    if started or #EVENTS > 0 then touch(s, #EVENTS == 0) end
   elseif s.state == 'half_open' and token ~= '' then
     status = 'recorded'
     if outcome == 'failure' then
