@@ -461,6 +461,8 @@ class Breaker(_BreakerCore):
             CircuitOpenError: the breaker rejects the call; ``retry_after`` says when to
                 try again.
         """
+        if self._cached:
+            self.store.poll_feed()  # a transition published meanwhile counts from now on
         self._check_cached_rejection()
         if self._cached:
             local = self._admit_locally()

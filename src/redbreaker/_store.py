@@ -37,6 +37,11 @@ StoreHook = Callable[[StoreEvent], None]
 RedisClient = Union[redis.Redis, RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
 """A synchronous redis-py client: standalone, from a Sentinel, or a cluster client."""
 
+# How often a calling thread reads the transition feed at most, and how long the feed
+# thread lets it go unread when no call reads it.
+_FEED_POLL = 0.001
+_FEED_IDLE = 0.02
+
 _SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 _memory_servers: dict[str, Any] = {}
 _memory_lock = threading.Lock()
@@ -88,6 +93,13 @@ class Store:
         self._feed: threading.Thread | None = None
         self._feed_live = False
         self._feed_epoch = 0
+        # The feed's subscription is read by whoever comes first: a calling thread, at most
+        # once per _FEED_POLL (it holds the GIL already: no thread switch between a
+        # transition and the next admission), or the feed thread every _FEED_IDLE when no
+        # call read it. Whoever holds _feed_reader reads; the others skip.
+        self._feed_reader = threading.Lock()
+        self._feed_pubsub: Any = None
+        self._feed_read_at = 0.0
         hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
         for hook in hooks:
             if not callable(hook):
@@ -207,6 +219,32 @@ class Store:
                 )
                 self._feed.start()
 
+    def poll_feed(self) -> None:
+        """Read the transitions published since the feed was last read, unless it was read
+        less than a ms ago or another thread is reading it (no I/O then)."""
+        if not self._feed_live or time.monotonic() - self._feed_read_at < _FEED_POLL:
+            return
+        self._read_feed(blocking=False)
+
+    def _read_feed(self, *, blocking: bool) -> None:
+        if not self._feed_reader.acquire(blocking):
+            return
+        try:
+            pubsub = self._feed_pubsub
+            if pubsub is None or not self._feed_live:
+                return
+            self._feed_read_at = time.monotonic()
+            while True:
+                message = pubsub.get_message(timeout=0)
+                if message is None:
+                    return
+                if message.get("type") == "message":
+                    self._heard_event(message["data"])
+        except Exception:  # a lost connection: the feed thread subscribes again
+            self._feed_live = False
+        finally:
+            self._feed_reader.release()
+
     def _run_feed(self) -> None:
         delay = 0.05
         while not self._closed:
@@ -217,17 +255,21 @@ class Store:
                 pubsub.get_message(timeout=1.0)
                 # Events published while unsubscribed are lost: every local copy taken
                 # before now must be refreshed from Redis.
-                self._feed_epoch += 1
-                self._feed_live = True
+                with self._feed_reader:
+                    self._feed_pubsub = pubsub
+                    self._feed_epoch += 1
+                    self._feed_live = True
                 delay = 0.05
-                while not self._closed:
-                    message = pubsub.get_message(timeout=0.25)
-                    if message is not None and message.get("type") == "message":
-                        self._heard_event(message["data"])
+                while not self._closed and self._feed_live:
+                    time.sleep(_FEED_IDLE)
+                    if time.monotonic() - self._feed_read_at >= _FEED_IDLE:
+                        self._read_feed(blocking=True)
             except Exception:  # any failure: resubscribe after a pause
                 pass
             finally:
-                self._feed_live = False
+                with self._feed_reader:
+                    self._feed_live = False
+                    self._feed_pubsub = None
                 with contextlib.suppress(Exception):
                     pubsub.close()
                 if raw_client is not self.client:
