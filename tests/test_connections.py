@@ -1,0 +1,173 @@
+"""How a store uses its client's connections, on the session redis-server.
+
+A plain ``redis.Redis`` is driven a level below ``execute_command``: each thread keeps one
+connection of the client's pool. These tests hold that to account: one checkout per thread,
+the connection back in the pool when its thread ends, a child process after ``fork`` on a
+connection of its own, a reply that came too late never read as the next call's, and a
+client whose ``execute_command`` someone wrapped (tracing) still seeing every command.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+
+import redbreaker
+from redbreaker import Breaker, ManualClock, State
+
+if TYPE_CHECKING:
+    from redis_servers import RedisServer
+
+pytestmark = pytest.mark.redis_server
+
+
+class PoolCounter:
+    """Counts checkouts from and returns to a redis-py pool (wrapping its methods)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.taken = 0
+        self.returned = 0
+        self._lock = threading.Lock()
+        get, release = pool.get_connection, pool.release
+
+        def counted_get(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.taken += 1
+            return get(*args, **kwargs)
+
+        def counted_release(connection: Any) -> None:
+            with self._lock:
+                self.returned += 1
+            release(connection)
+
+        pool.get_connection = counted_get
+        pool.release = counted_release
+
+
+def _ok() -> str:
+    return "ok"
+
+
+def _local_port(store: redbreaker.Store) -> int:
+    """The local TCP port of the connection this thread's calls go out on."""
+    sock = store._held.connection.connection._sock
+    return int(sock.getsockname()[1])
+
+
+def test_one_checkout_per_thread_and_back_when_the_thread_ends(redis_url: str) -> None:
+    """101 calls from the main thread and 5 others: 6 checkouts; the 5 threads' connections
+    return to the pool when the threads end; every call was counted."""
+    store = redbreaker.connect(redis_url, prefix="held")
+    try:
+        counter = PoolCounter(store.client.connection_pool)
+        breaker = Breaker("svc", store=store)
+        assert breaker.call(_ok) == "ok"
+
+        def work() -> None:
+            for _ in range(20):
+                assert breaker.call(_ok) == "ok"
+
+        threads = [threading.Thread(target=work) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        del threads
+        gc.collect()
+        assert counter.taken == 6
+        assert counter.returned == 5  # the main thread still holds its own
+        assert breaker.snapshot().window_calls == 101
+    finally:
+        store.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads
+def test_a_forked_child_uses_a_connection_of_its_own(redis_url: str) -> None:
+    """A child forked after the parent's calls makes its own 30 calls on a new connection,
+    leaves the parent's alone, and the parent goes on: 10 + 30 + 10 calls counted."""
+    store = redbreaker.connect(redis_url, prefix="held")
+    try:
+        breaker = Breaker("svc", store=store)
+        for _ in range(10):
+            breaker.call(_ok)
+        parent_port = _local_port(store)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the pipe, never return into pytest
+            code = 1
+            try:
+                for _ in range(30):
+                    breaker.call(_ok)
+                os.write(write, str(_local_port(store)).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        child_port = int(os.read(read, 16))
+        os.close(read)
+        assert child_port != parent_port  # the child never wrote on the parent's socket
+        assert _local_port(store) == parent_port
+        for _ in range(10):
+            breaker.call(_ok)
+        assert breaker.snapshot().window_calls == 50
+    finally:
+        store.close()
+
+
+def test_a_late_reply_is_never_read_as_the_next_one(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """A call times out while Redis is paused; its reply arrives later on the connection it
+    was sent on. The next call must not take that reply for its own: it runs on a new
+    connection and sees the breaker as it is."""
+    clock = ManualClock()
+    store = redbreaker.connect(redis_url, prefix="held", store_timeout=0.2, clock=clock)
+    try:
+        breaker = Breaker("svc", store=store, failure_threshold=1, on_store_error="reject")
+        assert breaker.call(_ok) == "ok"
+        redis_server.pause(0.6)
+        with pytest.raises(redbreaker.StoreUnavailableError):
+            breaker.acquire()
+        redis_server.unpause()
+        clock.advance(10)  # past the store's backoff before it tries Redis again
+        with pytest.raises(ZeroDivisionError):
+            breaker.call(lambda: 1 / 0)
+        snapshot = breaker.snapshot()
+        assert (snapshot.state, snapshot.open_count) == (State.OPEN, 1)
+        with pytest.raises(redbreaker.CircuitOpenError):
+            breaker.acquire()
+    finally:
+        store.close()
+
+
+class TracedRedis(redis.Redis):
+    """A client whose execute_command someone overrode, as tracing integrations do."""
+
+    traced: list[str]
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.__dict__.setdefault("traced", []).append(str(args[0]).upper())
+        return super().execute_command(*args, **options)
+
+
+def test_a_wrapped_client_sees_every_command(redis_url: str) -> None:
+    """With execute_command overridden, every round trip goes through it (none bypasses
+    the wrapper), and the breaker behaves the same."""
+    client = TracedRedis.from_url(redis_url)
+    store = redbreaker.connect(client, prefix="traced")
+    try:
+        breaker = Breaker("svc", store=store, failure_threshold=1)
+        breaker.call(_ok)
+        with pytest.raises(ZeroDivisionError):
+            breaker.call(lambda: 1 / 0)
+        assert breaker.state is State.OPEN
+        assert client.traced == ["FCALL", "FUNCTION LOAD", "FCALL", "FCALL", "FCALL", "FCALL"]
+    finally:
+        store.close()
