@@ -238,7 +238,7 @@ def decode_record(name: str, reply: Sequence[object]) -> RecordReply:
         generation=generation,
         consecutive_failures=_int(reply[3]),
         now_ms=now_ms,
-        transitions=_transitions(name, generation, now_ms, reply[5:]),
+        transitions=_transitions(name, generation, now_ms, reply[5:]) if len(reply) > 5 else (),
     )
 
 
