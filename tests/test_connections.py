@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -171,3 +172,74 @@ def test_a_wrapped_client_sees_every_command(redis_url: str) -> None:
         assert client.traced == ["FCALL", "FUNCTION LOAD", "FCALL", "FCALL", "FCALL", "FCALL"]
     finally:
         store.close()
+
+
+def _wait_until(predicate: Any, what: str, limit: float = 5.0) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {limit}s: {what}")
+        time.sleep(0.002)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads
+def test_a_forked_child_hears_transitions_on_a_feed_of_its_own(redis_url: str) -> None:
+    """A cached breaker's store forked while its feed runs (gunicorn's preload_app): the
+    child subscribes on its own and hears an open within 2 s (max_staleness is 30 s, so only
+    the feed can tell it); the parent's feed still hears the reset that follows."""
+    store = redbreaker.connect(redis_url, prefix="forkfeed")
+    admin = redbreaker.connect(redis_url, prefix="forkfeed")
+    try:
+        breaker = Breaker("svc", store=store, consistency="cached", max_staleness=30)
+        assert breaker.call(_ok) == "ok"
+        _wait_until(lambda: store.feed_live, "the parent's feed subscribed")
+        to_child_r, to_child_w = os.pipe()
+        to_parent_r, to_parent_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                assert breaker.call(_ok) == "ok"  # starts the child's own feed
+                _wait_until(lambda: store.feed_live, "the child's feed subscribed")
+                # Its own subscription: the channel has two subscribers, not one shared.
+                with redis.Redis.from_url(redis_url) as probe:
+                    _wait_until(
+                        lambda: probe.pubsub_numsub("forkfeed:events")[0][1] == 2,
+                        "a second subscriber on the channel",
+                    )
+                os.write(to_parent_w, b"r")
+                assert os.read(to_child_r, 1) == b"o"  # the parent opened the breaker
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:
+                    try:
+                        breaker.call(_ok)
+                    except redbreaker.CircuitOpenError:
+                        code = 0
+                        break
+                    time.sleep(0.001)
+            finally:
+                os._exit(code)
+        os.close(to_parent_w)  # a child that dies ends the parent's reads at once
+        os.close(to_child_r)
+        assert os.read(to_parent_r, 1) == b"r", "the child did not get a feed of its own"
+        Breaker("svc", store=admin).force_open()
+        os.write(to_child_w, b"o")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child never heard the open"
+        with pytest.raises(redbreaker.CircuitOpenError):
+            breaker.call(_ok)
+        Breaker("svc", store=admin).reset()
+
+        def admitted() -> bool:
+            try:
+                breaker.call(_ok)
+            except redbreaker.CircuitOpenError:
+                return False
+            return True
+
+        _wait_until(admitted, "the parent heard the reset on its feed", limit=2.0)
+        os.close(to_child_w)
+        os.close(to_parent_r)
+    finally:
+        store.close()
+        admin.close()

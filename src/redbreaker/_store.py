@@ -108,6 +108,7 @@ class Store:
         self._feed_reader = threading.Lock()
         self._feed_pubsub: Any = None
         self._feed_read_at = 0.0
+        _stores.add(self)
         hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
         for hook in hooks:
             if not callable(hook):
@@ -251,6 +252,17 @@ class Store:
                     target=self._run_feed, name=f"redbreaker-feed-{self.prefix}", daemon=True
                 )
                 self._feed.start()
+
+    def _forget_feed(self) -> None:
+        """In a forked child: the parent's feed thread did not come along and its
+        subscription is the parent's to read. The next cached call starts a feed of the
+        child's own; copies taken before the fork are stale (a new epoch)."""
+        self._feed_lock = threading.Lock()
+        self._feed_reader = threading.Lock()
+        self._feed = None
+        self._feed_live = False
+        self._feed_pubsub = None
+        self._feed_epoch += 1
 
     def poll_feed(self) -> None:
         """Read the transitions published since the feed was last read, unless it was read
@@ -443,13 +455,18 @@ class Store:
 
 # Forks of this process so far: a connection held before a fork belongs to the parent.
 _forks = [0]
+# Stores whose transition feed must start afresh in a forked child (gunicorn's preload_app
+# forks workers from a master that may have used breakers already).
+_stores: weakref.WeakSet[Store] = weakref.WeakSet()
 
 
-def _count_fork() -> None:
+def _after_fork_in_child() -> None:
     _forks[0] += 1
+    for store in list(_stores):
+        store._forget_feed()
 
 
-os.register_at_fork(after_in_child=_count_fork)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _REDIS_EXECUTE = redis.Redis.execute_command
 
 
