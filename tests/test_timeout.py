@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import signal
 import statistics
 import subprocess
@@ -571,3 +572,26 @@ def test_runner_caller_interrupted_while_queued(alarm: Callable[[float], None]) 
     assert runner.run(lambda: "after", 5) == "after"
     time.sleep(0.05)
     assert ran == []
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads
+def test_a_forked_child_runs_attempts_on_threads_of_its_own(
+    real_store: redbreaker.Store,
+) -> None:
+    """A guard whose attempt thread runs in the parent keeps working in a forked child
+    (gunicorn's preload_app): the child's attempts get threads of the child's own instead
+    of waiting, unserved, for the parent's thread, which did not come along."""
+    guard = redbreaker.Breaker("svc", store=real_store).guard(attempt_timeout=2.0)
+    assert guard.call(lambda: 42) == 42  # the runner's thread now waits for work
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            started = time.monotonic()
+            if guard.call(lambda: 7) == 7 and time.monotonic() - started < 1.0:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's attempt was not served"
+    assert guard.call(lambda: 43) == 43

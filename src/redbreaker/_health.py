@@ -79,6 +79,10 @@ class StoreHealth:
         self._failures = 0
         self._random = random.random
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread of the parent held stays held here."""
+        self._lock = threading.Lock()
+
     @property
     def degraded(self) -> bool:
         """True while the last store call failed for lack of Redis."""

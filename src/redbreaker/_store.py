@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from . import _fork
 from ._clock import Clock, SystemClock
 from ._config import seconds_setting
 from ._exceptions import ConfigError, StoreError, StoreUnavailableError
@@ -190,7 +191,7 @@ class Store:
 
     def _send(self, *command: object) -> Any:  # noqa: ANN401
         held: _HeldConnection | None = getattr(self._held, "connection", None)
-        if held is None or held.forks != _forks[0]:
+        if held is None or held.forks != _fork.generation():
             held = self._held.connection = _HeldConnection(self._direct_pool)
         connection = held.connection
         try:
@@ -259,6 +260,7 @@ class Store:
         child's own; copies taken before the fork are stale (a new epoch)."""
         self._feed_lock = threading.Lock()
         self._feed_reader = threading.Lock()
+        self.health.after_fork()
         self._feed = None
         self._feed_live = False
         self._feed_pubsub = None
@@ -453,15 +455,12 @@ class Store:
             close()
 
 
-# Forks of this process so far: a connection held before a fork belongs to the parent.
-_forks = [0]
 # Stores whose transition feed must start afresh in a forked child (gunicorn's preload_app
 # forks workers from a master that may have used breakers already).
 _stores: weakref.WeakSet[Store] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    _forks[0] += 1
     for store in list(_stores):
         store._forget_feed()
 
@@ -487,12 +486,12 @@ class _HeldConnection:
 
     def __init__(self, pool: Any) -> None:  # noqa: ANN401 (redis-py pools are untyped)
         self.connection = pool.get_connection()
-        self.forks = _forks[0]
+        self.forks = _fork.generation()
         weakref.finalize(self, _give_back, pool, self.connection, self.forks)
 
 
 def _give_back(pool: Any, connection: Any, forks: int) -> None:  # noqa: ANN401
-    if forks == _forks[0]:  # a child leaves its parent's connections alone
+    if forks == _fork.generation():  # a child leaves its parent's connections alone
         with contextlib.suppress(Exception):
             pool.release(connection)
 

@@ -28,6 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from . import _fork
 from ._exceptions import AttemptRejectedError, AttemptTimeoutError
 
 if TYPE_CHECKING:
@@ -71,13 +72,17 @@ class AttemptRunner:
         self.name = name
         self.max_threads = max_threads
         self.max_abandoned = max_abandoned
+        self._spawned = 0
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        self._forks = _fork.generation()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Attempt[object]] = queue.SimpleQueue()
         self._waiting = 0  # attempts queued and not yet taken by a thread
         self._threads = 0
         self._idle = 0
         self._abandoned = 0
-        self._spawned = 0
 
     @property
     def abandoned(self) -> int:
@@ -96,6 +101,10 @@ class AttemptRunner:
             AttemptTimeoutError: ``fn`` did not finish within ``budget`` seconds.
             AttemptRejectedError: ``max_abandoned`` timed-out attempts are still running.
         """
+        if self._forks != _fork.generation():
+            # A forked child: the parent's threads did not come along (nor did the
+            # attempts they ran); counting them would leave every attempt unserved.
+            self._start_afresh()
         attempt = _Attempt(fn)
         try:
             with self._lock:
