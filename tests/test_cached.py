@@ -684,6 +684,70 @@ def test_operator_orders_clear_cached_rejections_elsewhere(
     _figure(test="operator_orders", **figures)
 
 
+def test_forced_open_without_deadline_heard_on_the_feed_rejects_without_round_trips(
+    store: redbreaker.Store, twin: Callable[[], redbreaker.Store]
+) -> None:
+    """force_open() without a deadline elsewhere: the event alone turns this cached
+    breaker's calls into local rejections (no round trip, not even the first), until the
+    force_close heard on the feed lets it admit again (one acquire)."""
+    here = _cached(store, max_staleness=30)
+    trips = _warm(here)
+    operator = Breaker(NAME, store=twin())
+    operator.force_open()
+    _, rejected, _ = _until_rejected(here)
+    assert (rejected.state, rejected.retry_after) == ("forced_open", None)
+    for _ in range(100):
+        with pytest.raises(CircuitOpenError):
+            here.call(_ok)
+    assert trips.take() == []
+    operator.force_close()
+    _until_admitted(here)
+    assert [t.script for t in trips.take()] == ["acquire"]
+
+
+def test_forced_open_without_deadline_learned_from_redis_holds_for_max_staleness(
+    store: redbreaker.Store,
+    clock: ManualClock,
+    twin: Callable[[], redbreaker.Store],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a feed: one acquire learns forced_open (no deadline); the next 50 calls are
+    rejected locally; once max_staleness passes, Redis is asked again (and admits after a
+    reset made elsewhere)."""
+    _no_feed(store, monkeypatch)
+    here = _cached(store, max_staleness=2)
+    here.call(_ok)
+    operator = Breaker(NAME, store=twin())
+    operator.force_open()
+    clock.advance(2)  # the admitting copy is stale: Redis decides
+    trips = Trips(store)
+    for _ in range(51):
+        with pytest.raises(CircuitOpenError):
+            here.call(_ok)
+    assert trips.take() == [Trip("acquire")]
+    operator.reset()
+    clock.advance(1.9)
+    with pytest.raises(CircuitOpenError):
+        here.call(_ok)  # still held: max_staleness has not passed
+    clock.advance(0.1)
+    assert here.call(_ok) == "ok"
+    assert trips.take() == [Trip("acquire")]
+
+
+def test_own_order_lifts_a_held_forced_open_at_once(
+    store: redbreaker.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached breaker holding a forced_open locally admits at once after its own
+    force_close, without waiting to hear it (here: no feed at all)."""
+    _no_feed(store, monkeypatch)
+    here = _cached(store, max_staleness=30)
+    here.force_open()
+    with pytest.raises(CircuitOpenError):
+        here.call(_ok)
+    here.force_close()
+    assert here.call(_ok) == "ok"
+
+
 # ------------------------------------------------------------------------------ flush
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
-from ._cache import LOCAL_STATES, Batch, LocalCopy, flush_at_exit
+from ._cache import LOCAL_STATES, Batch, HeldOpen, LocalCopy, flush_at_exit
 from ._config import BreakerConfig, ExceptionMatcher, Seconds, seconds_setting
 from ._exceptions import (
     AttemptRejectedError,
@@ -126,6 +126,7 @@ class _BreakerCore:
             seconds_setting("flush_interval", self.config.flush_interval) or 0.0
         )
         self._copy: LocalCopy | None = None
+        self._held_open: HeldOpen | None = None
         self._batch = Batch()
 
     def __repr__(self) -> str:
@@ -257,7 +258,31 @@ class _BreakerCore:
             counted=False,
         )
 
+    def _check_held_open(self) -> None:
+        """Reject without I/O while the breaker is forced open without a deadline, as this
+        process learned from Redis or from the feed, until a transition is heard or
+        max_staleness passes."""
+        heard = self.store.heard(self.name)
+        now = self._now()
+        held = self._held_open
+        if held is not None and (
+            held.heard != heard or now - held.taken_at >= self._max_staleness
+        ):
+            held = self._held_open = None
+        if held is None:
+            if self.store.last_event(self.name) != (heard, State.FORCED_OPEN.value, -1):
+                return
+            held = self._held_open = HeldOpen(heard, now)
+        raise CircuitOpenError(self.name, State.FORCED_OPEN.value, None)
+
     def _keep_copy(self, reply: AcquireReply, heard: int, taken_at: float) -> None:
+        if (
+            reply.verdict == "reject"
+            and reply.state is State.FORCED_OPEN
+            and reply.retry_after_ms < 0
+            and not reply.transitions
+        ):
+            self._held_open = HeldOpen(heard, taken_at)
         if reply.verdict == "admit" and reply.state in LOCAL_STATES and not reply.transitions:
             self._copy = LocalCopy(
                 reply.generation, reply.incarnation, reply.consecutive_failures, heard, taken_at
@@ -465,6 +490,7 @@ class Breaker(_BreakerCore):
             self.store.poll_feed()  # a transition published meanwhile counts from now on
         self._check_cached_rejection()
         if self._cached:
+            self._check_held_open()
             local = self._admit_locally()
             if local is not None:
                 return Permit(self, local)
@@ -641,6 +667,8 @@ class Breaker(_BreakerCore):
             self.name, self.store.run("control", self._keys, self._control_args(order, duration))
         )
         self.store.forget_rejection(self._keys.state)
+        self._held_open = None  # this process's own order: ask Redis again
+        self._copy = None
         self._fire(reply.transitions)
         return reply.state
 

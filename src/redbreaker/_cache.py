@@ -11,7 +11,7 @@ from typing import Protocol
 
 from ._state import State
 
-__all__ = ["LOCAL_STATES", "Batch", "LocalCopy", "PermitKey", "flush_at_exit"]
+__all__ = ["LOCAL_STATES", "Batch", "HeldOpen", "LocalCopy", "PermitKey", "flush_at_exit"]
 
 LOCAL_STATES = frozenset({State.CLOSED, State.METRICS_ONLY, State.FORCED_CLOSED})
 """States whose admissions a cached breaker may decide from its local copy."""
@@ -35,6 +35,18 @@ class LocalCopy:
         self.generation = generation
         self.incarnation = incarnation
         self.streak = streak
+        self.heard = heard
+        self.taken_at = taken_at
+
+
+class HeldOpen:
+    """A breaker forced open without a deadline, as a cached breaker last learned it (from
+    Redis or from the feed): rejected locally while no transition is heard, for at most
+    max_staleness."""
+
+    __slots__ = ("heard", "taken_at")
+
+    def __init__(self, heard: int, taken_at: float) -> None:
         self.heard = heard
         self.taken_at = taken_at
 

@@ -98,6 +98,9 @@ class Store:
         # The transition feed of cached breakers: per breaker name, how many transitions
         # this process has heard of. A local copy taken before the latest one is stale.
         self._heard: dict[str, int] = {}
+        # Per breaker name: (heard() just after it, to_state, retry_after_ms) of the latest
+        # transition heard on the feed.
+        self._last_event: dict[str, tuple[int, str, int]] = {}
         self._feed_lock = threading.Lock()
         self._feed: threading.Thread | None = None
         self._feed_live = False
@@ -238,6 +241,12 @@ class Store:
         whether anything happened in between."""
         return self._heard.get(name, 0) + self._feed_epoch
 
+    def last_event(self, name: str) -> tuple[int, str, int] | None:
+        """(:meth:`heard` just after it, to_state, retry_after_ms) of the latest transition
+        of breaker ``name`` heard on the feed, if any: it is still the latest while
+        :meth:`heard` gives the same count."""
+        return self._last_event.get(name)
+
     @property
     def feed_live(self) -> bool:
         """True while the transition feed is subscribed."""
@@ -335,7 +344,9 @@ class Store:
             retry_after_ms = int(data.get("retry_after_ms", 0))
         except Exception:  # not ours to decode: skip it
             return
-        self._heard[name] = self._heard.get(name, 0) + 1
+        count = self._heard.get(name, 0) + 1
+        self._last_event[name] = (count + self._feed_epoch, to_state, retry_after_ms)
+        self._heard[name] = count
         key = breaker_keys(self.prefix, name).state
         if to_state in ("open", "forced_open") and retry_after_ms > 0:
             # The server's deadline, pushed: every process now rejects locally until then.
