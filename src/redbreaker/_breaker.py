@@ -237,16 +237,22 @@ class _BreakerCore:
     # -- the local copy (cached consistency) -----------------------------------------------
 
     def _admit_locally(self) -> _PermitState | None:
-        """A permit from the local copy, or None when Redis must decide."""
-        copy = self._copy
-        if copy is None:
-            return None
+        """A permit from the local copy, or None when Redis must decide.
+
+        Raises:
+            CircuitOpenError: the breaker is forced open without a deadline, as this
+                process learned from Redis or from the feed (held until a transition is
+                heard or max_staleness passes).
+        """
+        heard = self.store.heard(self.name)
         now = self._now()
-        if (
-            now - copy.taken_at >= self._max_staleness
-            or self.store.heard(self.name) != copy.heard
+        copy = self._copy
+        if copy is not None and (
+            now - copy.taken_at >= self._max_staleness or heard != copy.heard
         ):
-            self._copy = None  # a transition was pushed, or the copy is too old
+            copy = self._copy = None  # a transition was pushed, or the copy is too old
+        if copy is None:
+            self._check_held_open(heard, now)
             return None
         return _PermitState(
             copy.generation,
@@ -258,12 +264,7 @@ class _BreakerCore:
             counted=False,
         )
 
-    def _check_held_open(self) -> None:
-        """Reject without I/O while the breaker is forced open without a deadline, as this
-        process learned from Redis or from the feed, until a transition is heard or
-        max_staleness passes."""
-        heard = self.store.heard(self.name)
-        now = self._now()
+    def _check_held_open(self, heard: int, now: float) -> None:
         held = self._held_open
         if held is not None and (
             held.heard != heard or now - held.taken_at >= self._max_staleness
@@ -490,7 +491,6 @@ class Breaker(_BreakerCore):
             self.store.poll_feed()  # a transition published meanwhile counts from now on
         self._check_cached_rejection()
         if self._cached:
-            self._check_held_open()
             local = self._admit_locally()
             if local is not None:
                 return Permit(self, local)
