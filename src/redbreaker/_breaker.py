@@ -1,7 +1,8 @@
 """The breaker: admission, outcome reporting and operator orders for one dependency.
 
-Data flows one way: :class:`BreakerConfig` -> breaker -> a Lua script (one EVALSHA) ->
-a reply decoded in ``_state`` -> local hooks for the transitions this call made.
+Data flows one way: :class:`BreakerConfig` -> breaker -> a Lua function (one FCALL, or
+one EVALSHA where Functions are not used) -> a reply decoded in ``_state`` -> local hooks
+for the transitions this call made.
 
 :class:`_BreakerCore` holds every line that does no I/O (argument building, exception and
 result classification, the cached-rejection check, hook dispatch, the decision of whether
