@@ -125,9 +125,9 @@ class Store:
         return f"<redbreaker.Store prefix={self.prefix!r} client={self.client!r}>"
 
     def run(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> list[Any]:
-        """Run one script for one breaker: exactly one round trip (FCALL; or FUNCTION LOAD
-        and FCALL again when the server lost the library; EVALSHA where Functions are
-        missing or refused, with SCRIPT LOAD after NOSCRIPT).
+        """Run one script for one breaker: one round trip (an FCALL, or an EVALSHA where
+        Functions are missing or refused); three when the server lost the code (the
+        refused call, FUNCTION LOAD or SCRIPT LOAD, the call again).
 
         Raises:
             StoreUnavailableError: Redis could not answer (or did not, recently, and the
@@ -180,11 +180,10 @@ class Store:
         return self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
 
     def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        command = ("FCALL", self._functions[script], 2, keys.state, keys.probes, *args)
         if self._direct_pool is not None:
-            return self._send("FCALL", self._functions[script], 2, keys.state, keys.probes, *args)
-        return self.client.execute_command(  # type: ignore[no-untyped-call]
-            "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
-        )
+            return self._send(*command)
+        return self.client.execute_command(*command)  # type: ignore[no-untyped-call]
 
     def _load_library(self) -> None:
         if self._direct_pool is not None:
