@@ -95,6 +95,42 @@ def _catch(fn: Callable[[], object], *types: type[BaseException]) -> Callable[[]
     return call
 
 
+def _walk_paths(  # noqa: PLR0917 (the same walk for two libraries)
+    meter: _Meter,
+    state_of: Callable[[], str],
+    ok: Callable[[], object],
+    bad: Callable[[], object],
+    rejected: Callable[[], object],
+    pause: float,
+) -> dict[str, Cost]:
+    """Every path, in one order, through one breaker that fails after 5 failures and
+    admits a probe ``pause`` seconds after it opened."""
+    costs: dict[str, Cost] = {}
+
+    def path(name: str, action: Callable[[], object], times: int = 1) -> None:
+        cost = meter.measure(action, times)
+        cost.state_after = state_of()
+        costs[name] = cost
+
+    ok()
+    path("success", ok, 200)
+    path("failure", bad, 1)
+    path("success_after_failure", ok)
+    for _ in range(3):
+        bad()
+    path("failure", bad, 1)  # the 4th in a row: still below the threshold
+    path("trip", bad)
+    path("rejected_first", rejected)
+    path("rejected_later", rejected, 50)
+    time.sleep(pause)
+    path("probe_success", ok)
+    for _ in range(5):
+        bad()
+    time.sleep(pause)
+    path("probe_failure", bad)
+    return costs
+
+
 def redbreaker_paths(
     admin: redis.Redis, url: str, prefix: str, mode: str, *, recovery: float
 ) -> dict[str, Cost]:
@@ -102,7 +138,8 @@ def redbreaker_paths(
     client = _variants.raw_client(url, connection_class=CountingConnection)
     store = redbreaker.connect(client, prefix=prefix)
     try:
-        # Load every script first: a first EVALSHA answered NOSCRIPT is not the steady state.
+        # Load the code first: a first call answered "Function not found" (or NOSCRIPT) is not
+        # the steady state.
         warm = _variants.make_breaker(store, f"warm-{mode}", mode)
         warm.call(_variants.noop)
         _catch(lambda: warm.call(_variants.fail), _variants.DependencyError)()
@@ -116,30 +153,9 @@ def redbreaker_paths(
         ok = lambda: b.call(_variants.noop)  # noqa: E731
         bad = _catch(lambda: b.call(_variants.fail), _variants.DependencyError)
         rejected = _catch(ok, redbreaker.CircuitOpenError)
-        meter = _Meter(admin)
-        costs: dict[str, Cost] = {}
-
-        def path(name: str, action: Callable[[], object], times: int = 1) -> None:
-            cost = meter.measure(action, times)
-            cost.state_after = b.snapshot().state.value
-            costs[name] = cost
-
-        ok()
-        path("success", ok, 200)
-        path("failure", bad, 1)
-        path("success_after_failure", ok)
-        for _ in range(3):
-            bad()
-        path("failure", bad, 1)  # the 4th in a row: still below the threshold
-        path("trip", bad)
-        path("rejected_first", rejected)
-        path("rejected_later", rejected, 50)
-        time.sleep(recovery + 0.05)
-        path("probe_success", ok)
-        for _ in range(5):
-            bad()
-        time.sleep(recovery + 0.05)
-        path("probe_failure", bad)
+        costs = _walk_paths(
+            _Meter(admin), lambda: b.snapshot().state.value, ok, bad, rejected, recovery + 0.05
+        )
         _variants.close_breaker(b)
         return costs
     finally:
@@ -164,30 +180,8 @@ def pybreaker_paths(admin: redis.Redis, url: str, namespace: str) -> dict[str, C
         ok = lambda: b.call(_variants.noop)  # noqa: E731
         bad = _catch(lambda: b.call(_variants.fail), _variants.DependencyError, broken)
         rejected = _catch(ok, broken)
-        meter = _Meter(admin)
-        costs: dict[str, Cost] = {}
-
-        def path(name: str, action: Callable[[], object], times: int = 1) -> None:
-            cost = meter.measure(action, times)
-            cost.state_after = str(b.current_state)
-            costs[name] = cost
-
-        ok()
-        path("success", ok, 200)
-        path("failure", bad, 1)
-        path("success_after_failure", ok)
-        for _ in range(3):
-            bad()
-        path("failure", bad, 1)
-        path("trip", bad)
-        path("rejected_first", rejected)
-        path("rejected_later", rejected, 50)
-        time.sleep(reset_timeout + 0.1)
-        path("probe_success", ok)
-        for _ in range(5):
-            bad()
-        time.sleep(reset_timeout + 0.1)
-        path("probe_failure", bad)
-        return costs
+        return _walk_paths(
+            _Meter(admin), lambda: str(b.current_state), ok, bad, rejected, reset_timeout + 0.1
+        )
     finally:
         client.close()
