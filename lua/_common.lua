@@ -62,6 +62,14 @@ local REQUIRED_COUNTS = {
 -- Integers Lua holds exactly; anything above is garbage, not a count or a time.
 local MAX_EXACT = 9007199254740991
 
+-- How far a deadline may lie beyond the longest one the config can set and still be
+-- trusted: room for the server clock stepping back (NTP, a VM migration) after it was set.
+local CLOCK_SLACK_MS = 60000
+-- The shortest wait a caller is told while every probe slot is taken.
+local PROBE_WAIT_MS = 50
+-- The longest operator order (durations are capped at 10 years when a client builds them).
+local MAX_ORDER_MS = 10 * 365 * 86400 * 1000
+
 -- {name, may be empty} in the order the config text lists them.
 local CONFIG_FIELDS = {
   { 'failure_threshold', true }, { 'failure_rate', true }, { 'window_ms', false },
@@ -117,20 +125,27 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The parsed config of a text, from the cache when it was parsed before; nil and an error
+-- text when it is unusable.
+local function config_of(text)
+  local cfg = CONFIGS[text]
+  if cfg ~= nil then return cfg, nil end
+  local err
+  cfg, err = parse_config(text)
+  if cfg == nil then return nil, err end
+  if CONFIG_COUNT >= MAX_CONFIGS then CONFIGS, CONFIG_COUNT = {}, 0 end
+  CONFIGS[text], CONFIG_COUNT = cfg, CONFIG_COUNT + 1
+  return cfg, nil
+end
+
 -- Set the per-call context; returns an error text when the arguments are unusable.
 local function begin(keys, argv)
   A, KEY, PROBES = argv, keys[1], keys[2]
   CHANNEL, NAME = argv[2], argv[3]
   JITTER_SAMPLE = tonumber(argv[4]) or 0
   CONFIG_TEXT = argv[5] or ''
-  local cfg = CONFIGS[CONFIG_TEXT]
-  if cfg == nil then
-    local err
-    cfg, err = parse_config(CONFIG_TEXT)
-    if cfg == nil then return err end
-    if CONFIG_COUNT >= MAX_CONFIGS then CONFIGS, CONFIG_COUNT = {}, 0 end
-    CONFIGS[CONFIG_TEXT], CONFIG_COUNT = cfg, CONFIG_COUNT + 1
-  end
+  local cfg, err = config_of(CONFIG_TEXT)
+  if cfg == nil then return err end
   CFG = cfg
   EVENTS = {}
   BUCKET_TEXT = {}
@@ -240,6 +255,24 @@ local function bucket_field(at)
   return BUCKET_FIELDS[(math.floor(at / CFG.bucket_ms) % NBUCKETS) + 1]
 end
 
+-- A deadline no config could have set (a hand edit, a clock far ahead): trusting it would
+-- reject every caller for centuries, so the breaker is repaired instead.
+local function beyond_config(s)
+  local latest = NOW + CLOCK_SLACK_MS
+  if s.state == 'open' and s.open_until > latest + CFG.max_recovery_timeout_ms then
+    -- Another config may have opened it (the CLI's, a process of a rolling deploy): the
+    -- one that did is stored with it, and its longest open duration counts too.
+    local opener = config_of(redis.call('HGET', KEY, 'config') or '')
+    local longest = opener and opener.max_recovery_timeout_ms or 0
+    if not (longest >= 0) then longest = 0 end  -- NaN from a hand-edited text
+    longest = math.min(longest, MAX_ORDER_MS)
+    if s.open_until > latest + longest then return true end
+  end
+  if OPERATOR_STATES[s.state] and s.forced_until > latest + MAX_ORDER_MS then return true end
+  -- half_open_at is a past time; one in the future would keep half_open_max_wait from firing.
+  return s.state == 'half_open' and s.half_open_at > latest
+end
+
 local function load_state(create)
   local now_bucket = bucket_field(NOW)
   STATE_FIELDS[#STATE_FIELDS + 1] = now_bucket
@@ -274,6 +307,7 @@ local function load_state(create)
   for _, f in ipairs(REQUIRED_COUNTS) do
     if s[f] == nil then broken = true end
   end
+  if not broken and beyond_config(s) then broken = true end
   if broken then
     -- Self-repair: a breaker whose fields cannot be trusted restarts closed and says so.
     -- The new generation is the current time in ms when the old one is unreadable, which

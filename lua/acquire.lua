@@ -13,7 +13,10 @@
 --          now_ms, incarnation, from_1, to_1, reason_1, ...}
 --   verdict         'admit' | 'probe' | 'reject'
 --   probe_token     '' unless verdict is 'probe'
---   retry_after_ms  0 unless rejected; -1 when no deadline is known (forced_open, no end)
+--   retry_after_ms  0 unless rejected; what a caller should wait before asking again:
+--                   open -> until the open deadline; forced_open -> until its deadline, -1
+--                   without one; half_open with every slot taken -> as long as the oldest
+--                   probe has run (at least PROBE_WAIT_MS), never past its lease's end
 --   incarnation     which life of the breaker admitted the call (see _common.lua)
 -- Errors: a reply error starting 'redbreaker:' when KEYS[1] is not a hash or ARGV is bad.
 
@@ -46,8 +49,10 @@ local function acquire(keys, argv)
     -- Leases of earlier half-open periods still count: those probes are still running.
     repair_probes()
     redis.call('ZREMRANGEBYSCORE', PROBES, '-inf', NOW)
-    -- No lease of ours ends later than a lease granted now; a later one was written by hand.
-    redis.call('ZREMRANGEBYSCORE', PROBES, '(' .. int(NOW + CFG.probe_lease_ms), '+inf')
+    -- No lease of ours ends later than a lease granted now (give or take a clock step); a
+    -- later one was written by hand.
+    redis.call('ZREMRANGEBYSCORE', PROBES,
+      '(' .. int(NOW + CFG.probe_lease_ms + CLOCK_SLACK_MS), '+inf')
     if redis.call('ZCARD', PROBES) < CFG.half_open_max_calls then
       verdict = 'probe'
       -- Read, not HINCRBY: a hand-edited probe_seq must not turn into a Lua error.
@@ -57,8 +62,13 @@ local function acquire(keys, argv)
       redis.call('ZADD', PROBES, int(NOW + CFG.probe_lease_ms), token)
       touch(s)
     else
+      -- Every slot is taken. A probe usually reports long before its lease ends, so wait
+      -- as long as the oldest probe has run so far (growing like a backoff when asked
+      -- again), at least PROBE_WAIT_MS and never past the end of its lease.
       local first = redis.call('ZRANGE', PROBES, 0, 0, 'WITHSCORES')
-      retry_after = math.max(1, tonumber(first[2]) - NOW)
+      local expiry = tonumber(first[2])
+      local age = NOW - (expiry - CFG.probe_lease_ms)
+      retry_after = math.max(1, math.min(expiry - NOW, math.max(PROBE_WAIT_MS, age)))
     end
   end
 

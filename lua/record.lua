@@ -11,6 +11,8 @@
 -- ARGV[11] the incarnation the call was admitted under
 -- ARGV[12] calls to add to the window now, for calls admitted without asking Redis (the
 --          cached consistency mode): this call, if it was one, plus batched successes
+-- ARGV[13] '1' to keep the probe's lease: its outcome is known (a timeout) but the call
+--          still runs in an abandoned thread; a 'release' frees the lease when it ends
 --
 -- Outcomes admitted under an older generation or incarnation never move the breaker
 -- ('stale'); the lease of a stale probe is still freed. A breaker that no longer exists is
@@ -44,7 +46,7 @@ local function record(keys, argv)
     return { 'stale', 'closed', 0, 0, NOW }
   end
 
-  if token ~= '' then
+  if token ~= '' and argv[13] ~= '1' then
     repair_probes()
     redis.call('ZREM', PROBES, token)
   end

@@ -283,9 +283,25 @@ def test_half_open_admits_exactly_max_calls_probes(store: redbreaker.Store, cloc
     p1, p2 = breaker.acquire(), breaker.acquire()
     assert (p1.is_probe, p2.is_probe) == (True, True)
     err = rejected(breaker)
-    assert (err.state, err.retry_after) == ("half_open", 5.0)
+    # Probes usually report in ms: wait a little, not the 5 s lease.
+    assert (err.state, err.retry_after) == ("half_open", 0.05)
     snap = breaker.snapshot()
     assert (snap.state, snap.probes_in_flight) == (HALF_OPEN, 2)
+
+
+def test_half_open_retry_after_grows_with_the_probes_age(
+    store: redbreaker.Store, clock: Any
+) -> None:
+    """With every slot taken, retry_after is the oldest probe's age (at least 50 ms),
+    never past the end of its lease."""
+    breaker = half_open(store, clock, half_open_max_calls=1, probe_lease=5)
+    assert breaker.acquire().is_probe
+    waits = []
+    for step in (0.01, 0.2, 1.0, 2.0, 1.5):
+        clock.advance(step)
+        waits.append(rejected(breaker).retry_after)
+    # ages 0.01, 0.21, 1.21, 3.21, 4.71 s; lease left 4.99, 4.79, 3.79, 1.79, 0.29 s
+    assert waits == [0.05, 0.21, 1.21, 1.79, 0.29]
 
 
 def test_unsettled_probe_frees_slot_after_lease(store: redbreaker.Store, clock: Any) -> None:

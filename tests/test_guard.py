@@ -711,7 +711,7 @@ class InlineRunner:
         self.started_ms: list[int] = []
         self.last: BaseException | str | None = None
 
-    def run(self, fn: Callable[[], Any], budget: float) -> Any:
+    def run(self, fn: Callable[[], Any], budget: float, watcher: Any = None) -> Any:
         self.started_ms.append(self.clock.server_ms())
         self.budgets.append(budget)
         wanted_ms = self.durations_ms[(len(self.budgets) - 1) % len(self.durations_ms)]

@@ -118,6 +118,7 @@ class Model:
     next_probe: int = 1
     events: list[tuple[str, str, str, int, int]] = field(default_factory=list)
     cache_until: int = 0  # local rejection cache deadline, 0 when nothing is cached
+    cache_at: int = 0  # when it was cached: it lasts max_staleness at most
     runs: int = 0  # scripts (acquire/record/control) the library should have run
     paths: set[str] = field(default_factory=set)  # what this run exercised (statistics)
 
@@ -223,7 +224,8 @@ class Model:
 
     def acquire(self, now: int) -> tuple[str, str, int | None, MPermit | None]:
         """(verdict, state, retry_after_ms, permit); retry None = no deadline known."""
-        if now < self.cache_until:
+        staleness = self.ms("max_staleness", 1.0) or 0
+        if now < self.cache_until and now - self.cache_at < staleness:
             self.paths.add("cached rejection")
             # Cached locally: no script runs, so no time-driven transition is applied. The
             # verdict must still be what Redis would say.
@@ -246,11 +248,14 @@ class Model:
                 self.probes[permit.probe] = now + (self.ms("probe_lease", 10) or 0)
                 return "probe", self.state, 0, permit
             self.paths.add("half_open full")
-            return "reject", self.state, max(1, min(self.probes.values()) - now), None
+            # Wait as long as the oldest probe has run (>= 50 ms), never past its lease.
+            expiry = min(self.probes.values())
+            age = now - (expiry - (self.ms("probe_lease", 10) or 0))
+            return "reject", self.state, max(1, min(expiry - now, max(50, age))), None
         deadline = self.open_until if self.state == "open" else self.forced_until
         if deadline == 0:
             return "reject", self.state, None, None
-        self.cache_until = deadline
+        self.cache_until, self.cache_at = deadline, now
         return "reject", self.state, deadline - now, None
 
     def settle(self, permit: MPermit, outcome: str, now: int, slow: bool) -> None:

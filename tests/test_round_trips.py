@@ -180,7 +180,7 @@ def _slow_ok(clock: ManualClock) -> Callable[[], str]:
 def _fifty_rejections(breaker: Breaker, clock: ManualClock) -> None:
     for _ in range(50):
         _call_expect(breaker, _ok, CircuitOpenError)
-        clock.advance(0.05)  # 2.5 s of the 5 s deadline pass: still cached
+        clock.advance(0.01)  # 0.5 s pass: within max_staleness (1 s), still cached
 
 
 TRIP = {"failure_threshold": 1, "recovery_timeout": 5}
@@ -257,7 +257,7 @@ def test_rejections_are_cached_until_the_deadline(harness: Harness) -> None:
     breaker = Breaker("svc", store=harness.store, **TRIP)
     _open_and_rejected_once(breaker, harness.clock)
     assert harness.measure(lambda: _fifty_rejections(breaker, harness.clock)).client == []
-    harness.clock.advance(2.6)  # past the 5 s deadline (float margin)
+    harness.clock.advance(4.6)  # past the 5 s deadline (float margin)
     measured = harness.measure(lambda: breaker.call(_ok))
     harness.check(measured, 2)
     assert breaker.state is State.CLOSED

@@ -23,12 +23,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import random
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
+from . import _fork
 from ._cache import LOCAL_STATES, Batch, HeldOpen, LocalCopy, flush_at_exit
 from ._config import BreakerConfig, ExceptionMatcher, Seconds, seconds_setting
 from ._exceptions import (
@@ -59,7 +61,7 @@ from ._timeout import AttemptRunner
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["Breaker", "Permit", "TransitionHook"]
+__all__ = ["Breaker", "LeaseHold", "Permit", "TransitionHook"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -129,6 +131,15 @@ class _BreakerCore:
         self._copy: LocalCopy | None = None
         self._held_open: HeldOpen | None = None
         self._batch = Batch()
+        _fork.after_fork_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts with an empty batch (the parent sends its own successes:
+        inherited, they would be counted once per child) and asks Redis afresh."""
+        self._batch = Batch()
+        self._copy = None
+        self._held_open = None
+        self._runner_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<redbreaker.{type(self).__name__} {self.name!r} prefix={self.store.prefix!r}>"
@@ -153,7 +164,7 @@ class _BreakerCore:
     # -- admission -----------------------------------------------------------------------
 
     def _check_cached_rejection(self) -> None:
-        cached = self.store.cached_rejection(self._keys.state)
+        cached = self.store.cached_rejection(self._keys.state, self._max_staleness)
         if cached is not None:
             raise CircuitOpenError(self.name, cached[1], cached[0])
 
@@ -189,11 +200,17 @@ class _BreakerCore:
         return "failure" if check is not None and check(result) else "success"
 
     def _record_args(
-        self, permit: _PermitState, outcome: Outcome, slow: bool | None = None
+        self,
+        permit: _PermitState,
+        outcome: Outcome,
+        slow: bool | None = None,
+        *,
+        keep_lease: bool = False,
     ) -> list[str] | None:
         """The record script's arguments, or None when Redis has nothing to learn.
 
         ``slow`` overrides the measured duration (a timed-out call is slow by definition).
+        ``keep_lease``: a probe's outcome is known but its call still runs (abandoned).
         """
         if self._slow_after is None or outcome not in ("success", "failure"):
             slow = False
@@ -222,7 +239,7 @@ class _BreakerCore:
         if self._cached:
             riding = self._batch.take(permit.generation, permit.incarnation)
         calls = riding + own_call
-        return self._args(
+        args = self._args(
             outcome,
             str(permit.generation),
             permit.probe_token,
@@ -231,6 +248,9 @@ class _BreakerCore:
             permit.incarnation,
             str(calls),
         )
+        if keep_lease:
+            args.append("1")
+        return args
 
     def _now(self) -> float:
         return self.store.clock.monotonic()
@@ -368,6 +388,39 @@ class _PermitState:
         self.settled = False
 
 
+class LeaseHold:
+    """Keeps a probe's lease while its attempt runs on abandoned (it timed out, or its
+    caller was interrupted): the caller has its answer and the breaker its outcome, but the
+    dependency is still serving the probe, so no other probe may take its slot until it
+    ends (or its lease expires). An :class:`AbandonWatcher` for the attempt runner."""
+
+    __slots__ = ("_breaker", "_lock", "_owed", "_permit", "_running")
+
+    def __init__(self, breaker: Breaker, permit: _PermitState) -> None:
+        self._breaker = breaker
+        self._permit = permit
+        self._lock = threading.Lock()
+        self._running = False
+        self._owed = False  # the outcome went out keeping the lease: ended() frees it
+
+    def abandoned(self) -> None:
+        with self._lock:
+            self._running = True
+
+    def keep(self) -> bool:
+        """True when the attempt still runs: the outcome must leave the lease in place."""
+        with self._lock:
+            self._owed = self._running
+            return self._owed
+
+    def ended(self) -> None:
+        with self._lock:
+            self._running = False
+            owed, self._owed = self._owed, False
+        if owed:
+            self._breaker._record(self._permit, "release")
+
+
 class Permit:
     """Leave to make one call through a breaker; report how it went exactly once.
 
@@ -414,10 +467,21 @@ class Permit:
         self._state.settled = True
         self._breaker._record(self._state, outcome)
 
-    def _finish(self, *, exc: BaseException | None = None, result: object = None) -> None:
+    def _finish(
+        self,
+        *,
+        exc: BaseException | None = None,
+        result: object = None,
+        hold: LeaseHold | None = None,
+    ) -> None:
         # The breaker that admitted the call records it: during an outage with
         # on_store_error="local" that is the process's own breaker, not the shared one.
-        self._breaker._settle(self._state, exc=exc, result=result)
+        self._breaker._settle(self._state, exc=exc, result=result, hold=hold)
+
+    def _lease_hold(self) -> LeaseHold | None:
+        """A hold on this probe's lease for an attempt that may be abandoned; None when
+        the call is not a probe."""
+        return LeaseHold(self._breaker, self._state) if self._state.probe_token else None
 
     def __enter__(self) -> Permit:
         return self
@@ -504,20 +568,27 @@ class Breaker(_BreakerCore):
             return self._acquire_without_store(exc, started)
         self._local = None  # Redis answers: the shared breaker decides again
         reply = decode_acquire(self.name, raw)
-        if self._cached:
-            self._keep_copy(reply, heard, started)
-        self._admission(reply)
-        return Permit(
-            self,
-            _PermitState(
-                reply.generation,
-                reply.probe_token,
-                reply.now_ms,
-                reply.consecutive_failures,
-                started,
-                incarnation=reply.incarnation,
-            ),
+        state = _PermitState(
+            reply.generation,
+            reply.probe_token,
+            reply.now_ms,
+            reply.consecutive_failures,
+            started,
+            incarnation=reply.incarnation,
         )
+        try:
+            if self._cached:
+                self._keep_copy(reply, heard, started)
+            self._admission(reply)
+            return Permit(self, state)
+        except CircuitOpenError:
+            raise
+        except BaseException:
+            # Interrupted (KeyboardInterrupt) with a probe granted and no permit handed
+            # out: nobody would free its slot before the lease expires.
+            if state.probe_token:
+                self._record(state, "release")
+            raise
 
     def _acquire_without_store(self, exc: StoreUnavailableError, started: float) -> Permit:
         policy = self.config.on_store_error
@@ -538,9 +609,18 @@ class Breaker(_BreakerCore):
         return local.acquire()
 
     def _record(
-        self, permit: _PermitState, outcome: Outcome, *, slow: bool | None = None
+        self,
+        permit: _PermitState,
+        outcome: Outcome,
+        *,
+        slow: bool | None = None,
+        keep_lease: bool = False,
     ) -> RecordReply | None:
-        args = None if permit.offline else self._record_args(permit, outcome, slow)
+        args = (
+            None
+            if permit.offline
+            else self._record_args(permit, outcome, slow, keep_lease=keep_lease)
+        )
         if args is None:
             return None
         try:
@@ -627,16 +707,30 @@ class Breaker(_BreakerCore):
         return result
 
     def _settle(
-        self, permit: _PermitState, *, exc: BaseException | None = None, result: object = None
+        self,
+        permit: _PermitState,
+        *,
+        exc: BaseException | None = None,
+        result: object = None,
+        hold: LeaseHold | None = None,
     ) -> None:
-        """Report how the call of ``permit`` ended: by ``exc``, or returning ``result``."""
+        """Report how the call of ``permit`` ended: by ``exc``, or returning ``result``.
+
+        ``hold``: the call's attempt may still run, abandoned; a probe's lease then stays
+        until it ends.
+        """
         permit.settled = True
         if exc is None:
             self._record(permit, self._classify_result(result))
-        else:
-            # A timed-out call is slow by definition, whatever slow_call_duration says.
-            slow = True if isinstance(exc, AttemptTimeoutError) else None
-            self._record(permit, self._classify_exception(exc), slow=slow)
+            return
+        outcome = self._classify_exception(exc)
+        keep_lease = hold is not None and hold.keep()
+        if keep_lease and outcome == "release":
+            return  # nothing to count; the lease goes when the abandoned attempt ends
+        # A timed-out call is slow by definition, whatever slow_call_duration says.
+        slow = True if isinstance(exc, AttemptTimeoutError) else None
+        self._record(permit, outcome, slow=slow, keep_lease=keep_lease)
+
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Use the breaker as a decorator: every call of ``fn`` goes through it."""
@@ -695,6 +789,7 @@ class Breaker(_BreakerCore):
 
 _embedded_stores: dict[int, Store] = {}
 _embedded_lock = threading.Lock()
+os.register_at_fork(after_in_child=lambda: _fork.reinit_lock(_embedded_lock))
 
 
 def _embedded_store(shared: Store) -> Store:

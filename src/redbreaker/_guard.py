@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 import tenacity as _t
 
+from . import _fork
 from ._config import (
     ExceptionMatcher,
     Seconds,
@@ -52,7 +53,7 @@ from ._exceptions import (
 from ._testing import testing_mode
 
 if TYPE_CHECKING:
-    from ._breaker import Breaker, Permit
+    from ._breaker import Breaker, LeaseHold, Permit
 
 __all__ = [
     "AttemptInfo",
@@ -252,11 +253,13 @@ class _First:
 class _Call:
     """What one guarded call has done so far (never shared between calls)."""
 
-    __slots__ = ("attempts", "deadline_ms", "give_up", "last_error", "max_attempts",
+    __slots__ = ("attempts", "deadline_ms", "give_up", "hold", "last_error", "max_attempts",
                  "store_failed")
 
     def __init__(self) -> None:
         self.attempts = 0
+        # A probe's lease, kept while its attempt runs on abandoned (None: not a probe).
+        self.hold: LeaseHold | None = None
         self.max_attempts = 1
         # Whole ms on the local clock: float seconds near 1.7e9 carry a remainder that let
         # an attempt start exactly at the deadline.
@@ -287,6 +290,11 @@ class Guard:
         self._degraded: Counter[str] = Counter()
         self._degraded_lock = threading.Lock()
         self._random = random.random
+        _fork.after_fork_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A parent thread may have held the counts' lock at the fork."""
+        self._degraded_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<redbreaker.Guard of {self.breaker!r}>"
@@ -370,13 +378,16 @@ class Guard:
         except (StoreUnavailableError, StoreError):
             call.store_failed = True
             raise
-        call.max_attempts = self._attempts_allowed(permit)
-        if self._deadline is not None:
-            call.deadline_ms = self._now_ms() + math.ceil(self._deadline * 1000)
+        # Nothing between the permit and the try: an interrupt there would hold a probe's
+        # slot until its lease expired.
         try:
+            call.hold = permit._lease_hold()
+            call.max_attempts = self._attempts_allowed(permit)
+            if self._deadline is not None:
+                call.deadline_ms = self._now_ms() + math.ceil(self._deadline * 1000)
             result = self._with_retries(call, fn)
         except BaseException as exc:
-            permit._finish(exc=exc)
+            permit._finish(exc=exc, hold=call.hold)
             raise
         permit._finish(result=result)
         return result
@@ -519,7 +530,7 @@ class Guard:
                 result = context.run(fn)
             else:
                 runner = self.breaker._attempt_runner()
-                result = runner.run(functools.partial(context.run, fn), budget)
+                result = runner.run(functools.partial(context.run, fn), budget, call.hold)
         except BaseException as exc:
             call.last_error = exc
             duration = budget if isinstance(exc, AttemptTimeoutError) and budget else None

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import redis
-from redis.exceptions import ClusterDownError, ReadOnlyError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    ChildDeadlockedError,
+    ClusterDownError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,6 +46,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     ClusterDownError,
     TryAgainError,
     SlotNotCoveredError,
+    # Not a RedisError: a forked child's pool found its fork lock held (redbreaker releases
+    # it at the fork; a client's other pools may still hit it).
+    ChildDeadlockedError,
 )
 """redis-py errors that mean "Redis cannot answer now", as opposed to "Redis said no"."""
 

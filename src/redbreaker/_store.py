@@ -93,7 +93,8 @@ class Store:
         # checkout, retry wrapper, instrumentation): a third of a round trip's client CPU.
         self._direct_pool: Any = client.connection_pool if _plain(client) else None
         self._held = threading.local()
-        self._rejections: dict[str, tuple[int, str]] = {}
+        # Per breaker key: (deadline, state, learned at), in local ms.
+        self._rejections: dict[str, tuple[int, str, int]] = {}
         self._closed = False
         # The transition feed of cached breakers: per breaker name, how many transitions
         # this process has heard of. A local copy taken before the latest one is stale.
@@ -112,7 +113,7 @@ class Store:
         self._feed_reader = threading.Lock()
         self._feed_pubsub: Any = None
         self._feed_read_at = 0.0
-        _stores.add(self)
+        _fork.after_fork_in_child(self)
         hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
         for hook in hooks:
             if not callable(hook):
@@ -211,22 +212,27 @@ class Store:
     def _local_ms(self) -> int:
         return round(self.clock.monotonic() * 1000)
 
-    def cached_rejection(self, key: str) -> tuple[float, str] | None:
-        """(seconds left, state) of a rejection cached for ``key``, if still in force."""
+    def cached_rejection(self, key: str, max_age: float) -> tuple[float, str] | None:
+        """(seconds left, state) of a rejection cached for ``key``, if still in force: its
+        deadline has not passed and it was learned less than ``max_age`` seconds ago."""
         entry = self._rejections.get(key)
         if entry is None:
             return None
         # Whole ms, like the server's deadline: float seconds near 1.7e9 would leave a
         # sub-microsecond remainder and reject a caller who waited exactly retry_after.
-        left_ms = entry[0] - self._local_ms()
-        if left_ms <= 0:
+        now_ms = self._local_ms()
+        left_ms = entry[0] - now_ms
+        # The age bound is what lets an operator's order (or a DEL of the key) reach a
+        # process that is rejecting locally: it asks Redis again at least that often.
+        if left_ms <= 0 or now_ms - entry[2] >= max_age * 1000:
             self._rejections.pop(key, None)
             return None
         return left_ms / 1000, entry[1]
 
     def cache_rejection(self, key: str, retry_after_ms: int, state: str) -> None:
         """Reject calls to ``key`` locally for ``retry_after_ms`` (a deadline Redis gave)."""
-        self._rejections[key] = (self._local_ms() + retry_after_ms, state)
+        now_ms = self._local_ms()
+        self._rejections[key] = (now_ms + retry_after_ms, state, now_ms)
 
     def forget_rejection(self, key: str) -> None:
         """Drop a cached rejection, e.g. after this process changed the breaker."""
@@ -262,13 +268,15 @@ class Store:
                 )
                 self._feed.start()
 
-    def _forget_feed(self) -> None:
+    def _after_fork_in_child(self) -> None:
         """In a forked child: the parent's feed thread did not come along and its
         subscription is the parent's to read. The next cached call starts a feed of the
-        child's own; copies taken before the fork are stale (a new epoch)."""
+        child's own; copies taken before the fork are stale (a new epoch). Locks a parent
+        thread held at the fork (the client's pool's included) are released."""
         self._feed_lock = threading.Lock()
         self._feed_reader = threading.Lock()
         self.health.after_fork()
+        _release_client_locks(self.client)
         self._feed = None
         self._feed_live = False
         self._feed_pubsub = None
@@ -465,17 +473,26 @@ class Store:
             close()
 
 
-# Stores whose transition feed must start afresh in a forked child (gunicorn's preload_app
-# forks workers from a master that may have used breakers already).
-_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+def _release_client_locks(client: RedisClient) -> None:
+    """Release, in a forked child, the locks of the client's connection pools (and of the
+    embedded server): a parent thread inside the pool at the fork leaves them held, and
+    redis-py would wait on them forever, or 5 s before raising ChildDeadlockedError. The
+    pool's own fork check then drops the parent's connections as usual."""
+    if isinstance(client, RedisCluster):
+        nodes = client.get_nodes()  # type: ignore[no-untyped-call]
+        pools = [n.redis_connection.connection_pool for n in nodes if n.redis_connection]
+    else:
+        pools = [getattr(client, "connection_pool", None)]
+    for pool in pools:
+        for name in ("_fork_lock", "_lock"):
+            _fork.reinit_lock(getattr(pool, name, None))
+        if hasattr(pool, "_locked"):
+            pool._locked = False  # BlockingConnectionPool: "I hold _lock" was the parent's
+        server = getattr(pool, "connection_kwargs", {}).get("server")
+        _fork.reinit_lock(getattr(server, "lock", None))  # fakeredis's embedded server
 
 
-def _after_fork_in_child() -> None:
-    for store in list(_stores):
-        store._forget_feed()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_child=lambda: _fork.reinit_lock(_memory_lock))
 _REDIS_EXECUTE = redis.Redis.execute_command
 
 

@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from . import _fork
 from ._exceptions import AttemptRejectedError, AttemptTimeoutError
@@ -34,7 +34,7 @@ from ._exceptions import AttemptRejectedError, AttemptTimeoutError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["AttemptRunner"]
+__all__ = ["AbandonWatcher", "AttemptRunner"]
 
 T = TypeVar("T")
 logger = logging.getLogger("redbreaker")
@@ -44,11 +44,22 @@ _QUEUED, _RUNNING, _DONE, _CANCELLED = range(4)
 _IDLE_SECONDS = 30.0
 
 
-class _Attempt(Generic[T]):
-    __slots__ = ("abandoned", "done", "error", "fn", "started_at", "state", "value")
+class AbandonWatcher(Protocol):
+    """Told when its attempt is abandoned still running, and when that attempt ends."""
 
-    def __init__(self, fn: Callable[[], T]) -> None:
+    def abandoned(self) -> None:
+        """Called in the caller's thread, before it gets its exception."""
+
+    def ended(self) -> None:
+        """Called in the attempt's thread once the abandoned work returned or raised."""
+
+
+class _Attempt(Generic[T]):
+    __slots__ = ("abandoned", "done", "error", "fn", "started_at", "state", "value", "watcher")
+
+    def __init__(self, fn: Callable[[], T], watcher: AbandonWatcher | None) -> None:
         self.fn = fn
+        self.watcher = watcher
         self.state = _QUEUED
         self.abandoned = False
         # Held while the attempt is not done: the thread that finishes it releases it.
@@ -94,8 +105,11 @@ class AttemptRunner:
         """Threads alive now (running, abandoned or idle)."""
         return self._threads
 
-    def run(self, fn: Callable[[], T], budget: float) -> T:
+    def run(self, fn: Callable[[], T], budget: float, watcher: AbandonWatcher | None = None) -> T:
         """Run ``fn()`` in a thread; return its result or raise its exception.
+
+        ``watcher`` hears if the attempt is abandoned while running (a timeout, or the
+        caller interrupted) and when that abandoned work ends.
 
         Raises:
             AttemptTimeoutError: ``fn`` did not finish within ``budget`` seconds.
@@ -105,7 +119,7 @@ class AttemptRunner:
             # A forked child: the parent's threads did not come along (nor did the
             # attempts they ran); counting them would leave every attempt unserved.
             self._start_afresh()
-        attempt = _Attempt(fn)
+        attempt = _Attempt(fn, watcher)
         try:
             with self._lock:
                 if self._abandoned >= self.max_abandoned:
@@ -144,6 +158,8 @@ class AttemptRunner:
             if attempt.state == _RUNNING:
                 attempt.abandoned = True
                 self._abandoned += 1
+                if attempt.watcher is not None:
+                    attempt.watcher.abandoned()
                 return True
             return False
 
@@ -186,9 +202,17 @@ class AttemptRunner:
                     self._abandoned -= 1
             attempt.done.release()
             if attempt.abandoned:
-                logger.info(
-                    "circuit %r: an abandoned attempt finished after %.3fs (result dropped)",
-                    self.name,
-                    time.monotonic() - attempt.started_at,
-                    extra={"event": "abandoned_attempt_finished", "breaker": self.name},
-                )
+                self._ended(attempt)
+
+    def _ended(self, attempt: _Attempt[object]) -> None:
+        logger.info(
+            "circuit %r: an abandoned attempt finished after %.3fs (result dropped)",
+            self.name,
+            time.monotonic() - attempt.started_at,
+            extra={"event": "abandoned_attempt_finished", "breaker": self.name},
+        )
+        if attempt.watcher is not None:
+            try:
+                attempt.watcher.ended()
+            except Exception:  # this thread serves other attempts: it must go on
+                logger.exception("circuit %r: ending an abandoned attempt failed", self.name)
