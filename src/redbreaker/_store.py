@@ -514,11 +514,15 @@ class _HeldConnection:
     def __init__(self, pool: Any) -> None:  # noqa: ANN401 (redis-py pools are untyped)
         self.connection = pool.get_connection()
         self.forks = _fork.generation()
-        weakref.finalize(self, _give_back, pool, self.connection, self.forks)
+        weakref.finalize(self, _give_back, pool, self.connection, os.getpid())
 
 
-def _give_back(pool: Any, connection: Any, forks: int) -> None:  # noqa: ANN401
-    if forks == _fork.generation():  # a child leaves its parent's connections alone
+def _give_back(pool: Any, connection: Any, pid: int) -> None:  # noqa: ANN401
+    # A child leaves its parent's connections alone. The process id, not the fork count:
+    # inside fork() the child drops the parent's other threads (and runs this for their
+    # connections) before any at-fork hook has counted the fork or released the pool's
+    # lock, which one of those threads may hold.
+    if pid == os.getpid():
         with contextlib.suppress(Exception):
             pool.release(connection)
 
