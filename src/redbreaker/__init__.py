@@ -11,6 +11,7 @@ from ._breaker import Breaker, Permit, TransitionHook
 from ._clock import Clock, ManualClock, SystemClock
 from ._config import BreakerConfig, ExceptionMatcher, Seconds, StoreErrorPolicy
 from ._exceptions import (
+    AsyncCallError,
     AttemptRejectedError,
     AttemptTimeoutError,
     CircuitOpenError,
@@ -38,6 +39,7 @@ from ._store import Store, StoreHook, connect
 from ._testing import is_testing, set_testing
 
 __all__ = [
+    "AsyncCallError",
     "AttemptInfo",
     "AttemptRejectedError",
     "AttemptTimeoutError",

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from . import _fork
 from ._cache import LOCAL_STATES, Batch, HeldOpen, LocalCopy, flush_at_exit
+from ._callables import is_awaitable, refuse_result, require_sync
 from ._config import BreakerConfig, ExceptionMatcher, Seconds, seconds_setting
 from ._exceptions import (
     AttemptRejectedError,
@@ -697,12 +698,16 @@ class Breaker(_BreakerCore):
         Raises:
             CircuitOpenError: rejected; ``fn`` did not run.
         """
+        require_sync(fn, self, "call()")
         permit = self.acquire()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             permit._finish(exc=exc)
             raise
+        if is_awaitable(result):
+            permit.release()  # nothing ran: count nothing
+            raise refuse_result(fn, result)
         permit._finish(result=result)
         return result
 
@@ -733,7 +738,12 @@ class Breaker(_BreakerCore):
 
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """Use the breaker as a decorator: every call of ``fn`` goes through it."""
+        """Use the breaker as a decorator: every call of ``fn`` goes through it.
+
+        Raises:
+            AsyncCallError: ``fn`` is a coroutine function (use ``redbreaker.aio``).
+        """
+        require_sync(fn, self, "the decorator")
 
         @functools.wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:

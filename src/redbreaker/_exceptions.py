@@ -13,6 +13,8 @@
     ├── AttemptRejectedError   too many timed-out attempts of this breaker are still
     │                          running: a new attempt fails fast instead of adding a thread
     ├── PermitError            (also a RuntimeError) a permit was settled twice
+    ├── AsyncCallError         (also a TypeError) the sync API was given a coroutine
+    │                          function or an awaitable result: use redbreaker.aio
     └── StoreError             Redis answered something the breaker cannot use (a key of
                                the wrong type, a script error); chained to the redis-py error
 
@@ -22,6 +24,7 @@ Exceptions raised by the guarded function itself always pass through unchanged.
 from __future__ import annotations
 
 __all__ = [
+    "AsyncCallError",
     "AttemptRejectedError",
     "AttemptTimeoutError",
     "CircuitOpenError",
@@ -112,6 +115,18 @@ class AttemptRejectedError(RedbreakerError):
 
 class PermitError(RedbreakerError, RuntimeError):
     """A permit was settled (success, failure or release) more than once."""
+
+
+class AsyncCallError(RedbreakerError, TypeError):
+    """The sync API was handed async work it cannot run: a coroutine function, or a call
+    that returned an awaitable. Raised before anything is counted; ``redbreaker.aio`` is
+    the API for coroutines."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}: the sync API cannot run it (it would never be awaited, and count as "
+            "a success); use redbreaker.aio"
+        )
 
 
 class StoreError(RedbreakerError):

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 import tenacity as _t
 
 from . import _fork
+from ._callables import is_awaitable, refuse_result, require_sync
 from ._config import (
     ExceptionMatcher,
     Seconds,
@@ -43,6 +44,7 @@ from ._config import (
     seconds_setting,
 )
 from ._exceptions import (
+    AsyncCallError,
     AttemptRejectedError,
     AttemptTimeoutError,
     CircuitOpenError,
@@ -313,9 +315,12 @@ class Guard:
 
     def outcome(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Outcome[R]:
         """Like :meth:`call`, but say whether the value is degraded and why."""
+        require_sync(fn, self, "call()")
         call = _Call()
         try:
             value = self._through_breaker(call, functools.partial(fn, *args, **kwargs))
+        except AsyncCallError:
+            raise  # a programming error, not the dependency's: no fallback hides it
         except Exception as exc:
             fallback = self.config.fallback
             if fallback is None:
@@ -328,7 +333,12 @@ class Guard:
         return Outcome(value, False, None, call.attempts)
 
     def __call__(self, fn: Callable[P, R]) -> GuardedFunction[P, R]:
-        """Decorate ``fn``: every call goes through the guard; the signature is kept."""
+        """Decorate ``fn``: every call goes through the guard; the signature is kept.
+
+        Raises:
+            AsyncCallError: ``fn`` is a coroutine function (use ``redbreaker.aio``).
+        """
+        require_sync(fn, self, "the decorator")
         return GuardedFunction(self, fn)
 
     # -- fallback ------------------------------------------------------------------------
@@ -389,6 +399,9 @@ class Guard:
         except BaseException as exc:
             permit._finish(exc=exc, hold=call.hold)
             raise
+        if is_awaitable(result):
+            permit.release()  # nothing ran: count nothing
+            raise refuse_result(fn, result)
         permit._finish(result=result)
         return result
 
