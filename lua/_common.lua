@@ -14,21 +14,8 @@
 -- argv[2]  the pub/sub channel transitions are PUBLISHed on
 -- argv[3]  the breaker name (only echoed in event payloads)
 -- argv[4]  a uniform random sample in [0, 1) used to jitter the open duration
--- argv[5]  the config, as space-separated name=value pairs (an empty value: the rule is off):
---            failure_threshold        consecutive failures that trip
---            failure_rate             failure ratio in (0, 1] over the window that trips
---            window_ms                length of the sliding window
---            minimum_calls            calls in the window before a rate can trip
---            slow_call_rate           slow ratio in (0, 1] that trips (empty: slow calls not tracked)
---            recovery_timeout_ms      first open duration
---            recovery_backoff         open duration multiplier per consecutive re-open (>= 1)
---            max_recovery_timeout_ms  cap of the grown open duration
---            recovery_jitter          fraction in [0, 1) the open duration may be shortened by
---            half_open_max_calls      probes in flight at once, fleet-wide
---            success_threshold        probe successes that close the breaker
---            probe_lease_ms           how long a probe may run before its slot is reclaimed
---            half_open_max_wait_ms    longest stay in half_open before re-opening (empty: none)
---            key_ttl_ms               idle lifetime of both keys (see touch())
+-- argv[5]  the config, as space-separated name=value pairs (an empty value: the rule is off),
+--          the fields of SCRIPT_FIELDS in src/redbreaker/_config.py (names, meanings).
 --          The same text is written to the hash's `config` field at every transition.
 -- argv[6..] the script's own arguments (see its header)
 --
@@ -70,15 +57,9 @@ local PROBE_WAIT_MS = 50
 -- The longest operator order (durations are capped at 10 years when a client builds them).
 local MAX_ORDER_MS = 10 * 365 * 86400 * 1000
 
--- {name, may be empty} in the order the config text lists them.
-local CONFIG_FIELDS = {
-  { 'failure_threshold', true }, { 'failure_rate', true }, { 'window_ms', false },
-  { 'minimum_calls', false }, { 'slow_call_rate', true }, { 'recovery_timeout_ms', false },
-  { 'recovery_backoff', false }, { 'max_recovery_timeout_ms', false },
-  { 'recovery_jitter', false }, { 'half_open_max_calls', false },
-  { 'success_threshold', false }, { 'probe_lease_ms', false },
-  { 'half_open_max_wait_ms', true }, { 'key_ttl_ms', false },
-}
+-- {name, may be empty} in the order the config text lists them. Written in when the library
+-- is composed, from SCRIPT_FIELDS in src/redbreaker/_config.py: one table for both sides.
+local CONFIG_FIELDS = {--[[SCRIPT_FIELDS]]}
 
 -- The per-call context, set by begin() before anything else runs. Redis runs one script
 -- at a time, so these upvalues belong to exactly one call while it runs.

@@ -1,6 +1,9 @@
 -- acquire.lua: "may this call go ahead?" Decides admission for one call, fleet-wide.
 --
 -- KEYS[1], KEYS[2], ARGV[1..5]: as in _common.lua (composed before this file).
+-- ARGV[6] the token to lease a probe slot under, chosen by the caller (1-64 characters of
+--         letters, digits, '.' and '-'), so that a caller interrupted before it read this
+--         reply can still free the slot; '' leases under '<generation>.<probe_seq>'
 --
 -- Creates the breaker closed if it does not exist. Applies due time-driven transitions
 -- (open -> half_open after the open deadline, half_open -> open after half_open_max_wait,
@@ -23,6 +26,11 @@
 local function acquire(keys, argv)
   local bad_args = begin(keys, argv)
   if bad_args then return redis.error_reply(bad_args) end
+
+  local wanted = argv[6] or ''
+  if #wanted > 64 or not string.match(wanted, '^[%w%.%-]*$') then
+    return redis.error_reply('redbreaker: the probe token (ARGV[6]) is not 1-64 of [A-Za-z0-9.-]')
+  end
 
   local s, err = load_state(true)
   if err then return redis.error_reply(err) end
@@ -55,10 +63,13 @@ local function acquire(keys, argv)
       '(' .. int(NOW + CFG.probe_lease_ms + CLOCK_SLACK_MS), '+inf')
     if redis.call('ZCARD', PROBES) < CFG.half_open_max_calls then
       verdict = 'probe'
-      -- Read, not HINCRBY: a hand-edited probe_seq must not turn into a Lua error.
-      local seq = (count_field(redis.call('HGET', KEY, 'probe_seq')) or 0) + 1
-      redis.call('HSET', KEY, 'probe_seq', int(seq))
-      token = int(s.generation) .. '.' .. int(seq)
+      token = wanted
+      if token == '' then
+        -- Read, not HINCRBY: a hand-edited probe_seq must not turn into a Lua error.
+        local seq = (count_field(redis.call('HGET', KEY, 'probe_seq')) or 0) + 1
+        redis.call('HSET', KEY, 'probe_seq', int(seq))
+        token = int(s.generation) .. '.' .. int(seq)
+      end
       redis.call('ZADD', PROBES, int(NOW + CFG.probe_lease_ms), token)
       touch(s)
     else

@@ -100,8 +100,8 @@ def wait_for_the_order(
                 {
                     "state": rejection.state,
                     "retry_after": rejection.retry_after,
-                    # Internal, for the figures only: is the rejection held locally?
-                    "cached": key in getattr(store, "_rejections", ()),
+                    # For the figures only: is the rejection held locally?
+                    "cached": store.view.cached_rejection(key, 60.0) is not None,
                 },
             )
         )

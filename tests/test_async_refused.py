@@ -7,7 +7,6 @@ never awaited).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import gc
 import warnings
@@ -32,8 +31,15 @@ def returns_coroutine() -> Any:
     return fetch()
 
 
+class Pending:
+    """An awaitable that is not a coroutine (a future, a task, a library's handle)."""
+
+    def __await__(self) -> Any:
+        yield
+
+
 def returns_future() -> Any:
-    return asyncio.Future(loop=asyncio.new_event_loop())
+    return Pending()
 
 
 @pytest.fixture

@@ -254,11 +254,11 @@ def test_jitter_shortens_open_duration_within_bounds(
     """recovery_jitter=0.5: sample 0.0 gives the full 10 s, sample 0.999 gives floor(5004.99) ms."""
     breaker = make(store, failure_threshold=1, recovery_timeout=10, recovery_jitter=0.5)
     fn = Counter()
-    monkeypatch.setattr(breaker, "_random", lambda: 0.0)
+    monkeypatch.setattr(breaker._core, "_random", lambda: 0.0)
     fail_times(breaker, fn, 1)
     assert rejected(breaker).retry_after == 10.0
     breaker.reset()
-    monkeypatch.setattr(breaker, "_random", lambda: 0.999)
+    monkeypatch.setattr(breaker._core, "_random", lambda: 0.999)
     fail_times(breaker, fn, 1)
     retry_after = rejected(breaker).retry_after
     assert retry_after == math.floor(10_000 * (1 - 0.5 * 0.999)) / 1000 == 5.004

@@ -109,7 +109,7 @@ def _feed_live(store: redbreaker.Store) -> None:
 
 
 def _heard_change(store: redbreaker.Store, before: int) -> float:
-    return _wait_for(lambda: store.heard(NAME) > before, "the transition reached the feed")
+    return _wait_for(lambda: store.view.heard(NAME) > before, "the transition reached the feed")
 
 
 def _no_feed(store: redbreaker.Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -425,7 +425,7 @@ def test_transition_heard_on_feed_drops_the_batch(
     breaker = _cached(store, flush_interval=100)
     for _ in range(5):
         breaker.call(_ok)
-    heard = store.heard(NAME)
+    heard = store.view.heard(NAME)
 
     Breaker(NAME, store=twin()).reset()
     _heard_change(store, heard)
@@ -509,7 +509,7 @@ def test_half_open_is_decided_in_redis(
     first.call(_ok)
     second.call(_ok)
     trips, other_trips = Trips(store), Trips(other_store)
-    heard = (store.heard(NAME), other_store.heard(NAME))
+    heard = (store.view.heard(NAME), other_store.view.heard(NAME))
 
     with pytest.raises(Boom):
         first.call(_fail)  # open

@@ -3,15 +3,14 @@ successes counted locally until they are sent. Pure bookkeeping: no I/O here."""
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import threading
-import weakref
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._state import State
 
-__all__ = ["LOCAL_STATES", "Batch", "HeldOpen", "LocalCopy", "PermitKey", "flush_at_exit"]
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+__all__ = ["LOCAL_STATES", "Batch", "HeldOpen", "LocalCopy", "PermitKey"]
 
 LOCAL_STATES = frozenset({State.CLOSED, State.METRICS_ONLY, State.FORCED_CLOSED})
 """States whose admissions a cached breaker may decide from its local copy."""
@@ -52,10 +51,14 @@ class HeldOpen:
 
 
 class Batch:
-    """Successes counted locally, waiting to be sent in one round trip. Thread-safe."""
+    """Successes counted locally, waiting to be sent in one round trip.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    ``lock`` guards it: a real lock where threads share the breaker, a no-op on an event
+    loop (never held across an await: every method is synchronous).
+    """
+
+    def __init__(self, lock: AbstractContextManager[Any]) -> None:
+        self._lock = lock
         self._calls = 0
         self._generation = 0
         self._incarnation = ""
@@ -101,23 +104,3 @@ class Batch:
             due = (self._generation, self._incarnation, self._calls)
             self._calls = 0
             return due
-
-
-class _Flushable(Protocol):
-    def flush(self) -> None: ...
-
-
-_cached: weakref.WeakSet[_Flushable] = weakref.WeakSet()
-
-
-def flush_at_exit(breaker: _Flushable) -> None:
-    """Send ``breaker``'s counted successes when the process exits normally."""
-    _cached.add(breaker)
-
-
-@atexit.register
-def _flush_all() -> None:
-    # Counted successes would be lost with the process; one round trip each sends them.
-    for breaker in list(_cached):
-        with contextlib.suppress(Exception):
-            breaker.flush()

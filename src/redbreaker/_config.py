@@ -6,14 +6,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
-from typing import Any, Literal, Union
+from typing import Any, Literal, NamedTuple, Union
 
 from ._exceptions import ConfigError
 
 __all__ = [
+    "SCRIPT_FIELDS",
     "BreakerConfig",
     "Consistency",
     "ExceptionMatcher",
+    "ScriptField",
     "Seconds",
     "StoreErrorPolicy",
     "count_setting",
@@ -100,13 +102,34 @@ def _ms(seconds: float | None) -> str:
     return "" if seconds is None else str(max(1, round(seconds * 1000)))
 
 
-# The config fields the Lua scripts read, in the order lua/_common.lua lists them.
-_SCRIPT_FIELDS = (
-    "failure_threshold", "failure_rate", "window_ms", "minimum_calls", "slow_call_rate",
-    "recovery_timeout_ms", "recovery_backoff", "max_recovery_timeout_ms", "recovery_jitter",
-    "half_open_max_calls", "success_threshold", "probe_lease_ms", "half_open_max_wait_ms",
-    "key_ttl_ms",
+class ScriptField(NamedTuple):
+    """One setting the Lua scripts read from the config text (ARGV[5])."""
+
+    name: str
+    """Its name in the text, in Lua and in the breaker hash's ``config`` field."""
+    may_be_empty: bool
+    """An empty value turns the rule off."""
+    meaning: str
+
+
+SCRIPT_FIELDS: tuple[ScriptField, ...] = (
+    ScriptField("failure_threshold", True, "consecutive failures that trip"),
+    ScriptField("failure_rate", True, "failure ratio in (0, 1] over the window that trips"),
+    ScriptField("window_ms", False, "length of the sliding window"),
+    ScriptField("minimum_calls", False, "calls in the window before a rate can trip"),
+    ScriptField("slow_call_rate", True, "slow ratio in (0, 1] that trips (empty: untracked)"),
+    ScriptField("recovery_timeout_ms", False, "first open duration"),
+    ScriptField("recovery_backoff", False, "open duration multiplier per re-open (>= 1)"),
+    ScriptField("max_recovery_timeout_ms", False, "cap of the grown open duration"),
+    ScriptField("recovery_jitter", False, "fraction in [0, 1) an open may be shortened by"),
+    ScriptField("half_open_max_calls", False, "probes in flight at once, fleet-wide"),
+    ScriptField("success_threshold", False, "probe successes that close the breaker"),
+    ScriptField("probe_lease_ms", False, "how long a probe holds its slot at most"),
+    ScriptField("half_open_max_wait_ms", True, "longest stay in half_open (empty: none)"),
+    ScriptField("key_ttl_ms", False, "idle lifetime of both keys"),
 )
+"""The one list of what the scripts read: the config text is built from it, and the Lua
+parser's field list is written from it when the library is composed (``_scripts``)."""
 
 
 @dataclass(frozen=True)
@@ -275,29 +298,33 @@ class BreakerConfig:
                 "key_ttl",
                 f"must be at least twice the longest other duration ({longest}s), got {ttl}s",
             )
-        argv = (
-            "" if self.failure_threshold is None else str(self.failure_threshold),
-            "" if self.failure_rate is None else repr(float(self.failure_rate)),
-            _ms(window),
-            str(self.minimum_calls),
-            "" if slow is None else repr(float(self.slow_call_rate)),
-            _ms(recovery),
-            repr(float(backoff)),
-            _ms(max_recovery),
-            repr(float(jitter)),
-            str(self.half_open_max_calls),
-            str(self.success_threshold),
-            _ms(lease),
-            _ms(max_wait),
-            _ms(ttl),
-        )
+        values = {
+            "failure_threshold": (
+                "" if self.failure_threshold is None else str(self.failure_threshold)
+            ),
+            "failure_rate": "" if self.failure_rate is None else repr(float(self.failure_rate)),
+            "window_ms": _ms(window),
+            "minimum_calls": str(self.minimum_calls),
+            "slow_call_rate": "" if slow is None else repr(float(self.slow_call_rate)),
+            "recovery_timeout_ms": _ms(recovery),
+            "recovery_backoff": repr(float(backoff)),
+            "max_recovery_timeout_ms": _ms(max_recovery),
+            "recovery_jitter": repr(float(jitter)),
+            "half_open_max_calls": str(self.half_open_max_calls),
+            "success_threshold": str(self.success_threshold),
+            "probe_lease_ms": _ms(lease),
+            "half_open_max_wait_ms": _ms(max_wait),
+            "key_ttl_ms": _ms(ttl),
+        }
+        argv = tuple(values.pop(f.name) for f in SCRIPT_FIELDS)
+        assert not values, f"fields missing from SCRIPT_FIELDS: {sorted(values)}"
         object.__setattr__(self, "_argv", argv)
-        text = " ".join(f"{name}={value}" for name, value in zip(_SCRIPT_FIELDS, argv, strict=True))
+        text = " ".join(f"{f.name}={v}" for f, v in zip(SCRIPT_FIELDS, argv, strict=True))
         object.__setattr__(self, "_script_config", text)
 
     @property
     def script_argv(self) -> tuple[str, ...]:
-        """The config values the scripts read, in the order of ``_SCRIPT_FIELDS``."""
+        """The config values the scripts read, in the order of :data:`SCRIPT_FIELDS`."""
         return self._argv
 
     @property

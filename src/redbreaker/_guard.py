@@ -383,6 +383,7 @@ class Guard:
     # -- breaker -------------------------------------------------------------------------
 
     def _through_breaker(self, call: _Call, fn: Callable[[], R]) -> R:
+        finishing = False
         try:
             permit = self.breaker.acquire()
         except (StoreUnavailableError, StoreError):
@@ -396,13 +397,14 @@ class Guard:
             if self._deadline is not None:
                 call.deadline_ms = self._now_ms() + math.ceil(self._deadline * 1000)
             result = self._with_retries(call, fn)
-        except BaseException as exc:
-            permit._finish(exc=exc, hold=call.hold)
-            raise
-        if is_awaitable(result):
+            finishing = True
+            permit._finish(result=result, origin=fn)
+        except AsyncCallError:
             permit.release()  # nothing ran: count nothing
-            raise refuse_result(fn, result)
-        permit._finish(result=result)
+            raise
+        except BaseException as exc:
+            permit._ended_by(exc, finishing=finishing, hold=call.hold)
+            raise
         return result
 
     def _attempts_allowed(self, permit: Permit) -> int:

@@ -8,6 +8,7 @@ sent to the store's hooks exactly once, never once per call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -23,12 +24,14 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from ._exceptions import StoreError, StoreUnavailableError
+
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from ._clock import Clock
 
-__all__ = ["REFUSED", "UNAVAILABLE", "StoreEvent", "StoreHealth"]
+__all__ = ["REFUSED", "UNAVAILABLE", "StoreEvent", "StoreHealth", "library_errors"]
 
 logger = logging.getLogger("redbreaker")
 
@@ -168,3 +171,17 @@ class StoreHealth:
                 hook(event)
             except Exception:
                 logger.exception("redbreaker store hook %r failed", hook)
+
+
+@contextlib.contextmanager
+def library_errors(doing: str, prefix: str) -> Iterator[None]:
+    """redis-py errors of a call that is not a script (a SCAN, a SUBSCRIBE), as the
+    library's own: no raw redis-py exception reaches a caller."""
+    try:
+        yield
+    except REFUSED as exc:
+        raise StoreError(f"{doing}: Redis refused the credentials: {exc}") from exc
+    except UNAVAILABLE as exc:
+        raise StoreUnavailableError(prefix, None, f"{doing}: {type(exc).__name__}: {exc}") from exc
+    except redis.RedisError as exc:
+        raise StoreError(f"{doing}: {type(exc).__name__}: {exc}") from exc

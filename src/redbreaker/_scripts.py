@@ -19,6 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._config import SCRIPT_FIELDS
+
 if TYPE_CHECKING:
     import sys
     if sys.version_info >= (3, 11):
@@ -49,8 +51,25 @@ def lua_dir() -> Traversable:
     )
 
 
+_FIELDS_MARK = "{--[[SCRIPT_FIELDS]]}"
+
+
+def _lua_fields() -> str:
+    """The Lua parser's field list, written from :data:`SCRIPT_FIELDS`."""
+    rows = ", ".join(
+        f"{{ '{f.name}', {'true' if f.may_be_empty else 'false'} }}" for f in SCRIPT_FIELDS
+    )
+    return f"{{ {rows} }}"
+
+
+@functools.cache
 def _read(file: str) -> str:
-    return (lua_dir() / file).read_text(encoding="utf-8")
+    text = (lua_dir() / file).read_text(encoding="utf-8")
+    if file == _COMMON:
+        if _FIELDS_MARK not in text:
+            raise RuntimeError(f"{file} lacks {_FIELDS_MARK}: the scripts and the package differ")
+        text = text.replace(_FIELDS_MARK, _lua_fields())
+    return text
 
 
 def _check(name: str) -> None:

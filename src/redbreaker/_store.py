@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import random
 import threading
-import time
-import urllib.parse
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeGuard, Union
@@ -22,15 +18,19 @@ from . import _fork
 from ._clock import Clock, SystemClock
 from ._config import seconds_setting
 from ._exceptions import ConfigError, StoreError, StoreUnavailableError
-from ._health import REFUSED, UNAVAILABLE, StoreEvent, StoreHealth
-from ._keys import BreakerKeys, breaker_keys, check_name, check_prefix
+from ._feed import TransitionFeed, watch
+from ._health import REFUSED, UNAVAILABLE, StoreEvent, StoreHealth, library_errors
+from ._keys import BreakerKeys, check_prefix
 from ._scripts import SCRIPT_NAMES, function_name, library_source, script_source
-from ._state import Transition, decode_event
+from ._url import StoreURL, parse_store_url
+from ._view import FleetView
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
     from redis.commands.core import Script
+
+    from ._state import Transition
 
 __all__ = ["Store", "StoreHook", "connect"]
 
@@ -45,7 +45,6 @@ RedisClient = Union[redis.Redis, RedisCluster]  # noqa: UP007 (a runtime alias o
 _FEED_POLL = 0.001
 _FEED_IDLE = 0.02
 
-_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 _memory_servers: dict[str, Any] = {}
 _memory_lock = threading.Lock()
 
@@ -93,26 +92,10 @@ class Store:
         # checkout, retry wrapper, instrumentation): a third of a round trip's client CPU.
         self._direct_pool: Any = client.connection_pool if _plain(client) else None
         self._held = threading.local()
-        # Per breaker key: (deadline, state, learned at), in local ms.
-        self._rejections: dict[str, tuple[int, str, int]] = {}
         self._closed = False
-        # The transition feed of cached breakers: per breaker name, how many transitions
-        # this process has heard of. A local copy taken before the latest one is stale.
-        self._heard: dict[str, int] = {}
-        # Per breaker name: (heard() just after it, to_state, retry_after_ms) of the latest
-        # transition heard on the feed.
-        self._last_event: dict[str, tuple[int, str, int]] = {}
-        self._feed_lock = threading.Lock()
-        self._feed: threading.Thread | None = None
-        self._feed_live = False
-        self._feed_epoch = 0
-        # The feed's subscription is read by whoever comes first: a calling thread, at most
-        # once per _FEED_POLL (it holds the GIL already: no thread switch between a
-        # transition and the next admission), or the feed thread every _FEED_IDLE when no
-        # call read it. Whoever holds _feed_reader reads; the others skip.
-        self._feed_reader = threading.Lock()
-        self._feed_pubsub: Any = None
-        self._feed_read_at = 0.0
+        # What this process knows without asking: rejections it repeats, transitions heard.
+        self.view = FleetView(self.prefix, self.clock)
+        self._feed = TransitionFeed(client, self.prefix, self.view, lambda: self._closed)
         _fork.after_fork_in_child(self)
         hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
         for hook in hooks:
@@ -209,182 +192,28 @@ class Store:
             connection.disconnect()
             raise
 
-    def _local_ms(self) -> int:
-        return round(self.clock.monotonic() * 1000)
-
-    def cached_rejection(self, key: str, max_age: float) -> tuple[float, str] | None:
-        """(seconds left, state) of a rejection cached for ``key``, if still in force: its
-        deadline has not passed and it was learned less than ``max_age`` seconds ago."""
-        entry = self._rejections.get(key)
-        if entry is None:
-            return None
-        # Whole ms, like the server's deadline: float seconds near 1.7e9 would leave a
-        # sub-microsecond remainder and reject a caller who waited exactly retry_after.
-        now_ms = self._local_ms()
-        left_ms = entry[0] - now_ms
-        # The age bound is what lets an operator's order (or a DEL of the key) reach a
-        # process that is rejecting locally: it asks Redis again at least that often.
-        if left_ms <= 0 or now_ms - entry[2] >= max_age * 1000:
-            self._rejections.pop(key, None)
-            return None
-        return left_ms / 1000, entry[1]
-
-    def cache_rejection(self, key: str, retry_after_ms: int, state: str) -> None:
-        """Reject calls to ``key`` locally for ``retry_after_ms`` (a deadline Redis gave)."""
-        now_ms = self._local_ms()
-        self._rejections[key] = (now_ms + retry_after_ms, state, now_ms)
-
-    def forget_rejection(self, key: str) -> None:
-        """Drop a cached rejection, e.g. after this process changed the breaker."""
-        self._rejections.pop(key, None)
-
     # -- the transition feed (cached consistency) ---------------------------------------
-
-    def heard(self, name: str) -> int:
-        """Transitions of breaker ``name`` this process has heard of (pub/sub), plus one
-        per (re)subscription, which may have missed some: compare two readings to learn
-        whether anything happened in between."""
-        return self._heard.get(name, 0) + self._feed_epoch
-
-    def last_event(self, name: str) -> tuple[int, str, int] | None:
-        """(:meth:`heard` just after it, to_state, retry_after_ms) of the latest transition
-        of breaker ``name`` heard on the feed, if any: it is still the latest while
-        :meth:`heard` gives the same count."""
-        return self._last_event.get(name)
 
     @property
     def feed_live(self) -> bool:
-        """True while the transition feed is subscribed."""
-        return self._feed_live
+        """True while the transition feed (of cached breakers) is subscribed."""
+        return self._feed.live
 
     def start_feed(self) -> None:
-        """Start the thread that hears every transition under this prefix (once)."""
-        if self._feed is not None:
-            return
-        with self._feed_lock:
-            if self._feed is None and not self._closed:
-                self._feed = threading.Thread(
-                    target=self._run_feed, name=f"redbreaker-feed-{self.prefix}", daemon=True
-                )
-                self._feed.start()
-
-    def _after_fork_in_child(self) -> None:
-        """In a forked child: the parent's feed thread did not come along and its
-        subscription is the parent's to read. The next cached call starts a feed of the
-        child's own; copies taken before the fork are stale (a new epoch). Locks a parent
-        thread held at the fork (the client's pool's included) are released."""
-        self._feed_lock = threading.Lock()
-        self._feed_reader = threading.Lock()
-        self.health.after_fork()
-        _release_client_locks(self.client)
-        self._feed = None
-        self._feed_live = False
-        self._feed_pubsub = None
-        self._feed_epoch += 1
+        """Start hearing every transition under this prefix (once; cached breakers do)."""
+        self._feed.start()
 
     def poll_feed(self) -> None:
-        """Read the transitions published since the feed was last read, unless it was read
-        less than a ms ago or another thread is reading it (no I/O then)."""
-        if not self._feed_live or time.monotonic() - self._feed_read_at < _FEED_POLL:
-            return
-        self._read_feed(blocking=False)
+        """Read the transitions published since the feed was last read (no I/O when it was
+        read less than a ms ago)."""
+        self._feed.poll()
 
-    def _read_feed(self, *, blocking: bool) -> None:
-        if not self._feed_reader.acquire(blocking):
-            return
-        try:
-            pubsub = self._feed_pubsub
-            if pubsub is None or not self._feed_live:
-                return
-            self._feed_read_at = time.monotonic()
-            while True:
-                message = pubsub.get_message(timeout=0)
-                if message is None:
-                    return
-                if message.get("type") == "message":
-                    self._heard_event(message["data"])
-        except Exception:  # a lost connection: the feed thread subscribes again
-            self._feed_live = False
-        finally:
-            self._feed_reader.release()
-
-    def _run_feed(self) -> None:
-        delay = 0.05
-        while not self._closed:
-            raw_client = self._undecoded_client()
-            pubsub = raw_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            try:
-                pubsub.subscribe(f"{self.prefix}:events")
-                pubsub.get_message(timeout=1.0)
-                # Events published while unsubscribed are lost: every local copy taken
-                # before now must be refreshed from Redis.
-                with self._feed_reader:
-                    self._feed_pubsub = pubsub
-                    self._feed_epoch += 1
-                    self._feed_live = True
-                delay = 0.05
-                while not self._closed and self._feed_live:
-                    time.sleep(_FEED_IDLE)
-                    if time.monotonic() - self._feed_read_at >= _FEED_IDLE:
-                        self._read_feed(blocking=True)
-            except Exception:  # any failure: resubscribe after a pause
-                pass
-            finally:
-                with self._feed_reader:
-                    self._feed_live = False
-                    self._feed_pubsub = None
-                with contextlib.suppress(Exception):
-                    pubsub.close()
-                if raw_client is not self.client:
-                    with contextlib.suppress(Exception):
-                        raw_client.close()
-            if self._closed:
-                return
-            time.sleep(delay * (0.5 + 0.5 * random.random()))
-            delay = min(2.0, delay * 2)
-
-    def _heard_event(self, payload: bytes | str) -> None:
-        try:
-            data = json.loads(payload)
-            name = check_name(data["name"])
-            to_state = str(data["to_state"])
-            retry_after_ms = int(data.get("retry_after_ms", 0))
-        except Exception:  # not ours to decode: skip it
-            return
-        count = self._heard.get(name, 0) + 1
-        self._last_event[name] = (count + self._feed_epoch, to_state, retry_after_ms)
-        self._heard[name] = count
-        key = breaker_keys(self.prefix, name).state
-        if to_state in ("open", "forced_open") and retry_after_ms > 0:
-            # The server's deadline, pushed: every process now rejects locally until then.
-            self.cache_rejection(key, retry_after_ms, to_state)
-        else:
-            self.forget_rejection(key)
-
-    def breaker_names(self) -> list[str]:
-        """Names of the breakers under this prefix, sorted (SCAN; never KEYS)."""
-        names = set()
-        head = f"{self.prefix}:{{"
-        with self._library_errors(f"listing the breakers under {self.prefix!r}"):
-            for raw in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
-                key = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if key.startswith(head) and key.endswith("}"):
-                    names.add(key[len(head) : -1])
-        return sorted(names)
-
-    @contextlib.contextmanager
-    def _library_errors(self, doing: str) -> Iterator[None]:
-        """redis-py errors of a non-script call, as the library's own."""
-        try:
-            yield
-        except REFUSED as exc:
-            raise StoreError(f"{doing}: Redis refused the credentials: {exc}") from exc
-        except UNAVAILABLE as exc:
-            raise StoreUnavailableError(
-                self.prefix, None, f"{doing}: {type(exc).__name__}: {exc}"
-            ) from exc
-        except redis.RedisError as exc:
-            raise StoreError(f"{doing}: {type(exc).__name__}: {exc}") from exc
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the feed starts afresh, and locks a parent thread held at the
+        fork (the client's pools' included) are released."""
+        self.health.after_fork()
+        _release_client_locks(self.client)
+        self._feed.after_fork_in_child()
 
     def transitions(self) -> Iterator[Transition]:
         """Every transition of every breaker under this prefix, as it is PUBLISHed.
@@ -393,71 +222,23 @@ class Store:
         is missed. Iterating blocks; it ends when the caller stops or the store is closed.
         Payloads are JSON, never evaluated; anything on the channel that is not a
         redbreaker event is skipped.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached, or the connection was lost
+                while watching.
         """
-        raw_client = self._undecoded_client()
-        pubsub = raw_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        try:
-            with self._library_errors(f"subscribing to {self.prefix}:events"):
-                pubsub.subscribe(f"{self.prefix}:events")
-                # The first reply confirms the subscription; reading it makes it live now.
-                pubsub.get_message(timeout=1.0)
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                pubsub.close()
-            if raw_client is not self.client:
-                raw_client.close()
-            if self._closed and isinstance(exc, (StoreUnavailableError, StoreError)):
-                return iter(())  # closed while subscribing: nothing more to watch
-            raise
+        return watch(self.client, self.prefix, lambda: self._closed)
 
-        def events() -> Iterator[Transition]:
-            try:
-                for message in self._listen(pubsub):
-                    if message.get("type") != "message":
-                        continue
-                    try:
-                        event = decode_event(message["data"])
-                    except Exception:  # a stranger's message on our channel is not ours
-                        continue
-                    yield event
-            finally:
-                pubsub.close()
-                if raw_client is not self.client:
-                    raw_client.close()
-
-        return events()
-
-    def _listen(self, pubsub: Any) -> Iterator[dict[str, Any]]:  # noqa: ANN401
-        # Losing the connection mid-watch is the library's StoreUnavailableError too, unless
-        # the store was closed: that is how a watch is ended from another thread.
-        try:
-            with self._library_errors(f"watching {self.prefix}:events"):
-                # Short waits, not listen(): a client that reconnects by itself would keep
-                # a blocked read alive past close(); this loop sees close() within 0.25 s.
-                while not self._closed:
-                    try:
-                        message = pubsub.get_message(timeout=0.25)
-                    except Exception:
-                        if self._closed:
-                            return  # close() pulled the connection from under the read
-                        raise
-                    if message is not None:
-                        yield message
-        except (StoreUnavailableError, StoreError):
-            if not self._closed:
-                raise
-
-    def _undecoded_client(self) -> RedisClient:
-        # A decoding connection fails inside redis-py on a payload that is not UTF-8, before
-        # we could skip it; events are read on a connection that hands over bytes.
-        pool = getattr(self.client, "connection_pool", None)
-        settings = getattr(pool, "connection_kwargs", None)
-        if pool is None or not settings or not settings.get("decode_responses"):
-            return self.client
-        raw_pool = type(pool)(
-            connection_class=pool.connection_class, **{**settings, "decode_responses": False}
-        )
-        return redis.Redis(connection_pool=raw_pool)
+    def breaker_names(self) -> list[str]:
+        """Names of the breakers under this prefix, sorted (SCAN; never KEYS)."""
+        names = set()
+        head = f"{self.prefix}:{{"
+        with library_errors(f"listing the breakers under {self.prefix!r}", self.prefix):
+            for raw in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if key.startswith(head) and key.endswith("}"):
+                    names.add(key[len(head) : -1])
+        return sorted(names)
 
     def close(self) -> None:
         """Close the client's connections (and end any :meth:`transitions` loop)."""
@@ -539,7 +320,7 @@ def _cannot_fcall(exc: redis.ResponseError) -> bool:
     return "unknown command" in text and ("'fcall'" in text or "'function'" in text)
 
 
-def _memory_client(url: urllib.parse.SplitResult) -> RedisClient:
+def _memory_client(name: str) -> RedisClient:
     try:
         import fakeredis  # noqa: PLC0415 (an optional dependency, imported on first use)
     except ImportError as exc:
@@ -547,7 +328,6 @@ def _memory_client(url: urllib.parse.SplitResult) -> RedisClient:
             "target",
             "memory:// needs the embedded Redis: pip install 'redbreaker[embedded]'",
         ) from exc
-    name = url.netloc + url.path
     if not name:
         return fakeredis.FakeRedis(server=fakeredis.FakeServer())
     with _memory_lock:
@@ -555,37 +335,15 @@ def _memory_client(url: urllib.parse.SplitResult) -> RedisClient:
     return fakeredis.FakeRedis(server=server)
 
 
-def _host_port(text: str, url: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("target", f"{url!r}: expected host:port, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
 def _sentinel_client(
-    url: str, parts: urllib.parse.SplitResult, socket: dict[str, Any]
+    spec: StoreURL, socket: dict[str, Any]
 ) -> tuple[RedisClient, list[Callable[[], None]]]:
-    # redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = userinfo.partition(":")
-    sentinels = [_host_port(h, url) for h in hosts.split(",") if h]
-    path = [p for p in parts.path.split("/") if p]
-    if not sentinels or not path or len(path) > 2:
-        raise ConfigError(
-            "target", f"{url!r}: expected redis+sentinel://host:port[,host:port]/service[/db]"
-        )
-    db = path[1] if len(path) == 2 else "0"
-    if not db.isdigit():
-        raise ConfigError("target", f"{url!r}: database {db!r} is not a number")
-    auth = {
-        "username": urllib.parse.unquote(username) or None,
-        "password": urllib.parse.unquote(password) or None,
-    }
+    auth = {"username": spec.username, "password": spec.password}
     sentinel = redis.Sentinel(  # type: ignore[no-untyped-call]
-        sentinels, sentinel_kwargs={**auth, **socket}, **socket
+        list(spec.sentinels), sentinel_kwargs={**auth, **socket}, **socket
     )
     master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        path[0], db=int(db), **auth, **socket
+        spec.service, db=spec.db, **auth, **socket
     )
     return master, [s.close for s in sentinel.sentinels]
 
@@ -634,46 +392,22 @@ def connect(
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),
     }
-    try:
-        parts = urllib.parse.urlsplit(target)
-    except ValueError as exc:
-        raise ConfigError("target", f"{target!r} is not a URL: {exc}") from exc
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
-        raise ConfigError(
-            "target",
-            f"{target!r}: unknown scheme {parts.scheme!r}; use one of "
-            + ", ".join(f"{s}://" for s in _SCHEMES),
-        )
-    # redis-py reads only lowercase schemes; ours are case-insensitive like any URL's.
-    normalized = scheme + target[len(parts.scheme) :]
+    spec = parse_store_url(target)
     client: RedisClient
     also_close: list[Callable[[], None]] = []
-    if scheme == "memory":
-        client = _memory_client(parts)
-    elif scheme == "redis+sentinel":
-        client, also_close = _sentinel_client(normalized, parts, socket)
-    else:
-        if scheme != "unix":
-            if not parts.hostname:
-                raise ConfigError("target", f"{target!r}: no host")
-            try:
-                parts.port  # noqa: B018 (urllib validates the port only when it is read)
-            except ValueError as exc:
-                raise ConfigError("target", f"{target!r}: {exc}") from exc
-        elif not parts.path:
-            raise ConfigError("target", f"{target!r}: no socket path")
-        try:
-            if scheme == "redis+cluster":
-                client = RedisCluster.from_url(
-                    "redis" + normalized[len("redis+cluster") :],
-                    socket_timeout=timeout,
-                    socket_connect_timeout=timeout,
-                )
-            else:
-                client = redis.Redis.from_url(normalized, **socket)
-        except ValueError as exc:
-            raise ConfigError("target", f"{target!r}: {exc}") from exc
+    try:
+        if spec.scheme == "memory":
+            client = _memory_client(spec.memory_name)
+        elif spec.scheme == "redis+sentinel":
+            client, also_close = _sentinel_client(spec, socket)
+        elif spec.scheme == "redis+cluster":
+            client = RedisCluster.from_url(
+                spec.client_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        else:
+            client = redis.Redis.from_url(spec.client_url, **socket)
+    except ValueError as exc:
+        raise ConfigError("target", f"{target!r}: {exc}") from exc
     store = Store(client, prefix=prefix, clock=clock, on_store_event=on_store_event)
     store._also_close = also_close
     return store

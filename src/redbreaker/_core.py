@@ -1,0 +1,468 @@
+"""Every decision a breaker makes, with no I/O: the sans-I/O core of both drivers.
+
+A driver (``Breaker`` in :mod:`redbreaker`, its twin in :mod:`redbreaker.aio`) asks the
+core what to send, sends it, and hands the reply back::
+
+    permit = core.admit_locally()                # cached mode: no round trip at all
+    if permit is None:
+        reply = <send> core.acquire_args()       # one FCALL
+        permit = core.on_acquire_reply(reply, heard, started)   # or CircuitOpenError
+    ...
+    args = core.record_args(permit, outcome)     # None: Redis has nothing to learn
+    if args is not None:
+        core.on_record_reply(<send> args)
+
+The core owns the argument building, reply decoding, classification, the rejections a
+process may repeat locally, cached-mode bookkeeping (local copy, batch, held rejections)
+and hook dispatch. It imports neither redis, threading, asyncio nor time: the clock, the
+view of the feed and the batch's lock are handed in by the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._cache import LOCAL_STATES, Batch, HeldOpen, LocalCopy
+from ._config import BreakerConfig, ExceptionMatcher, Seconds, seconds_setting
+from ._exceptions import (
+    AttemptRejectedError,
+    AttemptTimeoutError,
+    CircuitOpenError,
+    ConfigError,
+)
+from ._keys import breaker_keys, check_name
+from ._state import (
+    AcquireReply,
+    RecordReply,
+    Snapshot,
+    State,
+    Transition,
+    decode_acquire,
+    decode_control,
+    decode_record,
+    decode_snapshot,
+)
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from ._clock import Clock
+    from ._view import FleetView
+
+__all__ = ["BreakerCore", "Outcome", "PermitState", "TransitionHook"]
+
+TransitionHook = Callable[[Transition], None]
+"""A callable run in the process whose script made a transition."""
+
+Outcome = Literal["success", "failure", "ignore", "release"]
+"""How a call ended, for the record script: ``ignore`` counts as no call, ``release`` only
+frees a probe slot."""
+
+logger = logging.getLogger("redbreaker")
+# A library leaves output to the application's logging setup.
+logger.addHandler(logging.NullHandler())
+_LOUD = frozenset({State.OPEN, State.FORCED_OPEN})
+
+
+def _matches(matcher: ExceptionMatcher | None, exc: BaseException) -> bool:
+    if matcher is None:
+        return False
+    if isinstance(matcher, (type, tuple)):
+        return isinstance(exc, matcher)
+    return bool(matcher(exc))
+
+
+class PermitState:
+    """What a permit remembers between admission and its outcome."""
+
+    __slots__ = ("admitted_at_ms", "counted", "generation", "incarnation", "offline",
+                 "probe_token", "settled", "started", "streak_at_admission")
+
+    def __init__(
+        self,
+        generation: int,
+        probe_token: str,
+        admitted_at_ms: int | None,
+        streak: int,
+        started: float,
+        *,
+        incarnation: str = "",
+        offline: bool = False,
+        counted: bool = True,
+    ) -> None:
+        # counted: Redis counted the call when it admitted it; a cached breaker's local
+        # admission was not counted yet, so its outcome (or a batch) must carry it.
+        self.counted = counted
+        self.incarnation = incarnation
+        # offline: admitted without Redis (on_store_error="allow"); its outcome goes nowhere.
+        self.offline = offline
+        self.generation = generation
+        self.probe_token = probe_token
+        self.admitted_at_ms = admitted_at_ms
+        self.streak_at_admission = streak
+        self.started = started
+        self.settled = False
+
+
+class BreakerCore:
+    """Everything a breaker decides. Strictly private: drivers subclass it.
+
+    Args:
+        name: the breaker's name (validated).
+        prefix: the store's key prefix.
+        clock: where "now" comes from (local monotonic time; the scripts' override).
+        view: the store's :class:`FleetView` (cached rejections, the feed's counters).
+        batch_lock: a factory of the lock that guards the cached mode's batch (a real lock
+            in the threaded driver, a no-op on an event loop).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        prefix: str,
+        clock: Clock,
+        view: FleetView,
+        config: BreakerConfig | None,
+        on_transition: TransitionHook | Iterable[TransitionHook],
+        settings: dict[str, Any],
+        batch_lock: Callable[[], AbstractContextManager[Any]],
+    ) -> None:
+        self.name = check_name(name)
+        unknown = set(settings) - BreakerConfig.setting_names()
+        if unknown:
+            raise ConfigError(
+                sorted(unknown)[0],
+                "is not a breaker setting; settings: "
+                + ", ".join(sorted(BreakerConfig.setting_names())),
+            )
+        if config is not None and not isinstance(config, BreakerConfig):
+            raise ConfigError("config", f"expected a BreakerConfig, got {config!r}")
+        self.config = replace(config or BreakerConfig(), **settings)
+        self._clock = clock
+        self._view = view
+        self._keys = breaker_keys(prefix, self.name)
+        self._hooks = (on_transition,) if callable(on_transition) else tuple(on_transition)
+        for hook in self._hooks:
+            if not callable(hook):
+                raise ConfigError("on_transition", f"{hook!r} is not callable")
+        self._slow_after = self.config.slow_call_seconds
+        self._window_ms = round(self.config.window_seconds * 1000)
+        self._random = random.random
+        self._random_bits = random.getrandbits
+        self._cached = self.config.consistency == "cached"
+        self._max_staleness = seconds_setting("max_staleness", self.config.max_staleness) or 0.0
+        self._flush_interval = (
+            seconds_setting("flush_interval", self.config.flush_interval) or 0.0
+        )
+        self._batch_lock = batch_lock
+        self._forget_local_knowledge()
+
+    def _forget_local_knowledge(self) -> None:
+        """Start with no local copy, no held rejection and an empty batch: at construction,
+        and in a forked child (the parent sends its own successes: inherited, they would be
+        counted once per child)."""
+        self._copy: LocalCopy | None = None
+        self._held_open: HeldOpen | None = None
+        self._batch = Batch(self._batch_lock())
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _args(self, *extra: str) -> list[str]:
+        override = self._clock.server_ms()
+        return [
+            "" if override is None else str(override),
+            self._keys.channel,
+            self.name,
+            repr(self._random()),
+            self.config.script_config,
+            *extra,
+        ]
+
+    def acquire_args(self) -> list[str]:
+        """The acquire script's arguments. ARGV[6] is the token a probe slot would be
+        leased under, chosen here so that the slot can be freed even when the reply is
+        never read (:meth:`interrupted_acquire_args`)."""
+        return self._args(f"{self._random_bits(64):016x}")
+
+    def interrupted_acquire_args(self, acquire_args: list[str]) -> list[str]:
+        """The record script's arguments that free whatever probe slot an acquire sent
+        with ``acquire_args`` may have been granted (nothing when it was none): for a
+        caller interrupted before it held the permit."""
+        return self._args("release", "0", acquire_args[5], "0", "", "", "0")
+
+    def inspect_args(self) -> list[str]:
+        """The inspect script's arguments."""
+        return self._args()
+
+    def control_args(self, order: str, duration: Seconds | None) -> list[str]:
+        """The control script's arguments for an operator's order."""
+        seconds = seconds_setting("duration", duration, optional=True)
+        return self._args(order, "" if seconds is None else str(max(1, round(seconds * 1000))))
+
+    def now(self) -> float:
+        """Local monotonic seconds, from the injected clock."""
+        return self._clock.monotonic()
+
+    # -- admission -----------------------------------------------------------------------
+
+    def check_cached_rejection(self) -> None:
+        """Raise the rejection this process may repeat without asking Redis, if any."""
+        cached = self._view.cached_rejection(self._keys.state, self._max_staleness)
+        if cached is not None:
+            raise CircuitOpenError(self.name, cached[1], cached[0])
+
+    def on_acquire_reply(self, raw: list[Any], heard: int, started: float) -> PermitState:
+        """The permit the acquire script granted.
+
+        Raises:
+            CircuitOpenError: the script rejected the call.
+        """
+        reply = decode_acquire(self.name, raw)
+        if self._cached:
+            self._keep_copy(reply, heard, started)
+        self._fire(reply.transitions)
+        if reply.verdict == "reject":
+            retry_after = None if reply.retry_after_ms < 0 else reply.retry_after_ms / 1000
+            if retry_after is not None and reply.state in _LOUD:
+                # The deadline is the server's; until it passes nothing can admit us.
+                self._view.cache_rejection(
+                    self._keys.state, reply.retry_after_ms, reply.state.value
+                )
+            raise CircuitOpenError(self.name, reply.state.value, retry_after)
+        return PermitState(
+            reply.generation,
+            reply.probe_token,
+            reply.now_ms,
+            reply.consecutive_failures,
+            started,
+            incarnation=reply.incarnation,
+        )
+
+    def offline_permit(self, started: float) -> PermitState:
+        """A permit given without Redis (on_store_error="allow"): its outcome goes nowhere."""
+        return PermitState(0, "", 0, 0, started, offline=True)
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def classify_exception(self, exc: BaseException) -> Outcome:
+        """What an exception that ended a call means for the breaker."""
+        if not isinstance(exc, Exception):
+            return "release"
+        if isinstance(exc, AttemptTimeoutError):
+            return "failure"  # whatever record_on says: the dependency did not answer in time
+        if isinstance(exc, AttemptRejectedError):
+            return "ignore"  # local saturation, not the dependency's fault
+        if _matches(self.config.ignore_on, exc):
+            return "ignore"
+        if _matches(self.config.record_on, exc):
+            return "failure"
+        return "ignore"
+
+    def classify_result(self, result: object) -> Outcome:
+        """What a returned value means for the breaker (``failure_result``)."""
+        check = self.config.failure_result
+        return "failure" if check is not None and check(result) else "success"
+
+    def record_args(
+        self,
+        permit: PermitState,
+        outcome: Outcome,
+        slow: bool | None = None,
+        *,
+        keep_lease: bool = False,
+    ) -> list[str] | None:
+        """The record script's arguments, or None when Redis has nothing to learn.
+
+        ``slow`` overrides the measured duration (a timed-out call is slow by definition).
+        ``keep_lease``: a probe's outcome is known but its call still runs (abandoned).
+        """
+        if permit.offline:
+            return None
+        if self._slow_after is None or outcome not in ("success", "failure"):
+            slow = False
+        elif slow is None:
+            slow = self.now() - permit.started >= self._slow_after
+        quiet = (
+            (outcome == "success" and not slow and permit.streak_at_admission == 0)
+            or outcome == "release"
+            or (outcome == "ignore" and not permit.counted)
+        ) and not permit.probe_token
+        # A cached breaker's locally admitted call was not counted in Redis yet.
+        own_call = 0 if permit.counted or outcome in ("ignore", "release") else 1
+        if quiet:
+            # Nothing for Redis to learn now: a plain success was counted when admitted
+            # (strict), or joins the batch (cached), which goes out once it is due.
+            if not self._cached:
+                return None
+            batched = self._batch.add(permit, own_call, self._flush_interval, self.now())
+            return None if batched is None else self._flush_args(*batched)
+        riding = 0
+        if self._cached:
+            riding = self._batch.take(permit.generation, permit.incarnation)
+        args = self._args(
+            outcome,
+            str(permit.generation),
+            permit.probe_token,
+            "1" if slow else "0",
+            "" if permit.admitted_at_ms is None else str(permit.admitted_at_ms),
+            permit.incarnation,
+            str(riding + own_call),
+        )
+        if keep_lease:
+            args.append("1")
+        return args
+
+    def _flush_args(self, generation: int, incarnation: str, calls: int) -> list[str]:
+        return self._args("flush", str(generation), "", "0", "", incarnation, str(calls))
+
+    def flush_args(self) -> list[str] | None:
+        """The record script's arguments that send every counted success now; None when
+        there are none."""
+        batched = self._batch.drain()
+        return None if batched is None else self._flush_args(*batched)
+
+    def on_record_reply(self, raw: list[Any]) -> RecordReply:
+        """Take in the record script's reply: the local copy follows it, hooks fire."""
+        reply = decode_record(self.name, raw)
+        if self._cached:
+            self._learn(reply)
+        self._fire(reply.transitions)
+        return reply
+
+    def on_record_unavailable(self) -> None:
+        """Redis could not take an outcome: the local copy can no longer be trusted."""
+        self._copy = None
+
+    def on_record_refused(self, outcome: Outcome, exc: Exception) -> None:
+        """Redis refused an outcome: say so; bookkeeping never masks the call's result."""
+        logger.warning(
+            "circuit %r: could not record a %s: %s: %s",
+            self.name,
+            outcome,
+            type(exc).__name__,
+            exc,
+            extra={"event": "record_failed", "breaker": self.name, "outcome": outcome},
+        )
+
+    # -- operator orders and reading -----------------------------------------------------
+
+    def on_control_reply(self, raw: list[Any]) -> State:
+        """Take in an order's reply: this process asks Redis afresh, hooks fire."""
+        reply = decode_control(self.name, raw)
+        self._view.forget_rejection(self._keys.state)
+        self._held_open = None
+        self._copy = None
+        self._fire(reply.transitions)
+        return reply.state
+
+    def on_inspect_reply(self, raw: list[Any]) -> Snapshot:
+        """The snapshot the inspect script read."""
+        return decode_snapshot(self.name, raw, self._window_ms)
+
+    # -- the local copy (cached consistency) ---------------------------------------------
+
+    def admit_locally(self, heard: int) -> PermitState | None:
+        """A permit from the local copy, or None when Redis must decide. ``heard`` is the
+        view's count of transitions of this breaker, read by the driver after it polled
+        the feed.
+
+        Raises:
+            CircuitOpenError: the breaker is forced open without a deadline, as this
+                process learned from Redis or from the feed (held until a transition is
+                heard or max_staleness passes).
+        """
+        now = self.now()
+        copy = self._copy
+        if copy is not None and (
+            now - copy.taken_at >= self._max_staleness or heard != copy.heard
+        ):
+            copy = self._copy = None  # a transition was pushed, or the copy is too old
+        if copy is None:
+            self._check_held_open(heard, now)
+            return None
+        return PermitState(
+            copy.generation,
+            "",
+            None,
+            copy.streak,
+            now,
+            incarnation=copy.incarnation,
+            counted=False,
+        )
+
+    def _check_held_open(self, heard: int, now: float) -> None:
+        held = self._held_open
+        if held is not None and (
+            held.heard != heard or now - held.taken_at >= self._max_staleness
+        ):
+            held = self._held_open = None
+        if held is None:
+            if self._view.last_event(self.name) != (heard, State.FORCED_OPEN.value, -1):
+                return
+            held = self._held_open = HeldOpen(heard, now)
+        raise CircuitOpenError(self.name, State.FORCED_OPEN.value, None)
+
+    def _keep_copy(self, reply: AcquireReply, heard: int, taken_at: float) -> None:
+        if (
+            reply.verdict == "reject"
+            and reply.state is State.FORCED_OPEN
+            and reply.retry_after_ms < 0
+            and not reply.transitions
+        ):
+            self._held_open = HeldOpen(heard, taken_at)
+        if reply.verdict == "admit" and reply.state in LOCAL_STATES and not reply.transitions:
+            self._copy = LocalCopy(
+                reply.generation, reply.incarnation, reply.consecutive_failures, heard, taken_at
+            )
+        else:
+            self._copy = None
+
+    def _learn(self, reply: RecordReply) -> None:
+        """A cached breaker's copy follows what its own records reveal."""
+        copy = self._copy
+        if copy is None:
+            return
+        if reply.status == "stale" or reply.transitions or reply.generation != copy.generation:
+            # Redis moved on (or lost the breaker): ask it again at the next call.
+            self._copy = None
+        else:
+            copy.streak = reply.consecutive_failures
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def _fire(self, transitions: Iterable[Transition]) -> None:
+        for transition in transitions:
+            self._view.forget_rejection(self._keys.state)
+            level = (
+                logging.WARNING
+                if transition.current in _LOUD or transition.reason.startswith("would_trip:")
+                else logging.INFO
+            )
+            previous = transition.previous.value if transition.previous else "unreadable"
+            logger.log(
+                level,
+                "circuit %r: %s -> %s (%s)",
+                transition.name,
+                previous,
+                transition.current.value,
+                transition.reason,
+                extra={
+                    "event": "transition",
+                    "breaker": transition.name,
+                    "from_state": previous,
+                    "to_state": transition.current.value,
+                    "reason": transition.reason,
+                    "generation": transition.generation,
+                },
+            )
+            for hook in self._hooks:
+                try:
+                    hook(transition)
+                except Exception:
+                    # A broken hook must never break the guarded call or hide its result.
+                    logger.exception("redbreaker transition hook %r failed", hook)
