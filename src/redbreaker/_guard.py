@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 import tenacity as _t
 
 from . import _fork
-from ._callables import is_awaitable, refuse_result, require_sync
+from ._callables import require_sync
 from ._config import (
     ExceptionMatcher,
     Seconds,
