@@ -31,7 +31,15 @@ if TYPE_CHECKING:
 
     from ._clock import Clock
 
-__all__ = ["REFUSED", "UNAVAILABLE", "StoreEvent", "StoreHealth", "library_errors"]
+__all__ = [
+    "REFUSED",
+    "UNAVAILABLE",
+    "StoreEvent",
+    "StoreHealth",
+    "cannot_fcall",
+    "library_errors",
+    "no_such_function",
+]
 
 logger = logging.getLogger("redbreaker")
 
@@ -185,3 +193,16 @@ def library_errors(doing: str, prefix: str) -> Iterator[None]:
         raise StoreUnavailableError(prefix, None, f"{doing}: {type(exc).__name__}: {exc}") from exc
     except redis.RedisError as exc:
         raise StoreError(f"{doing}: {type(exc).__name__}: {exc}") from exc
+
+
+def no_such_function(exc: redis.ResponseError) -> bool:
+    """The server lacks the library (never loaded, FUNCTION FLUSH, a restart)."""
+    return "function not found" in str(exc).lower()
+
+
+def cannot_fcall(exc: redis.ResponseError) -> bool:
+    """The server has no Functions, or this user may not call or load them."""
+    text = str(exc).lower()
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return "'fcall'" in text or "'function|load'" in text
+    return "unknown command" in text and ("'fcall'" in text or "'function'" in text)

@@ -19,7 +19,15 @@ from ._clock import Clock, SystemClock
 from ._config import seconds_setting
 from ._exceptions import ConfigError, StoreError, StoreUnavailableError
 from ._feed import TransitionFeed, watch
-from ._health import REFUSED, UNAVAILABLE, StoreEvent, StoreHealth, library_errors
+from ._health import (
+    REFUSED,
+    UNAVAILABLE,
+    StoreEvent,
+    StoreHealth,
+    cannot_fcall,
+    library_errors,
+    no_such_function,
+)
 from ._keys import BreakerKeys, check_prefix
 from ._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from ._url import StoreURL, parse_store_url
@@ -39,11 +47,6 @@ StoreHook = Callable[[StoreEvent], None]
 
 RedisClient = Union[redis.Redis, RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
 """A synchronous redis-py client: standalone, from a Sentinel, or a cluster client."""
-
-# How often a calling thread reads the transition feed at most, and how long the feed
-# thread lets it go unread when no call reads it.
-_FEED_POLL = 0.001
-_FEED_IDLE = 0.02
 
 _memory_servers: dict[str, Any] = {}
 _memory_lock = threading.Lock()
@@ -146,8 +149,8 @@ class Store:
             try:
                 return self._fcall(script, keys, args)
             except redis.ResponseError as exc:
-                if not _no_such_function(exc):
-                    if _cannot_fcall(exc):
+                if not no_such_function(exc):
+                    if cannot_fcall(exc):
                         self._use_functions = False
                         return self._call(script, keys, args)
                     raise
@@ -156,7 +159,7 @@ class Store:
             try:
                 self._load_library()
             except redis.ResponseError as exc:
-                if not _cannot_fcall(exc):
+                if not cannot_fcall(exc):
                     raise
                 self._use_functions = False  # loading is refused: scripts will do
             else:
@@ -306,18 +309,6 @@ def _give_back(pool: Any, connection: Any, pid: int) -> None:  # noqa: ANN401
     if pid == os.getpid():
         with contextlib.suppress(Exception):
             pool.release(connection)
-
-
-def _no_such_function(exc: redis.ResponseError) -> bool:
-    return "function not found" in str(exc).lower()
-
-
-def _cannot_fcall(exc: redis.ResponseError) -> bool:
-    """The server has no Functions, or this user may not call or load them."""
-    text = str(exc).lower()
-    if isinstance(exc, redis.exceptions.NoPermissionError):
-        return "'fcall'" in text or "'function|load'" in text
-    return "unknown command" in text and ("'fcall'" in text or "'function'" in text)
 
 
 def _memory_client(name: str) -> RedisClient:
