@@ -458,3 +458,13 @@ def test_operator_duration_is_validated(
         getattr(breaker, order)(duration)
     assert caught.value.field == "duration"
     assert memory_store.breaker_names() == []  # no script ran, so no breaker was created
+
+
+def test_typed_settings_list_every_config_field() -> None:
+    """Breaker(**settings) and guard(**settings) are typed by TypedDicts: they name exactly
+    the config fields, so a type checker sees every setting and flags a misspelt one."""
+    from redbreaker._config import BreakerSettings
+    from redbreaker._guard_config import GuardConfig, GuardSettings
+
+    assert set(BreakerSettings.__annotations__) == BreakerConfig.setting_names()
+    assert set(GuardSettings.__annotations__) == GuardConfig.setting_names()

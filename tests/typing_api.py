@@ -40,3 +40,8 @@ with payments.acquire() as permit:
 
 with redbreaker.set_testing(max_attempts=2):
     pass
+
+# Settings are typed: a misspelt or mistyped one is a type error, not only a ConfigError.
+redbreaker.Breaker("typo", store=store, failure_treshold=5)  # type: ignore[call-arg]
+redbreaker.Breaker("typed", store=store, failure_threshold="5")  # type: ignore[arg-type]
+payments.guard(attempt_timout=1)  # type: ignore[call-arg]

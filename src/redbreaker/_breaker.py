@@ -25,7 +25,7 @@ import os
 import threading
 import weakref
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from . import _fork
 from ._callables import is_awaitable, refuse_result, require_sync
@@ -46,7 +46,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from types import TracebackType
 
-    from ._config import BreakerConfig, Seconds
+    from typing_extensions import Unpack
+
+    from ._config import BreakerConfig, BreakerSettings, Seconds
+    from ._guard_config import GuardSettings
     from ._state import RecordReply, Snapshot, State
 
 __all__ = ["Breaker", "LeaseHold", "Permit", "TransitionHook"]
@@ -219,7 +222,7 @@ class Breaker:
         store: Store,
         config: BreakerConfig | None = None,
         on_transition: TransitionHook | Iterable[TransitionHook] = (),
-        **settings: Any,  # noqa: ANN401 (checked against BreakerConfig's fields at once)
+        **settings: Unpack[BreakerSettings],
     ) -> None:
         if not isinstance(store, Store):
             raise ConfigError("store", f"expected a Store (see connect()), got {store!r}")
@@ -230,7 +233,7 @@ class Breaker:
             view=store.view,
             config=config,
             on_transition=on_transition,
-            settings=settings,
+            settings=dict(settings),
             batch_lock=threading.Lock,
         )
         self.name = self._core.name
@@ -377,7 +380,9 @@ class Breaker:
         """This process's timed-out attempts of this breaker that are still running."""
         return 0 if self._runner is None else self._runner.abandoned
 
-    def guard(self, config: GuardConfig | None = None, **settings: Any) -> Guard:  # noqa: ANN401
+    def guard(
+        self, config: GuardConfig | None = None, **settings: Unpack[GuardSettings]
+    ) -> Guard:
         """Retry, attempt timeout and fallback around this breaker, composed in one order:
         fallback -> breaker -> retry -> timeout -> call.
 
@@ -391,7 +396,7 @@ class Breaker:
             @payments.guard(attempt_timeout=2, retry_on=ConnectionError, deadline=5)
             def charge(order): ...
         """
-        return build_guard(self, config, settings)
+        return build_guard(self, config, dict(settings))
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)`` through the breaker and return its result.

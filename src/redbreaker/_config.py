@@ -6,13 +6,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
-from typing import Any, Literal, NamedTuple, Union
+from typing import Any, Literal, NamedTuple, TypedDict, Union
 
 from ._exceptions import ConfigError
 
 __all__ = [
     "SCRIPT_FIELDS",
     "BreakerConfig",
+    "BreakerSettings",
     "Consistency",
     "ExceptionMatcher",
     "ScriptField",
@@ -349,3 +350,33 @@ class BreakerConfig:
     def setting_names(cls) -> frozenset[str]:
         """The names a breaker accepts as keyword settings."""
         return frozenset(f.name for f in fields(cls) if f.init)
+
+
+class BreakerSettings(TypedDict, total=False):
+    """The keyword settings of ``Breaker(...)``: every :class:`BreakerConfig` field, so
+    type checkers and IDEs see them (a test keeps the two lists equal)."""
+
+    failure_threshold: int | None
+    failure_rate: float | None
+    window: Seconds
+    minimum_calls: int
+    slow_call_duration: Seconds | None
+    slow_call_rate: float
+    recovery_timeout: Seconds
+    recovery_backoff: float
+    max_recovery_timeout: Seconds | None
+    recovery_jitter: float
+    half_open_max_calls: int
+    success_threshold: int
+    probe_lease: Seconds
+    half_open_max_wait: Seconds | None
+    key_ttl: Seconds
+    on_store_error: StoreErrorPolicy
+    consistency: Consistency
+    max_staleness: Seconds
+    flush_interval: Seconds
+    attempt_threads: int
+    max_abandoned_attempts: int
+    record_on: ExceptionMatcher
+    ignore_on: ExceptionMatcher | None
+    failure_result: Callable[[Any], bool] | None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 from ._config import (
     ExceptionMatcher,
@@ -22,6 +22,7 @@ __all__ = [
     "Failure",
     "FailureReason",
     "GuardConfig",
+    "GuardSettings",
     "Outcome",
     "fallback_value",
     "guard_config",
@@ -172,6 +173,23 @@ class GuardConfig:
     def setting_names(cls) -> frozenset[str]:
         """The names a guard accepts as keyword settings."""
         return frozenset(f.name for f in fields(cls))
+
+
+class GuardSettings(TypedDict, total=False):
+    """The keyword settings of ``breaker.guard(...)``: every :class:`GuardConfig` field,
+    so type checkers and IDEs see them (a test keeps the two lists equal)."""
+
+    attempt_timeout: Seconds | None
+    max_attempts: int
+    retry_on: ExceptionMatcher | None
+    retry_result: Callable[[Any], bool] | None
+    backoff_base: Seconds
+    backoff_max: Seconds
+    deadline: Seconds | None
+    max_retry_after: Seconds
+    recheck_breaker: bool
+    fallback: Callable[[Failure], Any] | None
+    on_attempt: Callable[[AttemptInfo], None] | Iterable[Callable[[AttemptInfo], None]]
 
 
 def guard_config(config: GuardConfig | None, settings: dict[str, Any]) -> GuardConfig:
