@@ -167,6 +167,7 @@ def test_thousand_hung_calls_stay_under_thread_cap(real_store: redbreaker.Store)
     max_abandoned = breaker.config.max_abandoned_attempts
     assert (cap, max_abandoned) == (16, 8)
     guard = breaker.guard(attempt_timeout=0.005)
+    OWN = "redbreaker-flood-"  # noqa: N806
     release = threading.Event()
     stop_sampling = threading.Event()
     peak = {"runner": 0, "live": 0}
@@ -176,11 +177,9 @@ def test_thousand_hung_calls_stay_under_thread_cap(real_store: redbreaker.Store)
     def sample() -> None:
         runner = breaker._runner
         runner_threads = 0 if runner is None else runner.threads
-        # Every thread the library starts is named redbreaker-*; threads other tests left
-        # behind (the full suite runs in one process) are not this guard's.
-        live = sum(
-            1 for t in threading.enumerate() if t.name.startswith("redbreaker-")
-        ) - baseline
+        # This breaker's threads are named redbreaker-flood-*; the library's threads of
+        # other tests (the full suite runs in one process) come and go on their own.
+        live = sum(1 for t in threading.enumerate() if t.name.startswith(OWN)) - baseline
         with lock:
             peak["runner"] = max(peak["runner"], runner_threads)
             peak["live"] = max(peak["live"], live)
@@ -192,7 +191,7 @@ def test_thousand_hung_calls_stay_under_thread_cap(real_store: redbreaker.Store)
 
     sampling = threading.Thread(target=sampler, daemon=True)
     sampling.start()
-    baseline = sum(1 for t in threading.enumerate() if t.name.startswith("redbreaker-"))
+    baseline = sum(1 for t in threading.enumerate() if t.name.startswith(OWN))
     started_timeouts = cancelled_timeouts = rejections = 0
     rejected_with: set[int] = set()
     try:

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     import tenacity as _t
 
-    from ._breaker import LeaseHold
+    from ._permit import LeaseHold
     from ._clock import Clock
 
 __all__ = ["IN_RETRY_LOOP", "GuardCall", "GuardCore", "ReplayedFirst"]
