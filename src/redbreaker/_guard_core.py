@@ -52,8 +52,8 @@ if TYPE_CHECKING:
 
     import tenacity as _t
 
-    from ._permit import LeaseHold
     from ._clock import Clock
+    from ._permit import LeaseHold
 
 __all__ = ["IN_RETRY_LOOP", "GuardCall", "GuardCore", "ReplayedFirst"]
 
