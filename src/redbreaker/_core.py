@@ -160,6 +160,9 @@ class BreakerCore:
             seconds_setting("flush_interval", self.config.flush_interval) or 0.0
         )
         self._batch_lock = batch_lock
+        # Local monotonic seconds, from the injected clock (bound once: the cached hot
+        # path reads it twice per call).
+        self.now: Callable[[], float] = clock.monotonic
         self._forget_local_knowledge()
 
     def _forget_local_knowledge(self) -> None:
@@ -203,10 +206,6 @@ class BreakerCore:
         """The control script's arguments for an operator's order."""
         seconds = seconds_setting("duration", duration, optional=True)
         return self._args(order, "" if seconds is None else str(max(1, round(seconds * 1000))))
-
-    def now(self) -> float:
-        """Local monotonic seconds, from the injected clock."""
-        return self._clock.monotonic()
 
     # -- admission -----------------------------------------------------------------------
 

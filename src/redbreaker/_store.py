@@ -77,7 +77,9 @@ class Store:
         if isinstance(client, str) or not hasattr(client, "register_script"):
             raise ConfigError("target", f"expected a URL or a redis-py client, got {client!r}")
         if hasattr(client, "__aenter__") and not hasattr(client, "__enter__"):
-            raise ConfigError("target", "an asyncio client needs the async breaker")
+            raise ConfigError(
+                "target", "an asyncio client: use redbreaker.aio.connect and redbreaker.aio.Breaker"
+            )
         self.client = client
         self.prefix = check_prefix(prefix)
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -99,6 +101,9 @@ class Store:
         # What this process knows without asking: rejections it repeats, transitions heard.
         self.view = FleetView(self.prefix, self.clock)
         self._feed = TransitionFeed(client, self.prefix, self.view, lambda: self._closed)
+        # Read the transitions published since the feed was last read (no I/O when it was
+        # read less than a ms ago); bound once, as every cached call makes it.
+        self.poll_feed: Callable[[], None] = self._feed.poll
         _fork.after_fork_in_child(self)
         hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
         for hook in hooks:
@@ -205,11 +210,6 @@ class Store:
     def start_feed(self) -> None:
         """Start hearing every transition under this prefix (once; cached breakers do)."""
         self._feed.start()
-
-    def poll_feed(self) -> None:
-        """Read the transitions published since the feed was last read (no I/O when it was
-        read less than a ms ago)."""
-        self._feed.poll()
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: the feed starts afresh, and locks a parent thread held at the
