@@ -10,7 +10,7 @@ from ._exceptions import AsyncCallError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["is_awaitable", "refuse_result", "require_sync"]
+__all__ = ["is_awaitable", "refuse_result", "require_async", "require_sync"]
 
 _ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
@@ -33,6 +33,23 @@ def require_sync(fn: Callable[..., object], owner: object, verb: str) -> None:
         getattr(fn, "__call__", None)  # noqa: B004 (the method, not callable())
     ):
         raise AsyncCallError(f"{owner!r}: {verb} got the coroutine function {_describe(fn)}")
+
+
+def require_async(fn: Callable[..., object], owner: object, verb: str) -> None:
+    """Raise ``TypeError`` unless ``fn`` is a coroutine function: an async guard cannot time
+    out or cancel a plain function (it would block the event loop), so it refuses one
+    before anything is counted."""
+    code = getattr(fn, "__code__", None)
+    if code is not None and code.co_flags & inspect.CO_COROUTINE:
+        return
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 (the method, not callable())
+    ):
+        return
+    raise TypeError(
+        f"{owner!r}: {verb} takes coroutine functions; {_describe(fn)} is not one (the sync "
+        "redbreaker guard runs plain functions)"
+    )
 
 
 def is_awaitable(result: object) -> bool:

@@ -74,24 +74,32 @@ class CircuitOpenError(RedbreakerError):
 class AttemptTimeoutError(RedbreakerError, TimeoutError):
     """An attempt did not finish within its time budget; the caller got control back.
 
-    The work is **not** stopped: a thread cannot be killed safely, so an attempt that had
-    started keeps running in its (daemon) thread and its result is dropped. Side effects
-    may still happen after this error. An attempt that was still queued is cancelled and
-    never runs.
+    Sync guards: the work is **not** stopped: a thread cannot be killed safely, so an
+    attempt that had started keeps running in its (daemon) thread and its result is
+    dropped. Side effects may still happen after this error. An attempt that was still
+    queued is cancelled and never runs. Async guards cancel the attempt's coroutine: it
+    stops at its next await (``cancelled`` is True).
 
     Attributes:
         name: the breaker's name.
         budget: the seconds the attempt was given (``attempt_timeout`` or what was left of
             the ``deadline``, whichever was smaller).
         started: False when the attempt was still queued and has been cancelled.
+        cancelled: True when the attempt was stopped (an async guard's), not abandoned.
     """
 
-    def __init__(self, name: str, budget: float, *, started: bool) -> None:
-        what = "still running, abandoned" if started else "never started, cancelled"
+    def __init__(
+        self, name: str, budget: float, *, started: bool, cancelled: bool = False
+    ) -> None:
+        if cancelled:
+            what = "cancelled"
+        else:
+            what = "still running, abandoned" if started else "never started, cancelled"
         super().__init__(f"circuit {name!r}: attempt exceeded {budget:.3f}s ({what})")
         self.name = name
         self.budget = budget
         self.started = started
+        self.cancelled = cancelled
 
 
 class AttemptRejectedError(RedbreakerError):
