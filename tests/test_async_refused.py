@@ -137,3 +137,32 @@ def test_sync_functions_and_methods_still_pass(breaker: Breaker) -> None:
     assert breaker.call(Client().get) == "ok"
     assert breaker.call(functools.partial(str, 5)) == "5"
     assert breaker(len)([1, 2]) == 2
+
+
+async def _async_predicate(value: object) -> bool:
+    return False
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"on_transition": _async_predicate},
+        {"failure_result": _async_predicate},
+        {"record_on": _async_predicate},
+        {"ignore_on": _async_predicate},
+    ],
+    ids=lambda s: next(iter(s)),
+)
+def test_coroutine_hooks_and_predicates_are_config_errors(
+    store: redbreaker.Store, settings: dict[str, Any]
+) -> None:
+    """A coroutine function where a plain one runs inline would never run (a hook) or be
+    always true (a predicate: every result a failure): refused at construction."""
+    with pytest.raises(redbreaker.ConfigError, match=next(iter(settings))):
+        Breaker("dep", store=store, **settings)
+
+
+@pytest.mark.parametrize("name", ["retry_result", "retry_on", "on_attempt", "fallback"])
+def test_coroutine_guard_settings_are_config_errors(breaker: Breaker, name: str) -> None:
+    with pytest.raises(redbreaker.ConfigError, match=name):
+        breaker.guard(**{name: _async_predicate})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -21,6 +22,7 @@ __all__ = [
     "StoreErrorPolicy",
     "count_setting",
     "matcher_setting",
+    "plain_callable_setting",
     "ratio_setting",
     "seconds_setting",
 ]
@@ -83,6 +85,20 @@ def ratio_setting(name: str, value: object, *, optional: bool = False) -> float 
     return float(value)
 
 
+def plain_callable_setting(name: str, value: object, *, what: str = "callable") -> None:
+    """``value`` must be callable and run inline: a coroutine function would only build a
+    coroutine, never awaited, whose truth is always True (every result a failure)."""
+    if not callable(value):
+        raise ConfigError(name, f"must be {what}, got {value!r}")
+    if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
+        getattr(value, "__call__", None)  # noqa: B004 (the method, not callable())
+    ):
+        raise ConfigError(
+            name, f"must be a plain function, not the coroutine function {value!r}: it runs "
+            "inline, in the sync and the async driver alike"
+        )
+
+
 def matcher_setting(name: str, value: object, *, optional: bool = False) -> None:
     if value is None and optional:
         return
@@ -93,6 +109,7 @@ def matcher_setting(name: str, value: object, *, optional: bool = False) -> None
     ):
         return
     if callable(value) and not isinstance(value, (type, tuple)):
+        plain_callable_setting(name, value, what="a predicate")
         return
     raise ConfigError(
         name, f"must be an exception type, a tuple of them, or a predicate, got {value!r}"
@@ -283,8 +300,8 @@ class BreakerConfig:
             )
         matcher_setting("record_on", self.record_on)
         matcher_setting("ignore_on", self.ignore_on, optional=True)
-        if self.failure_result is not None and not callable(self.failure_result):
-            raise ConfigError("failure_result", f"must be a predicate, got {self.failure_result!r}")
+        if self.failure_result is not None:
+            plain_callable_setting("failure_result", self.failure_result, what="a predicate")
         if self.failure_threshold is None and self.failure_rate is None and slow is None:
             raise ConfigError(
                 "failure_threshold",

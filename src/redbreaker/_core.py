@@ -27,7 +27,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._cache import LOCAL_STATES, Batch, HeldOpen, LocalCopy
-from ._config import BreakerConfig, ExceptionMatcher, Seconds, seconds_setting
+from ._config import (
+    BreakerConfig,
+    ExceptionMatcher,
+    Seconds,
+    plain_callable_setting,
+    seconds_setting,
+)
 from ._exceptions import (
     AttemptRejectedError,
     AttemptTimeoutError,
@@ -150,6 +156,7 @@ class BreakerCore:
         for hook in self._hooks:
             if not callable(hook):
                 raise ConfigError("on_transition", f"{hook!r} is not callable")
+            plain_callable_setting("on_transition", hook)
         self._slow_after = self.config.slow_call_seconds
         self._window_ms = round(self.config.window_seconds * 1000)
         self._random = random.random

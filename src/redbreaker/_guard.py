@@ -31,7 +31,7 @@ import tenacity as _t
 
 from . import _fork
 from ._callables import require_sync
-from ._config import Seconds, seconds_setting
+from ._config import Seconds, plain_callable_setting, seconds_setting
 from ._exceptions import (
     AsyncCallError,
     AttemptTimeoutError,
@@ -81,6 +81,9 @@ class Guard(GuardCore):
     """
 
     def __init__(self, breaker: Breaker, config: GuardConfig) -> None:
+        if config.fallback is not None:
+            # A coroutine fallback would be returned unawaited as the degraded value.
+            plain_callable_setting("fallback", config.fallback)
         super().__init__(breaker.name, config, breaker.store.clock, threading.Lock())
         self.breaker = breaker
         _fork.after_fork_in_child(self)

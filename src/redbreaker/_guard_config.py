@@ -13,6 +13,7 @@ from ._config import (
     Seconds,
     count_setting,
     matcher_setting,
+    plain_callable_setting,
     seconds_setting,
 )
 from ._exceptions import ConfigError
@@ -144,10 +145,11 @@ class GuardConfig:
         seconds_setting("attempt_timeout", self.attempt_timeout, optional=True)
         count_setting("max_attempts", self.max_attempts)
         matcher_setting("retry_on", self.retry_on, optional=True)
-        for name in ("retry_result", "fallback"):
-            value = getattr(self, name)
-            if value is not None and not callable(value):
-                raise ConfigError(name, f"must be callable, got {value!r}")
+        if self.retry_result is not None:
+            plain_callable_setting("retry_result", self.retry_result, what="a predicate")
+        if self.fallback is not None and not callable(self.fallback):
+            # A coroutine fallback is the async guard's to await; the sync guard refuses it.
+            raise ConfigError("fallback", f"must be callable, got {self.fallback!r}")
         base = seconds_setting("backoff_base", self.backoff_base)
         cap = seconds_setting("backoff_max", self.backoff_max)
         assert base is not None
@@ -168,6 +170,7 @@ class GuardConfig:
         for hook in self.on_attempt:
             if not callable(hook):
                 raise ConfigError("on_attempt", f"{hook!r} is not callable")
+            plain_callable_setting("on_attempt", hook)
 
     @classmethod
     def setting_names(cls) -> frozenset[str]:

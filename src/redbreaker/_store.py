@@ -16,7 +16,7 @@ from redis.retry import Retry
 
 from . import _fork
 from ._clock import Clock, SystemClock
-from ._config import seconds_setting
+from ._config import plain_callable_setting, seconds_setting
 from ._exceptions import ConfigError, StoreError, StoreUnavailableError
 from ._feed import TransitionFeed, watch
 from ._health import (
@@ -109,6 +109,7 @@ class Store:
         for hook in hooks:
             if not callable(hook):
                 raise ConfigError("on_store_event", f"{hook!r} is not callable")
+            plain_callable_setting("on_store_event", hook)
         self.health = StoreHealth(self.prefix, self.clock, hooks)
         # Connections connect() opened beside the client (a Sentinel's), closed with it.
         self._also_close: list[Callable[[], None]] = []

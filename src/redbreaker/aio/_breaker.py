@@ -1,0 +1,434 @@
+"""The breaker, asyncio driver: the same decisions as :class:`redbreaker.Breaker` (they
+live in :class:`~redbreaker._core.BreakerCore`), sent with ``await``.
+
+Nothing here blocks the event loop: every Redis call is awaited, the core's bookkeeping is
+synchronous and never spans an await, and no lock is held across one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import weakref
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from .._callables import is_awaitable, require_async
+from .._core import BreakerCore, Outcome, PermitState, TransitionHook
+from .._exceptions import (
+    AttemptTimeoutError,
+    ConfigError,
+    PermitError,
+    StoreError,
+    StoreUnavailableError,
+)
+from ._guard import Guard, build_guard
+from ._store import Store, connect
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Generator, Iterable
+    from types import TracebackType
+
+    from typing_extensions import Unpack
+
+    from .._config import BreakerConfig, BreakerSettings, Seconds
+    from .._guard_config import GuardConfig, GuardSettings
+    from .._state import RecordReply, Snapshot, State
+
+__all__ = ["Breaker", "Permit"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Releases sent for cancelled callers run as tasks of their own (a cancelled task must not
+# await anything more); a reference keeps each alive until it is done.
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _in_background(work: Awaitable[Any]) -> None:
+    task = asyncio.ensure_future(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+class Permit:
+    """Leave to make one call through an async breaker; report how it went exactly once.
+
+    Get one with ``permit = await breaker.acquire()`` and ``await permit.success()``,
+    ``await permit.failure(exc)`` or ``await permit.release()``; or use ``async with
+    breaker.acquire() as permit:``, where leaving the block normally is a success and an
+    exception is classified by the breaker's config (and re-raised). A cancelled block
+    (``asyncio.CancelledError``) frees a probe's slot at once and counts nothing.
+    """
+
+    __slots__ = ("_breaker", "_state")
+
+    def __init__(self, breaker: Breaker, state: PermitState) -> None:
+        self._breaker = breaker
+        self._state = state
+
+    @property
+    def is_probe(self) -> bool:
+        """True when this call is one of the half-open probes."""
+        return bool(self._state.probe_token)
+
+    @property
+    def generation(self) -> int:
+        """The breaker generation the call was admitted under."""
+        return self._state.generation
+
+    async def success(self) -> None:
+        """The call succeeded."""
+        await self._settle("success")
+
+    async def failure(self, exc: BaseException | None = None) -> None:
+        """The call failed. With ``exc``, the config's classification decides whether it
+        counts as a failure, is ignored, or (a non-``Exception``) only releases the permit."""
+        await self._settle(
+            "failure" if exc is None else self._breaker._core.classify_exception(exc)
+        )
+
+    async def release(self) -> None:
+        """The call ended without an outcome: count nothing, free a probe slot."""
+        await self._settle("release")
+
+    async def _settle(self, outcome: Outcome, *, slow: bool | None = None) -> None:
+        if self._state.settled:
+            raise PermitError(f"this permit of circuit {self._breaker.name!r} is already settled")
+        self._state.settled = True
+        await self._breaker._record(self._state, outcome, slow=slow)
+
+    async def _finish(self, *, exc: BaseException | None = None, result: object = None) -> None:
+        # The breaker that admitted the call records it: during an outage with
+        # on_store_error="local" that is the process's own breaker, not the shared one.
+        breaker = self._breaker
+        self._state.settled = True
+        if exc is None:
+            await breaker._record(self._state, breaker._core.classify_result(result))
+        else:
+            # A timed-out call is slow by definition, whatever slow_call_duration says.
+            slow = True if isinstance(exc, AttemptTimeoutError) else None
+            await breaker._record(self._state, breaker._core.classify_exception(exc), slow=slow)
+
+    async def __aenter__(self) -> Permit:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state.settled:
+            return
+        if exc is None:
+            await self.success()
+        else:
+            await self.failure(exc)
+
+
+class _Acquiring:
+    """What ``breaker.acquire()`` returns: await it for a :class:`Permit`, or enter it with
+    ``async with`` to have the permit settled by how the block ends."""
+
+    __slots__ = ("_breaker", "_permit")
+
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+        self._permit: Permit | None = None
+
+    def __await__(self) -> Generator[Any, None, Permit]:
+        return self._breaker._acquire().__await__()
+
+    async def __aenter__(self) -> Permit:
+        self._permit = await self._breaker._acquire()
+        return self._permit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._permit is not None
+        await self._permit.__aexit__(exc_type, exc, tb)
+
+
+class Breaker:
+    """One circuit breaker shared by every process that builds it with the same name; the
+    asyncio twin of :class:`redbreaker.Breaker`, with the same arguments and settings.
+
+    Usage::
+
+        store = redbreaker.aio.connect("redis://localhost:6379/0")
+        payments = redbreaker.aio.Breaker("payments-api", store=store, failure_threshold=5)
+
+        await payments.call(fetch, url)          # one call
+
+        @payments                                # or every call of a coroutine function
+        async def charge(order): ...
+
+        async with payments.acquire() as permit: # or work that spans callbacks
+            ...
+
+    Raises:
+        ConfigError: an invalid name or setting, naming it (a ``ValueError``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        store: Store,
+        config: BreakerConfig | None = None,
+        on_transition: TransitionHook | Iterable[TransitionHook] = (),
+        **settings: Unpack[BreakerSettings],
+    ) -> None:
+        if not isinstance(store, Store):
+            raise ConfigError(
+                "store", f"expected a redbreaker.aio Store (see aio.connect()), got {store!r}"
+            )
+        # One event loop runs every call: the batch needs no lock.
+        self._core = BreakerCore(
+            name,
+            prefix=store.prefix,
+            clock=store.clock,
+            view=store.view,
+            config=config,
+            on_transition=on_transition,
+            settings=dict(settings),
+            batch_lock=contextlib.nullcontext,
+        )
+        self.name = self._core.name
+        self.config = self._core.config
+        self.store = store
+        self._keys = self._core._keys
+        self._cached = self.config.consistency == "cached"
+        self._hooks = on_transition
+        self._local: Breaker | None = None
+        if self.config.on_store_error == "local":
+            _embedded_store(store)  # fails now, not in an outage, if fakeredis is missing
+
+    def __repr__(self) -> str:
+        return f"<redbreaker.aio.Breaker {self.name!r} prefix={self.store.prefix!r}>"
+
+    # -- admission -----------------------------------------------------------------------
+
+    def acquire(self) -> _Acquiring:
+        """Ask for leave to make one call: ``permit = await breaker.acquire()``, or
+        ``async with breaker.acquire() as permit:``.
+
+        Raises:
+            CircuitOpenError: the breaker rejects the call; ``retry_after`` says when to
+                try again.
+        """
+        return _Acquiring(self)
+
+    async def _acquire(self) -> Permit:
+        core = self._core
+        heard = 0
+        if self._cached:
+            await self.store.poll_feed()  # a transition published meanwhile counts now
+        core.check_cached_rejection()
+        if self._cached:
+            heard = self.store.view.heard(self.name)
+            local = core.admit_locally(heard)
+            if local is not None:
+                return Permit(self, local)
+            self.store.start_feed()
+            heard = self.store.view.heard(self.name)
+        started = core.now()
+        args = core.acquire_args()
+        # Cancelled (or interrupted) before the caller holds its permit: a probe slot the
+        # script may have granted is freed at once, under the token chosen here.
+        try:
+            raw = await self.store.run("acquire", self._keys, args)
+        except StoreUnavailableError as exc:
+            return await self._acquire_without_store(exc, started)
+        except Exception:
+            raise  # Redis said no: the script granted nothing
+        except BaseException:
+            self._free_slot(core.interrupted_acquire_args(args))
+            raise
+        try:
+            self._local = None  # Redis answers: the shared breaker decides again
+            return Permit(self, core.on_acquire_reply(raw, heard, started))
+        except Exception:
+            raise  # rejected, or an unreadable reply
+        except BaseException:
+            self._free_slot(core.interrupted_acquire_args(args))
+            raise
+
+    def _free_slot(self, args: list[str]) -> None:
+        """Release a probe slot a cancelled caller may hold, in a task of its own."""
+
+        async def release() -> None:
+            with contextlib.suppress(Exception):
+                await self.store.run("record", self._keys, args)
+
+        _in_background(release())
+
+    async def _acquire_without_store(self, exc: StoreUnavailableError, started: float) -> Permit:
+        policy = self.config.on_store_error
+        if policy == "reject":
+            raise exc
+        if policy == "allow":
+            return Permit(self, self._core.offline_permit(started))
+        local = self._local
+        if local is None:
+            # A breaker of this process alone, same config and same Lua, on an embedded
+            # Redis: it guards the dependency until the shared one answers again.
+            local = self._local = Breaker(
+                self.name,
+                store=_embedded_store(self.store),
+                config=replace(self.config, on_store_error="reject"),
+                on_transition=self._hooks,
+            )
+        return await local._acquire()
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    async def _record(
+        self, permit: PermitState, outcome: Outcome, *, slow: bool | None = None
+    ) -> RecordReply | None:
+        core = self._core
+        args = core.record_args(permit, outcome, slow)
+        if args is None:
+            return None
+        try:
+            raw = await self.store.run("record", self._keys, args)
+        except StoreUnavailableError:
+            core.on_record_unavailable()
+            return None  # the store's outage was logged once, when it began
+        except StoreError as exc:
+            core.on_record_refused(outcome, exc)
+            return None
+        except BaseException as exc:
+            # Cancelled before the outcome reached Redis: a probe's slot must not wait for
+            # its lease to expire.
+            if not isinstance(exc, Exception) and permit.probe_token:
+                self._free_slot(core.record_args(permit, "release") or [])
+            raise
+        return core.on_record_reply(raw)
+
+    async def flush(self) -> None:
+        """Send the successes a cached breaker has counted but not sent yet (one round
+        trip when there are any). Snapshots do it first."""
+        args = self._core.flush_args()
+        if args is not None:
+            with contextlib.suppress(StoreUnavailableError, StoreError):
+                await self.store.run("record", self._keys, args)
+
+    async def call(
+        self, fn: Callable[P, Awaitable[R]] | Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """Await ``fn(*args, **kwargs)`` through the breaker and return its result (a plain
+        function's result is returned as it is).
+
+        The function's own exceptions pass through unchanged; a cancellation frees a
+        probe's slot at once and counts nothing.
+
+        Raises:
+            CircuitOpenError: rejected; ``fn`` did not run.
+        """
+        permit = await self._acquire()
+        finishing = False
+        try:
+            result = fn(*args, **kwargs)
+            if is_awaitable(result):
+                result = await result  # type: ignore[misc]
+            finishing = True
+            await permit._finish(result=result)
+        except BaseException as exc:
+            await self._ended_by(permit, exc, finishing=finishing)
+            raise
+        return result  # type: ignore[return-value]
+
+    async def _ended_by(self, permit: Permit, exc: BaseException, *, finishing: bool) -> None:
+        """The call (or, ``finishing``, the recording of its result) raised ``exc``. A
+        cancelled call records nothing more in its own task: a probe's slot is freed by a
+        release in a task of its own."""
+        state = permit._state
+        if isinstance(exc, Exception):
+            if not finishing:
+                await permit._finish(exc=exc)
+            return
+        state.settled = True
+        if state.probe_token:
+            permit._breaker._free_slot(permit._breaker._core.record_args(state, "release") or [])
+
+    def guard(
+        self, config: GuardConfig | None = None, **settings: Unpack[GuardSettings]
+    ) -> Guard:
+        """Retry, attempt timeout and fallback around this breaker, as the sync
+        :meth:`redbreaker.Breaker.guard` (same settings); attempts are cancelled, not
+        abandoned, when they time out.
+
+        Usage::
+
+            @payments.guard(attempt_timeout=2, retry_on=ConnectionError, deadline=5)
+            async def charge(order): ...
+        """
+        return build_guard(self, config, dict(settings))
+
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        """Use the breaker as a decorator of a coroutine function.
+
+        Raises:
+            TypeError: ``fn`` is not a coroutine function (use :class:`redbreaker.Breaker`).
+        """
+        require_async(fn, self, "the decorator")
+
+        @functools.wraps(fn)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            return await self.call(fn, *args, **kwargs)
+
+        return guarded
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot:
+        """The breaker as Redis holds it now (one round trip; changes nothing but the
+        sending of a cached breaker's counted successes)."""
+        await self.flush()
+        raw = await self.store.run("inspect", self._keys, self._core.inspect_args())
+        return self._core.on_inspect_reply(raw)
+
+    # -- operator orders, fleet-wide -------------------------------------------------------
+
+    async def _order(self, order: str, duration: Seconds | None) -> State:
+        args = self._core.control_args(order, duration)
+        return self._core.on_control_reply(await self.store.run("control", self._keys, args))
+
+    async def force_open(self, duration: Seconds | None = None) -> State:
+        """Reject every call fleet-wide, for ``duration`` or until another order."""
+        return await self._order("force_open", duration)
+
+    async def force_close(self, duration: Seconds | None = None) -> State:
+        """Admit every call fleet-wide and count nothing, for ``duration`` or until another
+        order."""
+        return await self._order("force_close", duration)
+
+    async def metrics_only(self, duration: Seconds | None = None) -> State:
+        """Admit every call fleet-wide, count, and report would-trips instead of opening,
+        for ``duration`` or until another order."""
+        return await self._order("metrics_only", duration)
+
+    async def reset(self) -> State:
+        """Back to closed with empty counts and no open backoff, fleet-wide."""
+        return await self._order("reset", None)
+
+
+_embedded_stores: weakref.WeakKeyDictionary[Store, Store] = weakref.WeakKeyDictionary()
+
+
+def _embedded_store(shared: Store) -> Store:
+    """The in-process store that ``on_store_error="local"`` breakers of ``shared`` fall
+    back to: one per shared store, created on first need."""
+    store = _embedded_stores.get(shared)
+    if store is None:
+        store = _embedded_stores[shared] = connect(
+            "memory://", prefix=shared.prefix, clock=shared.clock
+        )
+    return store

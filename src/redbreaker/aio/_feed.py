@@ -1,0 +1,353 @@
+"""The transition feed, asyncio driver: pub/sub on ``<prefix>:events``.
+
+Two readers of the channel live here, twins of :mod:`redbreaker._feed`:
+:class:`TransitionFeed`, a task that keeps a store's :class:`~redbreaker._view.FleetView`
+up to date for cached breakers, and :class:`TransitionStream`, behind
+``Store.transitions()``, which hands every event to a caller.
+
+Each subscription runs on a client of its own (:func:`subscriber_client`): it hands over
+bytes (a decoding connection fails inside redis-py on a payload that is not UTF-8, before
+it could be skipped) and never reconnects by itself, because a subscription that came back
+silently would have missed events without anyone starting a new epoch of the view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
+
+from .._exceptions import StoreError, StoreUnavailableError
+from .._health import REFUSED, UNAVAILABLE, library_errors
+from .._state import decode_event
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from types import TracebackType
+
+    from .._state import Transition
+    from .._view import FleetView
+
+__all__ = ["TransitionFeed", "TransitionStream", "store_errors", "subscriber_client"]
+
+# How often a calling task reads the feed at most, and how long the feed task lets it go
+# unread when no call reads it (the same figures as the threaded feed).
+_FEED_POLL = 0.001
+_FEED_IDLE = 0.02
+# Resubscribing after an error: jittered, doubling from the first wait to the last.
+_FIRST_RETRY = 0.05
+_MAX_RETRY = 2.0
+# How long a SUBSCRIBE may go unconfirmed before the subscription counts as failed.
+_CONFIRM_WAIT = 1.0
+# How often a watching caller checks whether the store was closed.
+_WATCH_WAIT = 0.25
+
+
+@contextlib.contextmanager
+def store_errors(doing: str, prefix: str) -> Iterator[None]:
+    """:func:`~redbreaker._health.library_errors`, and a cluster client's own error (not
+    a ``RedisError``): raised *from* a connection error when no node could be reached,
+    which is an outage, not Redis saying no."""
+    with library_errors(doing, prefix):
+        try:
+            yield
+        except RedisClusterException as exc:
+            detail = f"{doing}: {type(exc).__name__}: {exc}"
+            cause = exc.__cause__
+            if isinstance(cause, UNAVAILABLE) and not isinstance(cause, REFUSED):
+                raise StoreUnavailableError(prefix, None, detail) from exc
+            raise StoreError(detail) from exc
+
+
+async def subscriber_client(client: Any) -> redis.asyncio.Redis:  # noqa: ANN401 (any asyncio client)
+    """A new client to the same server as ``client``, for one subscription: undecoded,
+    without redis-py retries. The caller closes it (``aclose()``)."""
+    overrides = {"decode_responses": False, "retry": Retry(NoBackoff(), 0)}
+    if isinstance(client, RedisCluster):
+        # Plain PUBLISH reaches every node of a cluster: any node will do. A random one, so
+        # that resubscribing after a node died does not keep asking that node.
+        await client.initialize()
+        node = client.get_random_node()
+        pool: Any = redis.asyncio.ConnectionPool(
+            connection_class=node.connection_class, **{**node.connection_kwargs, **overrides}
+        )
+        return redis.asyncio.Redis.from_pool(pool)
+    source = client.connection_pool
+    # A Sentinel pool adds a reference to itself to the settings; the twin adds its own.
+    settings = {
+        **{k: v for k, v in source.connection_kwargs.items() if k != "connection_pool"},
+        **overrides,
+        "connection_class": source.connection_class,
+    }
+    if isinstance(source, SentinelConnectionPool):
+        # Its connections ask the Sentinels where the master is: the twin must too.
+        pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            source.service_name, source.sentinel_manager, is_master=source.is_master, **settings
+        )
+    else:
+        # One connection needs none of the caller's pool policy (a blocking limit, a
+        # subclass's constructor): the connection class and its settings say where to go.
+        pool = redis.asyncio.ConnectionPool(**settings)
+    return redis.asyncio.Redis.from_pool(pool)
+
+
+async def _subscribe(pubsub: Any, channel: str) -> None:  # noqa: ANN401
+    """SUBSCRIBE, and wait for the server's confirmation: from then on nothing published
+    on ``channel`` is missed."""
+    await pubsub.subscribe(channel)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _CONFIRM_WAIT
+    while (left := deadline - loop.time()) > 0:
+        message = await pubsub.get_message(timeout=left)
+        if message is not None and message.get("type") == "subscribe":
+            return
+    raise redis.TimeoutError(f"SUBSCRIBE {channel} was not confirmed within {_CONFIRM_WAIT} s")
+
+
+async def _close_quietly(pubsub: Any, client: Any) -> None:  # noqa: ANN401
+    # Closing what failed may fail again (the server is gone): nothing left to learn.
+    for resource in (pubsub, client):
+        if resource is not None:
+            with contextlib.suppress(Exception):
+                await resource.aclose()
+
+
+class TransitionFeed:
+    """Hears every transition under a prefix, for the cached breakers of one store.
+
+    The subscription is read by whoever comes first: a calling task, at most once per ms
+    (so a transition counts before its next admission, without waiting for the feed task
+    to be scheduled), or the feed's own task when no call read it for 20 ms. One reader at
+    a time: a caller that finds a read under way skips it (a flag, never a lock, so nobody
+    waits across an await).
+    """
+
+    def __init__(
+        self, client: Any, prefix: str, view: FleetView, closed: Callable[[], bool]  # noqa: ANN401
+    ) -> None:
+        self._client = client
+        self._channel = f"{prefix}:events"
+        self._view = view
+        self._closed = closed
+        self._task_name = f"redbreaker-feed-{prefix}"
+        self._task: asyncio.Task[None] | None = None
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        self._live = False
+        self._reading = False
+        self._pubsub: Any = None
+        self._read_at = 0.0
+
+    @property
+    def live(self) -> bool:
+        """True while the feed is subscribed."""
+        return self._live
+
+    def start(self) -> None:
+        """Start the task that subscribes and keeps the feed read, on the running loop
+        (once per loop; nothing once the store is closed)."""
+        if self._closed():
+            return
+        task = self._task
+        loop = asyncio.get_running_loop()
+        if task is not None and not task.done() and task.get_loop() is loop:
+            return
+        # A task of an earlier loop that never finished (a loop closed without cancelling
+        # its tasks) is gone with it: its state is not this loop's.
+        self._start_afresh()
+        self._task = loop.create_task(self._run(), name=self._task_name)
+
+    def after_fork_in_child(self) -> None:
+        """The parent's task and subscription are the parent's: the next cached call starts
+        a feed of the child's own, and copies taken before the fork are stale."""
+        self._task = None
+        self._start_afresh()
+        self._view.new_epoch()
+
+    def due(self) -> bool:
+        """Whether a caller should read now: subscribed, not being read, and last read a
+        ms ago or more. No I/O, no await: the fast path of ``Store.poll_feed()``."""
+        return (
+            self._live and not self._reading and time.monotonic() - self._read_at >= _FEED_POLL
+        )
+
+    async def read(self) -> None:
+        """Read every message that arrived, without waiting for more."""
+        pubsub = self._pubsub
+        if pubsub is None or self._reading or not self._live:
+            return
+        self._reading = True
+        self._read_at = time.monotonic()
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=0)
+                if message is None:
+                    return
+                if message.get("type") == "message":
+                    self._view.heard_event(message["data"])
+        except Exception:  # a lost connection: the feed task subscribes again
+            self._live = False
+        finally:
+            # A cancelled read needs nothing more: redis-py's parsers keep a partly read
+            # reply for the next read, and pub/sub reads do not drop the connection.
+            self._reading = False
+
+    async def _run(self) -> None:
+        delay = _FIRST_RETRY
+        while not self._closed():
+            client = pubsub = None
+            try:
+                client = await subscriber_client(self._client)
+                pubsub = client.pubsub()
+                await _subscribe(pubsub, self._channel)
+                # Events published while unsubscribed are lost: every local copy taken
+                # before now must be refreshed from Redis.
+                self._pubsub = pubsub
+                self._view.new_epoch()
+                self._live = True
+                delay = _FIRST_RETRY
+                while self._live and not self._closed():
+                    await asyncio.sleep(_FEED_IDLE)
+                    if time.monotonic() - self._read_at >= _FEED_IDLE:
+                        await self.read()
+            except Exception:  # any failure: resubscribe after a pause
+                pass
+            finally:
+                self._live = False
+                self._pubsub = None
+                await _close_quietly(pubsub, client)
+            if self._closed():
+                return
+            await asyncio.sleep(delay * (0.5 + 0.5 * random.random()))
+            delay = min(_MAX_RETRY, delay * 2)
+
+    async def aclose(self) -> None:
+        """Stop the task (its subscription and client are closed on its way out)."""
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        loop = task.get_loop()
+        if loop is asyncio.get_running_loop():
+            task.cancel()
+            # wait(), not await: the task's CancelledError is not ours to raise, and ours
+            # (this caller cancelled meanwhile) must not be swallowed.
+            await asyncio.wait({task})
+        else:
+            # Another loop's task (closed from another thread): only that loop may touch
+            # it, and a closed loop has nothing left to run.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
+
+
+class TransitionStream:
+    """Every transition under a prefix, as it is PUBLISHed: ``Store.transitions()``.
+
+    Subscribe before the events you expect, then iterate::
+
+        async with store.transitions() as events:   # subscribed (and confirmed) here
+            await breaker.force_open()               # so this event is not missed
+            async for transition in events:
+                ...
+
+    ``events = await store.transitions().start()`` does the same without a block (then
+    ``await events.aclose()``). Iterating a stream that was never started subscribes at the
+    first ``__anext__``: events published before that are missed.
+
+    Payloads are JSON, never evaluated; anything on the channel that is not a redbreaker
+    event is skipped. The iteration ends quietly when the store is closed (within 0.25 s).
+    A cancelled ``__anext__`` (a timeout around it) leaves the stream usable.
+
+    Raises (from ``start`` and ``__anext__``):
+        StoreUnavailableError: Redis could not be reached, or the connection was lost.
+        StoreError: Redis refused (credentials, an ACL without SUBSCRIBE).
+    """
+
+    def __init__(self, client: Any, prefix: str, closed: Callable[[], bool]) -> None:  # noqa: ANN401
+        self._client = client
+        self._prefix = prefix
+        self._channel = f"{prefix}:events"
+        self._closed = closed
+        self._started = False
+        self._ended = False
+        self._subscriber: Any = None
+        self._pubsub: Any = None
+
+    def __repr__(self) -> str:
+        state = "ended" if self._ended else "live" if self._pubsub is not None else "idle"
+        return f"<redbreaker.aio.TransitionStream {self._channel!r} {state}>"
+
+    async def start(self) -> TransitionStream:
+        """Subscribe, and return once Redis confirmed it (once; later calls return at once)."""
+        if self._started:
+            return self
+        self._started = True
+        client = pubsub = None
+        try:
+            with store_errors(f"subscribing to {self._channel}", self._prefix):
+                client = await subscriber_client(self._client)
+                pubsub = client.pubsub()
+                await _subscribe(pubsub, self._channel)
+        except BaseException as exc:
+            self._ended = True
+            await _close_quietly(pubsub, client)
+            if self._closed() and isinstance(exc, (StoreUnavailableError, StoreError)):
+                return self  # closed while subscribing: nothing more to watch
+            raise
+        if self._ended:  # aclose() ran while this subscribed
+            await _close_quietly(pubsub, client)
+        else:
+            self._subscriber, self._pubsub = client, pubsub
+        return self
+
+    async def __aenter__(self) -> TransitionStream:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> TransitionStream:
+        return self
+
+    async def __anext__(self) -> Transition:
+        await self.start()
+        while not self._ended and not self._closed():
+            try:
+                with store_errors(f"watching {self._channel}", self._prefix):
+                    # Short waits, so that a closed store ends the iteration promptly.
+                    message = await self._pubsub.get_message(timeout=_WATCH_WAIT)
+            except (StoreUnavailableError, StoreError):
+                if self._closed():
+                    break
+                await self.aclose()
+                raise
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                return decode_event(message["data"])
+            except Exception:  # a stranger's message on our channel is not ours
+                continue
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Unsubscribe and close this stream's connection (idempotent)."""
+        self._ended = True
+        pubsub, client = self._pubsub, self._subscriber
+        self._pubsub = self._subscriber = None
+        await _close_quietly(pubsub, client)

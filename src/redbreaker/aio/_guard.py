@@ -1,0 +1,258 @@
+"""The guard, asyncio driver: the layers :mod:`redbreaker._guard_core` decides, with
+attempt timeouts by ``asyncio.timeout`` (no threads: a timed-out attempt is cancelled,
+so it cannot run on abandoned) and retries by tenacity's ``AsyncRetrying``.
+
+Same order as the sync guard: fallback -> breaker -> retry -> per-attempt timeout -> call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import inspect
+import sys
+import types
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+import tenacity as _t
+
+from .._callables import is_awaitable, require_async
+from .._clock import SystemClock
+from .._exceptions import (
+    AttemptTimeoutError,
+    CircuitOpenError,
+    StoreError,
+    StoreUnavailableError,
+)
+from .._guard_config import GuardConfig, Outcome, guard_config
+from .._guard_core import IN_RETRY_LOOP, GuardCall, GuardCore, ReplayedFirst
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from ._breaker import Breaker
+
+__all__ = ["Guard", "GuardedFunction", "build_guard"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Guard(GuardCore):
+    """An async breaker with retry, attempt timeout and fallback around it; the asyncio
+    twin of :class:`redbreaker.Guard`, with the same settings.
+
+    Get one from :meth:`redbreaker.aio.Breaker.guard`. ``await guard.call(fn, ...)``
+    returns the value (the fallback's when degraded), ``await guard.outcome(fn, ...)`` an
+    :class:`~redbreaker.Outcome` that says which, and ``@guard`` decorates a coroutine
+    function keeping its signature. A fallback may be a plain or a coroutine function.
+    """
+
+    def __init__(self, breaker: Breaker, config: GuardConfig) -> None:
+        # One event loop updates the counts: no lock.
+        super().__init__(breaker.name, config, breaker.store.clock, contextlib.nullcontext())
+        self.breaker = breaker
+
+    def __repr__(self) -> str:
+        return f"<redbreaker.aio.Guard of {self.breaker!r}>"
+
+    async def call(
+        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """Await ``fn`` through fallback, breaker, retry and timeout; return the value."""
+        return (await self.outcome(fn, *args, **kwargs)).value
+
+    async def outcome(
+        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Outcome[R]:
+        """Like :meth:`call`, but say whether the value is degraded and why.
+
+        Raises:
+            TypeError: ``fn`` is not a coroutine function (before anything is counted).
+        """
+        require_async(fn, self, "call()")
+        call = GuardCall()
+        try:
+            value = await self._through_breaker(call, functools.partial(fn, *args, **kwargs))
+        except Exception as exc:
+            degraded = self._degraded_outcome(exc, call)
+            if is_awaitable(degraded.value):  # a coroutine fallback
+                try:
+                    value = await degraded.value
+                except Exception as fallback_exc:
+                    if fallback_exc is exc:
+                        raise
+                    raise fallback_exc from exc
+                degraded = dataclasses.replace(degraded, value=value)
+            return degraded
+        return self._good_outcome(value, call)
+
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> GuardedFunction[P, R]:
+        """Decorate a coroutine function: every call goes through the guard.
+
+        Raises:
+            TypeError: ``fn`` is not a coroutine function (use the sync guard).
+        """
+        require_async(fn, self, "the decorator")
+        return GuardedFunction(self, fn)
+
+    # -- breaker -------------------------------------------------------------------------
+
+    async def _through_breaker(self, call: GuardCall, fn: Callable[[], Awaitable[R]]) -> R:
+        try:
+            permit = await self.breaker._acquire()
+        except (StoreUnavailableError, StoreError):
+            call.store_failed = True
+            raise
+        finishing = False
+        try:
+            self._begin(call, permit.is_probe)
+            result = await self._with_retries(call, fn)
+            finishing = True
+            await permit._finish(result=result)
+        except BaseException as exc:
+            await self.breaker._ended_by(permit, exc, finishing=finishing)
+            raise
+        return result
+
+    # -- retry ---------------------------------------------------------------------------
+
+    async def _with_retries(self, call: GuardCall, fn: Callable[[], Awaitable[R]]) -> R:
+        if call.max_attempts == 1:
+            return await self._attempt(call, fn)
+        # As in the sync guard: the first attempt runs outside tenacity, which takes over
+        # with its outcome as attempt 1 only when a retry is asked for.
+        try:
+            value = await self._attempt(call, fn)
+        except Exception as exc:
+            if not self._retries_error(exc):
+                raise
+            first = ReplayedFirst(exc, None)
+        else:
+            if not self._retry_result(value):
+                return value
+            first = ReplayedFirst(None, value)
+        retrying = _t.AsyncRetrying(
+            stop=lambda state: self._stop(call, state),
+            wait=lambda state: self._wait(call, state),
+            retry=self._should_retry,
+            sleep=self._sleep,
+            before_sleep=lambda state: self._log_retry(call, state),
+            retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
+            reraise=True,
+        )
+        result: R = await retrying(self._attempt_after, first, call, fn)
+        return result
+
+    async def _attempt_after(
+        self, first: ReplayedFirst, call: GuardCall, fn: Callable[[], Awaitable[R]]
+    ) -> R:
+        """Attempt 1 replayed from ``first`` (it already ran), then real attempts."""
+        if not first.replayed:
+            first.replayed = True
+            if first.error is not None:
+                raise first.error
+            return first.value  # type: ignore[return-value]
+        return await self._attempt(call, fn)
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        clock = self._clock
+        if isinstance(clock, SystemClock):
+            await asyncio.sleep(seconds)
+        else:
+            clock.sleep(seconds)  # a test clock moves instead of sleeping
+            await asyncio.sleep(0)
+
+    # -- one attempt, with its timeout ---------------------------------------------------
+
+    async def _attempt(self, call: GuardCall, fn: Callable[[], Awaitable[R]]) -> R:
+        if call.attempts and self.config.recheck_breaker:
+            await self._recheck()
+        budget = self._budget(call)
+        call.attempts += 1
+        started = self._clock.monotonic()
+        # A nested guard inside this attempt leaves retrying to this one.
+        nested = IN_RETRY_LOOP.set(True) if call.max_attempts > 1 else None
+        try:
+            result = await fn() if budget is None else await _within(budget, fn, self._name)
+        except BaseException as exc:
+            call.last_error = exc
+            duration = budget if isinstance(exc, AttemptTimeoutError) and budget else None
+            self._attempted(call, duration or self._clock.monotonic() - started, exc)
+            raise
+        finally:
+            if nested is not None:
+                IN_RETRY_LOOP.reset(nested)
+        self._attempted(call, self._clock.monotonic() - started, None)
+        return result
+
+    async def _recheck(self) -> None:
+        """Stop retrying if the shared breaker opened meanwhile (by any process)."""
+        self.breaker._core.check_cached_rejection()
+        try:
+            snapshot = await self.breaker.snapshot()
+        except StoreUnavailableError:
+            if self.breaker.config.on_store_error == "reject":
+                raise
+            return  # the outage is the policy's business: keep retrying the dependency
+        if snapshot.state.value in ("open", "forced_open"):
+            raise CircuitOpenError(self._name, snapshot.state.value, snapshot.retry_after)
+
+
+async def _within(budget: float, fn: Callable[[], Awaitable[R]], name: str) -> R:
+    """``await fn()``, cancelled after ``budget`` seconds (AttemptTimeoutError then). The
+    dependency's own TimeoutError passes through as it is."""
+    if sys.version_info >= (3, 11):
+        timeout = asyncio.timeout(budget)
+        try:
+            async with timeout:
+                return await fn()
+        except TimeoutError:
+            if timeout.expired():
+                raise AttemptTimeoutError(name, budget, started=True, cancelled=True) from None
+            raise
+    task = asyncio.ensure_future(fn())  # pragma: no cover (Python 3.10)
+    done, _ = await asyncio.wait({task}, timeout=budget)  # pragma: no cover
+    if task in done:  # pragma: no cover
+        return task.result()
+    task.cancel()  # pragma: no cover
+    with contextlib.suppress(BaseException):  # pragma: no cover
+        await task
+    raise AttemptTimeoutError(name, budget, started=True, cancelled=True)  # pragma: no cover
+
+
+class GuardedFunction(Generic[P, R]):
+    """A coroutine function decorated by an async guard: await it as before, or await
+    ``.outcome(...)``."""
+
+    def __init__(self, guard: Guard, fn: Callable[P, Awaitable[R]]) -> None:
+        self.guard = guard
+        self.__wrapped__ = fn
+        functools.update_wrapper(self, fn)
+        # Frameworks ask whether a handler is a coroutine function: the answer stays yes.
+        if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+
+            inspect.markcoroutinefunction(self)
+        else:  # asyncio.iscoroutinefunction's marker before 3.12
+            self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.guard.call(self.__wrapped__, *args, **kwargs)
+
+    async def outcome(self, *args: P.args, **kwargs: P.kwargs) -> Outcome[R]:
+        """Await it and say whether the value is degraded (see :class:`Outcome`)."""
+        return await self.guard.outcome(self.__wrapped__, *args, **kwargs)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:  # noqa: ANN401
+        # Decorating a method: bind like a function would.
+        if instance is None:
+            return self
+        return GuardedFunction(self.guard, types.MethodType(self.__wrapped__, instance))
+
+
+def build_guard(breaker: Breaker, config: GuardConfig | None, settings: dict[str, Any]) -> Guard:
+    """An async guard for ``breaker``: ``config`` with keyword ``settings`` applied."""
+    return Guard(breaker, guard_config(config, settings))

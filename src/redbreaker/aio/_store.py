@@ -1,0 +1,391 @@
+"""Where breakers live, asyncio driver: a ``redis.asyncio`` client plus a key prefix.
+
+The twin of :mod:`redbreaker._store`: the same scripts, the same arguments and replies,
+the same error mapping and reachability rules (:class:`~redbreaker._health.StoreHealth`),
+the same URLs (:func:`~redbreaker._url.parse_store_url`). Nothing here blocks the event
+loop: every Redis call is awaited, and the Lua sources are read from disk at construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Union
+
+import redis
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
+
+from .. import _fork
+from .._clock import Clock, SystemClock
+from .._config import plain_callable_setting, seconds_setting
+from .._exceptions import ConfigError, StoreError, StoreUnavailableError
+from .._health import (
+    REFUSED,
+    UNAVAILABLE,
+    StoreEvent,
+    StoreHealth,
+    cannot_fcall,
+    no_such_function,
+)
+from .._keys import BreakerKeys, check_prefix
+from .._scripts import SCRIPT_NAMES, function_name, library_source, script_source
+from .._url import StoreURL, parse_store_url
+from .._view import FleetView
+from ._feed import TransitionFeed, TransitionStream, store_errors
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from types import TracebackType
+
+    from redis.commands.core import AsyncScript
+
+__all__ = ["AsyncRedisClient", "Store", "StoreHook", "connect"]
+
+StoreHook = Callable[[StoreEvent], None]
+"""A callable run once per edge of a store's reachability (degraded, recovered)."""
+
+AsyncRedisClient = Union[redis.asyncio.Redis, RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
+"""An asyncio redis-py client: standalone, from a Sentinel, or a cluster client."""
+
+
+# RedisClusterException is not a RedisError: a cluster client raises it for a cluster it
+# cannot use (no node reachable, slots not covered).
+_STORE_ERRORS: tuple[type[BaseException], ...] = (
+    *UNAVAILABLE,
+    redis.RedisError,
+    RedisClusterException,
+)
+
+
+def _hooks(on_store_event: StoreHook | Iterable[StoreHook]) -> tuple[StoreHook, ...]:
+    hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
+    for hook in hooks:
+        if not callable(hook):
+            raise ConfigError("on_store_event", f"{hook!r} is not callable")
+        plain_callable_setting("on_store_event", hook)
+    return hooks
+
+
+def _check_client(client: object) -> None:
+    if isinstance(client, (str, bytes)) or not hasattr(client, "register_script"):
+        raise ConfigError("target", f"expected a URL or a redis.asyncio client, got {client!r}")
+    if isinstance(client, (redis.Redis, redis.RedisCluster)) or not hasattr(client, "__aenter__"):
+        raise ConfigError(
+            "target",
+            f"{client!r} is a synchronous client: use redbreaker.connect and redbreaker.Breaker "
+            "for it, or give redbreaker.aio.connect a redis.asyncio client",
+        )
+
+
+def _reason(exc: BaseException) -> BaseException:
+    """The error that says what happened. A cluster client that could reach no node raises
+    ``RedisClusterException`` from the connection error: an outage, not a refusal."""
+    if isinstance(exc, RedisClusterException) and isinstance(exc.__cause__, Exception):
+        return exc.__cause__
+    return exc
+
+
+class Store:
+    """A Redis that holds breakers under one key prefix, for ``redbreaker.aio`` breakers.
+
+    Build it with :func:`connect`; close it with ``await store.aclose()`` (or ``async
+    with``). One store per process and event loop per Redis is enough: breakers built on it
+    share its connection pool, its cache of open deadlines and its transition feed.
+
+    Attributes:
+        client: the ``redis.asyncio`` client.
+        prefix: every key starts with ``<prefix>:``.
+        clock: where time comes from (Redis ``TIME`` unless a test clock is given).
+        view: what this process knows without asking (cached rejections, heard events).
+        health: whether Redis answers, with its backoff after an outage.
+    """
+
+    def __init__(
+        self,
+        client: AsyncRedisClient,
+        *,
+        prefix: str = "redbreaker",
+        clock: Clock | None = None,
+        on_store_event: StoreHook | Iterable[StoreHook] = (),
+    ) -> None:
+        _check_client(client)
+        self.client = client
+        self.prefix = check_prefix(prefix)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        hooks = _hooks(on_store_event)
+        # Read (and cached) now, so that no call reads a file on the event loop later.
+        self._library = library_source()
+        self._functions = {name: function_name(name) for name in SCRIPT_NAMES}
+        # EVALSHA, reloaded after NOSCRIPT by redis-py's AsyncScript.
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
+        }
+        # FCALL until the server shows it cannot (Redis < 7, an ACL without it): then the
+        # same scripts by EVALSHA. A cluster client would spend a COMMAND GETKEYS round
+        # trip routing each FCALL (its keys are "movable"), so clusters use EVALSHA.
+        self._use_functions = not isinstance(client, RedisCluster)
+        self._closed = False
+        self.view = FleetView(self.prefix, self.clock)
+        self._feed = TransitionFeed(client, self.prefix, self.view, self._is_closed)
+        self.health = StoreHealth(self.prefix, self.clock, hooks)
+        # Clients connect() opened beside the client (a Sentinel's), closed with it.
+        self._also_close: list[Callable[[], Awaitable[object]]] = []
+        _fork.after_fork_in_child(self)
+
+    def __repr__(self) -> str:
+        return f"<redbreaker.aio.Store prefix={self.prefix!r} client={self.client!r}>"
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def run(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> list[Any]:
+        """Run one script for one breaker: one round trip (an FCALL, or an EVALSHA where
+        Functions are missing or refused); three when the server lost the code.
+
+        Cancelling it is safe: redis-py drops a connection whose reply was not read in
+        full (a cancelled read or send disconnects it), so no later call reads this one's
+        reply. The script may have run all the same.
+
+        Raises:
+            StoreUnavailableError: Redis could not answer (or did not, recently, and the
+                backoff before trying it again has not passed: no I/O then).
+            StoreError: Redis answered with an error (a key of the wrong type, NOPERM...).
+        """
+        wait = self.health.wait_left()
+        if wait > 0:
+            raise StoreUnavailableError(keys.name, wait, "not retried yet after an error")
+        try:
+            reply = await self._call(script, keys, args)
+        except _STORE_ERRORS as exc:
+            reason = _reason(exc)
+            if isinstance(reason, REFUSED):
+                # Wrong credentials are a configuration error, not an outage: no policy
+                # may quietly run every call unguarded because of them.
+                self.health.succeeded()
+                raise StoreError(
+                    f"Redis refused the credentials: {type(reason).__name__}: {reason}"
+                ) from exc
+            if isinstance(reason, UNAVAILABLE):
+                self.health.failed(reason)
+                raise StoreUnavailableError(
+                    keys.name, self.health.wait_left_peek(), f"{type(exc).__name__}: {exc}"
+                ) from exc
+            self.health.succeeded()  # it answered: reachable, but it said no
+            raise StoreError(f"Redis refused the {script} script: {exc}") from exc
+        self.health.succeeded()
+        if not isinstance(reply, list):
+            raise StoreError(f"the {script} script replied {reply!r}, not a list")
+        return reply
+
+    async def _call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        if self._use_functions:
+            try:
+                return await self._fcall(script, keys, args)
+            except redis.ResponseError as exc:
+                if not no_such_function(exc):
+                    if cannot_fcall(exc):
+                        self._use_functions = False
+                        return await self._call(script, keys, args)
+                    raise
+            # A server that never had the library, or lost it (FUNCTION FLUSH, a restart
+            # without persistence, a new node): load it, then call again once.
+            try:
+                await self.client.execute_command(
+                    "FUNCTION", "LOAD", "REPLACE", self._library
+                )
+            except redis.ResponseError as exc:
+                if not cannot_fcall(exc):
+                    raise
+                self._use_functions = False  # loading is refused: scripts will do
+            else:
+                return await self._fcall(script, keys, args)
+        return await self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
+
+    async def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        return await self.client.execute_command(
+            "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
+        )
+
+    # -- the transition feed (cached consistency) ---------------------------------------
+
+    @property
+    def feed_live(self) -> bool:
+        """True while the transition feed (of cached breakers) is subscribed."""
+        return self._feed.live
+
+    def start_feed(self) -> None:
+        """Start hearing every transition under this prefix: a task on the running loop
+        (once; cached breakers do; nothing once the store is closed)."""
+        self._feed.start()
+
+    async def poll_feed(self) -> None:
+        """Read the transitions published since the feed was last read (no I/O, and no
+        await, when it was read less than a ms ago or is being read)."""
+        if self._feed.due():
+            await self._feed.read()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the parent's loop, task and sockets are not the child's. The
+        feed starts afresh, and the pool forgets the parent's connections (without closing
+        them: they are the parent's to use)."""
+        self.health.after_fork()
+        self._feed.after_fork_in_child()
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                pool.reset()
+
+    def transitions(self) -> TransitionStream:
+        """Every transition of every breaker under this prefix, as it is PUBLISHed::
+
+            async with store.transitions() as events:   # subscribed when this is entered
+                async for transition in events:
+                    ...
+
+        ``async with`` (or ``await ....start()``) returns once the subscription is live, so
+        no event published after it is missed. The iteration ends when the store is closed.
+        Anything on the channel that is not a redbreaker event is skipped.
+
+        Raises (when subscribing or iterating):
+            StoreUnavailableError: Redis could not be reached, or the connection was lost
+                while watching.
+            StoreError: Redis refused (credentials, ACL).
+        """
+        return TransitionStream(self.client, self.prefix, self._is_closed)
+
+    async def breaker_names(self) -> list[str]:
+        """Names of the breakers under this prefix, sorted (SCAN; never KEYS)."""
+        names = set()
+        head = f"{self.prefix}:{{"
+        with store_errors(f"listing the breakers under {self.prefix!r}", self.prefix):
+            async for raw in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if key.startswith(head) and key.endswith("}"):
+                    names.add(key[len(head) : -1])
+        return sorted(names)
+
+    async def aclose(self) -> None:
+        """Stop the feed and close the client's connections (and end any
+        :meth:`transitions` iteration)."""
+        self._closed = True
+        await self._feed.aclose()
+        await self.client.aclose()
+        also_close, self._also_close = self._also_close, []
+        for close in also_close:
+            await close()
+
+    close = aclose
+    """An alias of :meth:`aclose`, as redis.asyncio has one."""
+
+
+def _memory_client(name: str) -> AsyncRedisClient:
+    try:
+        import fakeredis  # noqa: PLC0415 (an optional dependency, imported on first use)
+    except ImportError as exc:
+        raise ConfigError(
+            "target",
+            "memory:// needs the embedded Redis: pip install 'redbreaker[embedded]'",
+        ) from exc
+    if not name:
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    # The sync connect()'s servers: memory://<name> is one Redis for both drivers.
+    from .._store import _memory_lock, _memory_servers  # noqa: PLC0415 (private, shared)
+
+    with _memory_lock:
+        server = _memory_servers.setdefault(name, fakeredis.FakeServer())
+    return fakeredis.FakeAsyncRedis(server=server)
+
+
+def _sentinel_client(
+    spec: StoreURL, socket: dict[str, Any]
+) -> tuple[AsyncRedisClient, list[Callable[[], Awaitable[object]]]]:
+    auth: dict[str, Any] = {"username": spec.username, "password": spec.password}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(spec.sentinels), sentinel_kwargs={**auth, **socket}, **socket
+    )
+    master: redis.asyncio.Redis = sentinel.master_for(
+        spec.service, db=spec.db, **auth, **socket
+    )
+    return master, [s.aclose for s in sentinel.sentinels]
+
+
+def connect(
+    target: str | AsyncRedisClient,
+    *,
+    prefix: str = "redbreaker",
+    store_timeout: float = 0.5,
+    on_store_event: StoreHook | Iterable[StoreHook] = (),
+    clock: Clock | None = None,
+) -> Store:
+    """Open the store that holds ``redbreaker.aio`` breakers. No I/O here: the client
+    connects on first use (call it inside or outside the event loop).
+
+    Args:
+        target: a URL, or a ``redis.asyncio`` client (``decode_responses`` on or off),
+            used as it is. The URLs are :func:`redbreaker.connect`'s:
+
+            - ``memory://`` -- an in-process Redis (fakeredis) private to this store;
+              ``memory://<name>`` one shared by every store of that name in this
+              process, sync stores included.
+            - ``redis://``, ``rediss://`` (TLS), ``unix://`` -- as redis-py reads them.
+            - ``redis+sentinel://host:port[,host:port]/service_name[/db]``.
+            - ``redis+cluster://host:port`` -- any node of a Redis Cluster.
+        prefix: every key starts with ``<prefix>:``.
+        store_timeout: seconds one store call (connect, send, reply) may take on a client
+            built from a URL, which also never retries a call by itself.
+        on_store_event: callables run with a :class:`StoreEvent` once per edge
+            (``store_degraded``, ``store_recovered``), on the event loop.
+        clock: a test clock (:class:`ManualClock`); production uses Redis ``TIME``.
+
+    Raises:
+        ConfigError: an unknown scheme, a malformed URL, or a synchronous client (a
+            ``ValueError``).
+    """
+    timeout = seconds_setting("store_timeout", store_timeout)
+    if not isinstance(target, str):
+        return Store(target, prefix=prefix, clock=clock, on_store_event=on_store_event)
+    # Checked before a client exists, so that a bad setting leaves nothing to close.
+    check_prefix(prefix)
+    _hooks(on_store_event)
+    # Short, single tries: the breaker's own policy decides what a failed call means, and
+    # redis-py's default retries would multiply every stall.
+    socket: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    spec = parse_store_url(target)
+    client: AsyncRedisClient
+    also_close: list[Callable[[], Awaitable[object]]] = []
+    try:
+        if spec.scheme == "memory":
+            client = _memory_client(spec.memory_name)
+        elif spec.scheme == "redis+sentinel":
+            client, also_close = _sentinel_client(spec, socket)
+        elif spec.scheme == "redis+cluster":
+            client = RedisCluster.from_url(
+                spec.client_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        else:
+            client = redis.asyncio.Redis.from_url(spec.client_url, **socket)
+    except ValueError as exc:
+        raise ConfigError("target", f"{target!r}: {exc}") from exc
+    store = Store(client, prefix=prefix, clock=clock, on_store_event=on_store_event)
+    store._also_close = also_close
+    return store
