@@ -20,11 +20,20 @@ from redis.exceptions import (
     ChildDeadlockedError,
     ClusterDownError,
     ReadOnlyError,
+    RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
 
 from ._exceptions import StoreError, StoreUnavailableError
+
+# What a script call may raise that the library maps (RedisClusterException is not a
+# RedisError: a cluster client raises it for a cluster it cannot use).
+SCRIPT_CALL_ERRORS: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    ChildDeadlockedError,
+    RedisClusterException,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -33,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REFUSED",
+    "SCRIPT_CALL_ERRORS",
     "UNAVAILABLE",
     "StoreEvent",
     "StoreHealth",
@@ -165,6 +175,26 @@ class StoreHealth:
             extra={"event": "store_recovered", "prefix": self._prefix, "outage": outage},
         )
         self._emit(StoreEvent("store_recovered", self._prefix, None, outage))
+
+    def script_error(self, exc: BaseException, script: str, name: str) -> Exception:
+        """The library's exception for a script call that raised ``exc`` (one of
+        :data:`SCRIPT_CALL_ERRORS`), after taking in what it says of reachability. Both
+        drivers raise it ``from exc``."""
+        reason = exc
+        if isinstance(exc, RedisClusterException) and isinstance(exc.__cause__, Exception):
+            reason = exc.__cause__  # no node could be reached: an outage, not a refusal
+        if isinstance(reason, REFUSED):
+            # Wrong credentials are a configuration error, not an outage: no policy may
+            # quietly run every call unguarded because of them.
+            self.succeeded()
+            return StoreError(f"Redis refused the credentials: {type(reason).__name__}: {reason}")
+        if isinstance(reason, UNAVAILABLE):
+            self.failed(reason)
+            return StoreUnavailableError(
+                name, self.wait_left_peek(), f"{type(exc).__name__}: {exc}"
+            )
+        self.succeeded()  # it answered: reachable, but it said no
+        return StoreError(f"Redis refused the {script} script: {exc}")
 
     def _backoff(self) -> float:
         # Doubling from 0.1 s to 5 s, each wait drawn from its upper half: processes that

@@ -20,8 +20,7 @@ from ._config import plain_callable_setting, seconds_setting
 from ._exceptions import ConfigError, StoreError, StoreUnavailableError
 from ._feed import TransitionFeed, watch
 from ._health import (
-    REFUSED,
-    UNAVAILABLE,
+    SCRIPT_CALL_ERRORS,
     StoreEvent,
     StoreHealth,
     cannot_fcall,
@@ -29,6 +28,7 @@ from ._health import (
     no_such_function,
 )
 from ._keys import BreakerKeys, check_prefix
+from ._memory import fakeredis_module, memory_server
 from ._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from ._url import StoreURL, parse_store_url
 from ._view import FleetView
@@ -48,8 +48,6 @@ StoreHook = Callable[[StoreEvent], None]
 RedisClient = Union[redis.Redis, RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
 """A synchronous redis-py client: standalone, from a Sentinel, or a cluster client."""
 
-_memory_servers: dict[str, Any] = {}
-_memory_lock = threading.Lock()
 
 
 class Store:
@@ -132,19 +130,8 @@ class Store:
             raise StoreUnavailableError(keys.name, wait, "not retried yet after an error")
         try:
             reply = self._call(script, keys, args)
-        except REFUSED as exc:
-            # Wrong credentials are a configuration error, not an outage: no policy may
-            # quietly run every call unguarded because of them.
-            self.health.succeeded()
-            raise StoreError(f"Redis refused the credentials: {type(exc).__name__}: {exc}") from exc
-        except UNAVAILABLE as exc:
-            self.health.failed(exc)
-            raise StoreUnavailableError(
-                keys.name, self.health.wait_left_peek(), f"{type(exc).__name__}: {exc}"
-            ) from exc
-        except redis.RedisError as exc:
-            self.health.succeeded()  # it answered: reachable, but it said no
-            raise StoreError(f"Redis refused the {script} script: {exc}") from exc
+        except SCRIPT_CALL_ERRORS as exc:
+            raise self.health.script_error(exc, script, keys.name) from exc
         self.health.succeeded()
         if not isinstance(reply, list):
             raise StoreError(f"the {script} script replied {reply!r}, not a list")
@@ -277,7 +264,6 @@ def _release_client_locks(client: RedisClient) -> None:
         _fork.reinit_lock(getattr(server, "lock", None))  # fakeredis's embedded server
 
 
-os.register_at_fork(after_in_child=lambda: _fork.reinit_lock(_memory_lock))
 _REDIS_EXECUTE = redis.Redis.execute_command
 
 
@@ -313,18 +299,8 @@ def _give_back(pool: Any, connection: Any, pid: int) -> None:  # noqa: ANN401
 
 
 def _memory_client(name: str) -> RedisClient:
-    try:
-        import fakeredis  # noqa: PLC0415 (an optional dependency, imported on first use)
-    except ImportError as exc:
-        raise ConfigError(
-            "target",
-            "memory:// needs the embedded Redis: pip install 'redbreaker[embedded]'",
-        ) from exc
-    if not name:
-        return fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    with _memory_lock:
-        server = _memory_servers.setdefault(name, fakeredis.FakeServer())
-    return fakeredis.FakeRedis(server=server)
+    client: RedisClient = fakeredis_module().FakeRedis(server=memory_server(name))
+    return client
 
 
 def _sentinel_client(

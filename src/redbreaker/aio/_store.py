@@ -18,21 +18,20 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException
 
 from .. import _fork
 from .._clock import Clock, SystemClock
 from .._config import plain_callable_setting, seconds_setting
 from .._exceptions import ConfigError, StoreError, StoreUnavailableError
 from .._health import (
-    REFUSED,
-    UNAVAILABLE,
+    SCRIPT_CALL_ERRORS,
     StoreEvent,
     StoreHealth,
     cannot_fcall,
     no_such_function,
 )
 from .._keys import BreakerKeys, check_prefix
+from .._memory import fakeredis_module, memory_server
 from .._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from .._url import StoreURL, parse_store_url
 from .._view import FleetView
@@ -53,15 +52,6 @@ AsyncRedisClient = Union[redis.asyncio.Redis, RedisCluster]  # noqa: UP007 (a ru
 """An asyncio redis-py client: standalone, from a Sentinel, or a cluster client."""
 
 
-# RedisClusterException is not a RedisError: a cluster client raises it for a cluster it
-# cannot use (no node reachable, slots not covered).
-_STORE_ERRORS: tuple[type[BaseException], ...] = (
-    *UNAVAILABLE,
-    redis.RedisError,
-    RedisClusterException,
-)
-
-
 def _hooks(on_store_event: StoreHook | Iterable[StoreHook]) -> tuple[StoreHook, ...]:
     hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
     for hook in hooks:
@@ -80,14 +70,6 @@ def _check_client(client: object) -> None:
             f"{client!r} is a synchronous client: use redbreaker.connect and redbreaker.Breaker "
             "for it, or give redbreaker.aio.connect a redis.asyncio client",
         )
-
-
-def _reason(exc: BaseException) -> BaseException:
-    """The error that says what happened. A cluster client that could reach no node raises
-    ``RedisClusterException`` from the connection error: an outage, not a refusal."""
-    if isinstance(exc, RedisClusterException) and isinstance(exc.__cause__, Exception):
-        return exc.__cause__
-    return exc
 
 
 class Store:
@@ -172,22 +154,8 @@ class Store:
             raise StoreUnavailableError(keys.name, wait, "not retried yet after an error")
         try:
             reply = await self._call(script, keys, args)
-        except _STORE_ERRORS as exc:
-            reason = _reason(exc)
-            if isinstance(reason, REFUSED):
-                # Wrong credentials are a configuration error, not an outage: no policy
-                # may quietly run every call unguarded because of them.
-                self.health.succeeded()
-                raise StoreError(
-                    f"Redis refused the credentials: {type(reason).__name__}: {reason}"
-                ) from exc
-            if isinstance(reason, UNAVAILABLE):
-                self.health.failed(reason)
-                raise StoreUnavailableError(
-                    keys.name, self.health.wait_left_peek(), f"{type(exc).__name__}: {exc}"
-                ) from exc
-            self.health.succeeded()  # it answered: reachable, but it said no
-            raise StoreError(f"Redis refused the {script} script: {exc}") from exc
+        except SCRIPT_CALL_ERRORS as exc:
+            raise self.health.script_error(exc, script, keys.name) from exc
         self.health.succeeded()
         if not isinstance(reply, list):
             raise StoreError(f"the {script} script replied {reply!r}, not a list")
@@ -295,21 +263,8 @@ class Store:
 
 
 def _memory_client(name: str) -> AsyncRedisClient:
-    try:
-        import fakeredis  # noqa: PLC0415 (an optional dependency, imported on first use)
-    except ImportError as exc:
-        raise ConfigError(
-            "target",
-            "memory:// needs the embedded Redis: pip install 'redbreaker[embedded]'",
-        ) from exc
-    if not name:
-        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    # The sync connect()'s servers: memory://<name> is one Redis for both drivers.
-    from .._store import _memory_lock, _memory_servers  # noqa: PLC0415 (private, shared)
-
-    with _memory_lock:
-        server = _memory_servers.setdefault(name, fakeredis.FakeServer())
-    return fakeredis.FakeAsyncRedis(server=server)
+    client: AsyncRedisClient = fakeredis_module().FakeAsyncRedis(server=memory_server(name))
+    return client
 
 
 def _sentinel_client(
