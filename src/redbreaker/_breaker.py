@@ -24,7 +24,6 @@ import functools
 import os
 import threading
 import weakref
-from dataclasses import replace
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from . import _fork
@@ -178,11 +177,9 @@ class Breaker:
             self.store.run("record", self._keys, args)
 
     def _acquire_without_store(self, exc: StoreUnavailableError, started: float) -> Permit:
-        policy = self.config.on_store_error
-        if policy == "reject":
-            raise exc
-        if policy == "allow":
-            return Permit(self, self._core.offline_permit(started))
+        state = self._core.without_store(exc, started)
+        if state is not None:
+            return Permit(self, state)
         local = self._local
         if local is None:
             # A breaker of this process alone, same config and same Lua, on an embedded
@@ -190,7 +187,7 @@ class Breaker:
             local = self._local = Breaker(
                 self.name,
                 store=_embedded_store(self.store),
-                config=replace(self.config, on_store_error="reject"),
+                config=self._core.local_config(),
                 on_transition=self._hooks,
             )
         return local.acquire()

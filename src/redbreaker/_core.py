@@ -39,6 +39,7 @@ from ._exceptions import (
     AttemptTimeoutError,
     CircuitOpenError,
     ConfigError,
+    StoreUnavailableError,
 )
 from ._keys import breaker_keys, check_name
 from ._state import (
@@ -249,9 +250,20 @@ class BreakerCore:
             incarnation=reply.incarnation,
         )
 
-    def offline_permit(self, started: float) -> PermitState:
-        """A permit given without Redis (on_store_error="allow"): its outcome goes nowhere."""
-        return PermitState(0, "", 0, 0, started, offline=True)
+    def without_store(self, exc: StoreUnavailableError, started: float) -> PermitState | None:
+        """What ``on_store_error`` makes of a call Redis could not decide: ``exc`` again
+        ("reject"), a permit whose outcome goes nowhere ("allow"), or None ("local": the
+        driver asks a breaker of this process alone, same config, on an embedded Redis)."""
+        policy = self.config.on_store_error
+        if policy == "reject":
+            raise exc
+        if policy == "allow":
+            return PermitState(0, "", 0, 0, started, offline=True)
+        return None
+
+    def local_config(self) -> BreakerConfig:
+        """The config of this process's own breaker for an outage ("local")."""
+        return replace(self.config, on_store_error="reject")
 
     # -- outcomes ------------------------------------------------------------------------
 

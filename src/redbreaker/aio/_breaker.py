@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 import weakref
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .._callables import is_awaitable, require_async
@@ -270,11 +269,9 @@ class Breaker:
         _in_background(release())
 
     async def _acquire_without_store(self, exc: StoreUnavailableError, started: float) -> Permit:
-        policy = self.config.on_store_error
-        if policy == "reject":
-            raise exc
-        if policy == "allow":
-            return Permit(self, self._core.offline_permit(started))
+        state = self._core.without_store(exc, started)
+        if state is not None:
+            return Permit(self, state)
         local = self._local
         if local is None:
             # A breaker of this process alone, same config and same Lua, on an embedded
@@ -282,7 +279,7 @@ class Breaker:
             local = self._local = Breaker(
                 self.name,
                 store=_embedded_store(self.store),
-                config=replace(self.config, on_store_error="reject"),
+                config=self._core.local_config(),
                 on_transition=self._hooks,
             )
         return await local._acquire()
