@@ -102,9 +102,11 @@ def _walk_paths(  # noqa: PLR0917 (the same walk for two libraries)
     bad: Callable[[], object],
     rejected: Callable[[], object],
     pause: float,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> dict[str, Cost]:
     """Every path, in one order, through one breaker that fails after 5 failures and
-    admits a probe ``pause`` seconds after it opened."""
+    admits a probe ``pause`` seconds after it opened (waited by ``sleep``: the asyncio
+    walks keep their event loop running meanwhile)."""
     costs: dict[str, Cost] = {}
 
     def path(name: str, action: Callable[[], object], times: int = 1) -> None:
@@ -122,11 +124,11 @@ def _walk_paths(  # noqa: PLR0917 (the same walk for two libraries)
     path("trip", bad)
     path("rejected_first", rejected)
     path("rejected_later", rejected, 50)
-    time.sleep(pause)
+    sleep(pause)
     path("probe_success", ok)
     for _ in range(5):
         bad()
-    time.sleep(pause)
+    sleep(pause)
     path("probe_failure", bad)
     return costs
 

@@ -3,6 +3,7 @@
     pip install -e '.[bench]'
     python benchmarks/run.py            # the full run (~10 min on 2 cores), for the README
     python benchmarks/run.py --smoke    # tiny samples (< 1 min), for CI: never fails on noise
+    python benchmarks/run.py --only aio # one section (here: the asyncio rows)
 
 Starts its own redis-server on a free port of 127.0.0.1 and prints markdown. A missed target
 is printed as MISS and is not an error. The exit code is non-zero only when something is
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import _aio
 import _counts
 import _latency
 import _memory
@@ -38,11 +40,12 @@ from _server import BenchServer
 from _stats import Spread, num, percentile, ratios, spread_text, table
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Callable
 
     import redbreaker
 
-SECTIONS = ("latency", "throughput", "roundtrips", "propagation", "leak", "memory")
+SECTIONS = ("latency", "throughput", "roundtrips", "propagation", "leak", "memory", "aio")
 WORKERS = 8
 THRESHOLD = 5
 
@@ -430,6 +433,225 @@ def memory(report: Report, plan: Plan, server: BenchServer) -> None:
     report.data["memory"] = asdict(result)
 
 
+# --------------------------------------------------------------------------- asyncio
+
+# The targets of the asyncio section: (name, goal, test of the median).
+AIO_TARGETS: tuple[tuple[str, str, Callable[[float], bool]], ...] = (
+    ("async guard (cached) ÷ bare asyncio.timeout(1)", "≤ 1.5x", lambda v: v <= 1.5),
+    ("async purgatory+Redis ÷ strict (speed-up per call)", "≥ 1.6x", lambda v: v >= 1.6),
+    ("async purgatory+Redis ÷ cached (speed-up per call)", "≥ 20x", lambda v: v >= 20),
+    (f"{_aio.TASKS}-task throughput: async strict ÷ async EVALSHA", "≥ 0.9x",
+     lambda v: v >= 0.9),
+    ("async round trips per path = sync driver's", "all equal", lambda v: v == 0),
+)
+
+
+def _aio_target(report: Report, index: int, spread: Spread | None, missing: str = "n/a",
+                text: str = "") -> None:
+    name, goal, ok = AIO_TARGETS[index]
+    report.target(name, spread, goal, ok, missing=missing, text=text)
+
+
+def aio(report: Report, plan: Plan, server: BenchServer) -> None:
+    report.out("## asyncio: redbreaker.aio beside redis.asyncio and purgatory\n")
+    if _aio.rb_aio is None:
+        report.out(f"{_aio.AIO_NA}: no asyncio rows.\n")
+        for i in range(len(AIO_TARGETS)):
+            _aio_target(report, i, None, _aio.AIO_NA)
+        return
+    loop = _aio.new_loop()
+    try:
+        built = loop.run_until_complete(_aio.build(server.url, "bench-aio"))
+        try:
+            aio_latency(report, plan, loop, built)
+            aio_throughput(report, plan, loop, built)
+        finally:
+            loop.run_until_complete(built.aclose())
+        aio_roundtrips(report, plan, server, loop, cached="cached" not in built.missing)
+    finally:
+        _aio.close_loop(loop)
+
+
+def aio_latency(report: Report, plan: Plan, loop: asyncio.AbstractEventLoop,
+                built: _aio.Built) -> None:
+    result = loop.run_until_complete(
+        _aio.measure(built.fns, calls=plan.calls, rounds=plan.rounds, warmup=plan.warmup)
+    )
+    med, p99 = result.medians, result.p99
+    ref = med["evalsha"]
+    report.out("### Per-call cost, one task\n")
+    report.out(
+        f"One event loop; {plan.rounds} rounds x {plan.calls} timed awaits per variant, the "
+        "variant order rotated each round. As in the sync table, µs per call is the median "
+        "of the per-round medians (min-max), p99 the median over rounds, and x async EVALSHA "
+        "the per-round ratio to the same round's redis.asyncio EVALSHA of the reference "
+        "script. The guards use `breaker.guard(attempt_timeout=1)` (an `asyncio.timeout` per "
+        "attempt, no retry_on). purgatory: `async with await factory.get_breaker(name)` per "
+        "call (what its decorator does), with `AsyncRedisUnitOfWork`; in memory with its "
+        "default unit of work.\n"
+    )
+    rows = []
+    for spec in _aio.SPECS:
+        if spec.key in built.missing:
+            rows.append([spec.label, built.missing[spec.key], "", ""])
+            continue
+        rows.append([
+            spec.label,
+            spread_text(Spread.of(med[spec.key])),
+            num(statistics.median(p99[spec.key])),
+            spread_text(Spread.of(ratios(med[spec.key], ref)), 3, "x"),
+        ])
+    report.out(table(["variant", "µs per call", "p99 µs", "x async EVALSHA"], rows))
+    report.out()
+
+    def ratio(top: str, bottom: str) -> Spread | None:
+        if top not in med or bottom not in med:
+            return None
+        return Spread.of(ratios(med[top], med[bottom]))
+
+    na = {"cached": _aio.CACHED_NA, "purgatory": _aio.PURGATORY_NA}
+    _aio_target(report, 0, ratio("guard", "timeout"),
+                _aio.TIMEOUT_NA if "timeout" in built.missing else na["cached"])
+    _aio_target(report, 1, ratio("purgatory", "strict"), na["purgatory"])
+    _aio_target(report, 2, ratio("purgatory", "cached"),
+                na["purgatory"] if "purgatory" in built.missing else na["cached"])
+    guard_strict = ratio("guard_strict", "timeout")
+    if guard_strict is not None:
+        report.notes.append(
+            "for reference, the async guard around a strict breaker costs "
+            f"{spread_text(guard_strict, 3, 'x')} a bare asyncio.timeout(1) (no target: it "
+            "pays one Redis round trip)"
+        )
+    report.data.setdefault("aio", {})["latency"] = asdict(result)
+
+
+def aio_throughput(report: Report, plan: Plan, loop: asyncio.AbstractEventLoop,
+                   built: _aio.Built) -> None:
+    keys = [s.key for s in _aio.SPECS if s.throughput and s.key in built.fns]
+    rates = loop.run_until_complete(_aio.throughput(
+        built.fns, keys, tasks=_aio.TASKS, duration=plan.duration, reps=plan.reps
+    ))
+    ref = rates["evalsha"]
+    report.out(f"### Calls/s from {_aio.TASKS} concurrent tasks, one process\n")
+    report.out(
+        f"{plan.reps} rep(s) x {plan.duration:g} s per variant; {_aio.TASKS} tasks of one "
+        "event loop call in a loop, all released at one instant (each client's pool opened "
+        f"its {_aio.TASKS} connections beforehand). The variant order rotates per rep. "
+        "calls/s: median (min-max over reps); x async EVALSHA: per-rep ratio to the same "
+        "rep's EVALSHA from as many tasks.\n"
+    )
+    rows = []
+    for spec in _aio.SPECS:
+        if not spec.throughput:
+            continue
+        if spec.key in built.missing:
+            rows.append([spec.label, built.missing[spec.key], ""])
+            continue
+        rows.append([spec.label, spread_text(Spread.of(rates[spec.key])),
+                     spread_text(Spread.of(ratios(rates[spec.key], ref)), 3, "x")])
+    report.out(table(["variant", "calls/s", "x async EVALSHA"], rows))
+    report.out()
+    _aio_target(report, 3, Spread.of(ratios(rates["strict"], ref)))
+    if "cached" in rates:
+        report.notes.append(
+            f"{_aio.TASKS}-task throughput, async cached ÷ async EVALSHA: "
+            f"{spread_text(Spread.of(ratios(rates['cached'], ref)), 3, 'x')} (no target)"
+        )
+    report.data.setdefault("aio", {})["throughput"] = rates
+
+
+def _sync_round_trips(report: Report, mode: str, key: str) -> float:
+    """The sync driver's round trips on a path: measured in this run by the roundtrips
+    section when it ran, else the documented figure."""
+    measured = report.data.get("roundtrips", {}).get(mode)
+    if measured is not None:
+        return float(measured[key]["round_trips"])
+    expected = _counts.STRICT_EXPECTED if mode == "strict" else _aio.CACHED_EXPECTED
+    return float(expected[key])
+
+
+def aio_roundtrips(report: Report, plan: Plan, server: BenchServer,
+                   loop: asyncio.AbstractEventLoop, *, cached: bool) -> None:
+    modes = ["strict", "cached"] if cached else ["strict"]
+    with server.client() as admin:
+        costs: dict[str, dict[str, _counts.Cost] | None] = {
+            mode: _aio.redbreaker_paths(loop, admin, server.url, "bench-aio-rt", mode,
+                                        recovery=plan.recovery)
+            for mode in modes
+        }
+        costs["purgatory"] = (
+            _aio.purgatory_paths(loop, admin, server.url, "bench-aio-rt-purgatory",
+                                 ttl=plan.recovery)
+            if _aio.purgatory is not None else None
+        )
+    source = "measured above" if "roundtrips" in report.data else "documented"
+    report.out("### Redis round trips and commands per call, asyncio\n")
+    report.out(
+        "As the sync table: round trips are writes by the client's connections (an asyncio "
+        "connection class adding to the same counter), commands are INFO commandstats "
+        "deltas; the same walk through one breaker (failure_threshold=5, recovery "
+        f"{plan.recovery:g} s; purgatory threshold 5, ttl {plan.recovery:g} s). A redbreaker.aio "
+        f"figure that differs from the sync driver's ({source}) is marked ≠.\n"
+    )
+    mismatches, compared = [], 0
+
+    def cells(name: str, key: str) -> list[str]:
+        nonlocal compared
+        mode_costs = costs.get(name)
+        if mode_costs is None:
+            na = _aio.PURGATORY_NA if name == "purgatory" else _aio.CACHED_NA
+            return [na, ""]
+        cost = mode_costs[key]
+        text = num(cost.round_trips)
+        if name != "purgatory":
+            compared += 1
+            sync = _sync_round_trips(report, name, key)
+            if cost.round_trips != sync:
+                text += f" ≠ sync {num(sync)}"
+                mismatches.append(f"{name} {key}: {num(cost.round_trips)} (sync {num(sync)})")
+        return [text, num(cost.commands)]
+
+    rows = [[label, *cells("strict", key), *cells("cached", key), *cells("purgatory", key)]
+            for key, label in _counts.PATHS]
+    report.out(table(
+        ["path", "aio strict: round trips", "aio strict: commands", "aio cached: round trips",
+         "aio cached: commands", "purgatory+Redis: round trips", "purgatory+Redis: commands"],
+        rows,
+    ))
+
+    def detail(name: str, key: str) -> str:
+        mode_costs = costs.get(name)
+        if mode_costs is None:
+            return "n/a"
+        cost = mode_costs[key]
+        parts = ", ".join(f"{k} {num(v)}" for k, v in cost.detail.items())
+        return f"{parts or 'none'} → {cost.state_after}"
+
+    names = [*modes, "purgatory"]
+    report.out("\nServer commands per call, and the state after the path:\n")
+    report.out(table(["path"] + [f"aio {n}" if n != "purgatory" else "purgatory+Redis"
+                                 for n in names],
+                     [[label] + [detail(n, key) for n in names] for key, label in _counts.PATHS],
+                     align="l" * (len(names) + 1)))
+    report.out()
+    _aio_target(report, 4, Spread(len(mismatches), 0, len(mismatches), compared),
+                text=f"{compared - len(mismatches)} of {compared} paths equal")
+    if mismatches:
+        report.notes.append("redbreaker.aio round trips ≠ the sync driver's: "
+                            + "; ".join(mismatches))
+    pur = costs["purgatory"]
+    if pur is not None:
+        report.notes.append(
+            "purgatory+Redis round trips per call: success "
+            f"{num(pur['success'].round_trips)}, failure {num(pur['failure'].round_trips)}, "
+            f"rejected while open {num(pur['rejected_first'].round_trips)} (first) / "
+            f"{num(pur['rejected_later'].round_trips)} (later)"
+        )
+    report.data.setdefault("aio", {})["roundtrips"] = {
+        name: {k: asdict(v) for k, v in c.items()} for name, c in costs.items() if c is not None
+    }
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -444,7 +666,8 @@ def _header(report: Report, plan: Plan, server: BenchServer, smoke: bool) -> Non
     report.out(f"- Python {platform.python_version()}, redis-py {_version('redis')} "
                f"({'hiredis ' + _version('hiredis') if hiredis else 'pure-Python parser'}), "
                f"redis-server {server.version()} (127.0.0.1:{server.port}, no persistence), "
-               f"pybreaker {_version('pybreaker')}, tenacity {_version('tenacity')}")
+               f"pybreaker {_version('pybreaker')}, purgatory {_version('purgatory')}, "
+               f"tenacity {_version('tenacity')}")
     report.out(f"- redbreaker {_version('redbreaker')} at commit {_git_commit()}")
     report.out(f"- plan: {plan}")
     report.out()
@@ -523,6 +746,8 @@ def main(argv: list[str] | None = None) -> int:
                 leak(report, plan, fleet, store, modes)
             if "memory" in sections:
                 memory(report, plan, server)
+            if "aio" in sections:
+                aio(report, plan, server)
         finally:
             store.close()
             if fleet is not None:
