@@ -27,7 +27,7 @@ import weakref
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from . import _fork
-from ._callables import require_sync
+from ._callables import ASYNC_CODE, require_sync
 from ._core import BreakerCore, Outcome, PermitState, TransitionHook
 from ._exceptions import (
     AsyncCallError,
@@ -275,7 +275,9 @@ class Breaker:
         Raises:
             CircuitOpenError: rejected; ``fn`` did not run.
         """
-        require_sync(fn, self, "call()")
+        code = getattr(fn, "__code__", None)  # require_sync's fast case, inlined: every call
+        if code is None or code.co_flags & ASYNC_CODE:
+            require_sync(fn, self, "call()")
         permit = self.acquire()
         finishing = False
         try:

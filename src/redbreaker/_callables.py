@@ -10,9 +10,9 @@ from ._exceptions import AsyncCallError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["is_awaitable", "refuse_result", "require_async", "require_sync"]
+__all__ = ["ASYNC_CODE", "is_awaitable", "refuse_result", "require_async", "require_sync"]
 
-_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
 def _describe(fn: object) -> str:
@@ -27,7 +27,7 @@ def require_sync(fn: Callable[..., object], owner: object, verb: str) -> None:
     Cheap for what is called most (a function or a bound method: one flag test); other
     callables (partials, callable objects) take inspect's slower look."""
     code = getattr(fn, "__code__", None)
-    if code is not None and not code.co_flags & _ASYNC_CODE:
+    if code is not None and not code.co_flags & ASYNC_CODE:
         return
     if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 (the method, not callable())
