@@ -137,19 +137,19 @@ def test_run_replies_like_the_sync_store(
         seen = []
         for step in range(5):
             args = core.acquire_args()
-            expected = sync.run("acquire", core._keys, args)
-            got = await store.run("acquire", core._keys, args)
+            expected = sync.run("acquire", core.keys, args)
+            got = await store.run("acquire", core.keys, args)
             assert _text(got) == _text(expected), step
             seen.append(_text(got))
             if _text(got)[0] == "admit":
                 permit = core.on_acquire_reply(expected, 0, core.now())
                 args = core.record_args(permit, "failure") or []
-                expected = sync.run("record", core._keys, args)
-                assert _text(await store.run("record", core._keys, args)) == _text(expected)
+                expected = sync.run("record", core.keys, args)
+                assert _text(await store.run("record", core.keys, args)) == _text(expected)
             clock.advance(0.01)
         args = core.inspect_args()
-        expected = sync.run("inspect", core._keys, args)
-        got = await store.run("inspect", core._keys, args)
+        expected = sync.run("inspect", core.keys, args)
+        got = await store.run("inspect", core.keys, args)
         assert _text(got) == _text(expected)
         assert core.on_inspect_reply(got).state is redbreaker.State.OPEN
         return seen
@@ -170,10 +170,10 @@ def test_function_flush_then_run_reloads(redis_url: str, redis_server: RedisServ
     core = _core(store, clock)
 
     async def body() -> None:
-        assert (await store.run("acquire", core._keys, core.acquire_args()))[0] == b"admit"
+        assert (await store.run("acquire", core.keys, core.acquire_args()))[0] == b"admit"
         redis_server.function_flush()
         redis_server.script_flush()
-        assert (await store.run("acquire", core._keys, core.acquire_args()))[0] == b"admit"
+        assert (await store.run("acquire", core.keys, core.acquire_args()))[0] == b"admit"
         await store.aclose()
 
     redis_server.reset_stats()
@@ -206,10 +206,10 @@ def test_an_acl_without_fcall_falls_back_to_evalsha(redis_server: RedisServer) -
         core = _core(store, clock)
 
         async def body() -> list[Any]:
-            replies = [await store.run("acquire", core._keys, core.acquire_args())]
+            replies = [await store.run("acquire", core.keys, core.acquire_args())]
             server.script_flush()
-            replies.append(await store.run("acquire", core._keys, core.acquire_args()))
-            replies.append(await store.run("inspect", core._keys, core.inspect_args()))
+            replies.append(await store.run("acquire", core.keys, core.acquire_args()))
+            replies.append(await store.run("inspect", core.keys, core.inspect_args()))
             await store.aclose()
             return replies
 
@@ -237,9 +237,9 @@ def test_a_refusal_is_a_store_error_and_not_an_outage() -> None:
     core = _core(store, clock)
 
     async def body() -> None:
-        await store.client.set(core._keys.state, "not a hash")
+        await store.client.set(core.keys.state, "not a hash")
         with pytest.raises(StoreError, match=r"WRONGTYPE|wrong kind|type"):
-            await store.run("acquire", core._keys, core.acquire_args())
+            await store.run("acquire", core.keys, core.acquire_args())
         assert not store.health.degraded
 
         async def not_a_list(*_: Any) -> Any:
@@ -247,7 +247,7 @@ def test_a_refusal_is_a_store_error_and_not_an_outage() -> None:
 
         store._call = not_a_list  # type: ignore[method-assign,assignment]
         with pytest.raises(StoreError, match="not a list"):
-            await store.run("inspect", core._keys, core.inspect_args())
+            await store.run("inspect", core.keys, core.inspect_args())
         await store.aclose()
 
     asyncio.run(body())
@@ -272,12 +272,12 @@ def test_outage_backoff_skips_io_and_reports_each_edge_once() -> None:
     async def body() -> None:
         for _ in range(20):
             with pytest.raises(StoreUnavailableError) as caught:
-                await store.run("acquire", core._keys, core.acquire_args())
+                await store.run("acquire", core.keys, core.acquire_args())
             assert caught.value.retry_after is not None
         assert tries[0] == 1
         down[0] = False
         clock.advance(6)
-        await store.run("acquire", core._keys, core.acquire_args())
+        await store.run("acquire", core.keys, core.acquire_args())
         await store.aclose()
 
     asyncio.run(body())
@@ -293,18 +293,18 @@ def test_a_killed_server_is_an_outage_then_recovers(fresh_server: RedisServer) -
     core = _core(store, clock)
 
     async def body() -> None:
-        await store.run("acquire", core._keys, core.acquire_args())
+        await store.run("acquire", core.keys, core.acquire_args())
         fresh_server.kill()
         with pytest.raises(StoreUnavailableError) as caught:
-            await store.run("acquire", core._keys, core.acquire_args())
+            await store.run("acquire", core.keys, core.acquire_args())
         assert isinstance(caught.value.__cause__, redis.ConnectionError)
         for _ in range(3):  # the backoff runs: no I/O, nothing to chain
             with pytest.raises(StoreUnavailableError) as caught:
-                await store.run("acquire", core._keys, core.acquire_args())
+                await store.run("acquire", core.keys, core.acquire_args())
             assert caught.value.__cause__ is None
         fresh_server.start()
         clock.advance(6)
-        assert (await store.run("acquire", core._keys, core.acquire_args()))[0] == b"admit"
+        assert (await store.run("acquire", core.keys, core.acquire_args()))[0] == b"admit"
         await store.aclose()
 
     asyncio.run(body())
@@ -319,9 +319,9 @@ def test_cancelled_run_leaves_no_reply_behind(redis_url: str, redis_server: Redi
     core = _core(store, clock)
 
     async def body() -> None:
-        await store.run("inspect", core._keys, core.inspect_args())  # loaded, connected
+        await store.run("inspect", core.keys, core.inspect_args())  # loaded, connected
         redis_server.pause(0.3)
-        task = asyncio.ensure_future(store.run("acquire", core._keys, core.acquire_args()))
+        task = asyncio.ensure_future(store.run("acquire", core.keys, core.acquire_args()))
         await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -331,10 +331,10 @@ def test_cancelled_run_leaves_no_reply_behind(redis_url: str, redis_server: Redi
         await asyncio.sleep(0.3)
         # Each reply is its own: inspect's starts with the server's time, acquire's with
         # its verdict (the cancelled acquire's reply, had it been left, would come first).
-        reply = await store.run("inspect", core._keys, core.inspect_args())
+        reply = await store.run("inspect", core.keys, core.inspect_args())
         assert isinstance(reply[0], int)
         core.on_inspect_reply(reply)
-        assert (await store.run("acquire", core._keys, core.acquire_args()))[0] == b"admit"
+        assert (await store.run("acquire", core.keys, core.acquire_args()))[0] == b"admit"
         await store.aclose()
 
     asyncio.run(body())
@@ -444,9 +444,9 @@ def test_transitions_yields_script_events_and_skips_garbage(
             for garbage in (b"\xff\xfe", b"not json", b"[1]", _event("x", to_state="nope")):
                 await _publish(store, garbage)
             permit = core.on_acquire_reply(
-                await store.run("acquire", core._keys, core.acquire_args()), 0, core.now()
+                await store.run("acquire", core.keys, core.acquire_args()), 0, core.now()
             )
-            await store.run("record", core._keys, core.record_args(permit, "failure") or [])
+            await store.run("record", core.keys, core.record_args(permit, "failure") or [])
             await _publish(store, _event("manual", to_state="forced_open"))
             seen = [await asyncio.wait_for(events.__anext__(), 5) for _ in range(2)]
         await store.aclose()
@@ -521,7 +521,7 @@ def test_breaker_names(kind: str, request: pytest.FixtureRequest) -> None:
     async def body() -> list[str]:
         for name in ("b:c", "a", "zahlungs-dienst-ü"):
             core = _core(store, clock, name)
-            await store.run("acquire", core._keys, core.acquire_args())
+            await store.run("acquire", core.keys, core.acquire_args())
         for key in ("other:{x}", f"{PREFIX}:loose", f"{PREFIX}:{{a}}:probes"):
             await store.client.set(key, "1")
         names = await store.breaker_names()
@@ -539,7 +539,7 @@ def test_named_memory_is_shared_with_the_sync_store() -> None:
     store = connect(f"memory://{name}", clock=clock)
     private = connect("memory://", clock=clock)
     core = _core(sync, clock, "shared")
-    sync.run("acquire", core._keys, core.acquire_args())
+    sync.run("acquire", core.keys, core.acquire_args())
 
     async def body() -> tuple[list[str], list[str]]:
         names = await store.breaker_names(), await private.breaker_names()
@@ -622,7 +622,7 @@ def test_connect_is_lazy_and_an_unreachable_store_is_an_outage(url: str) -> None
     async def body() -> None:
         started = time.monotonic()
         with pytest.raises(StoreUnavailableError):
-            await store.run("acquire", core._keys, core.acquire_args())
+            await store.run("acquire", core.keys, core.acquire_args())
         assert time.monotonic() - started < 2
         assert store.health.degraded
         await store.aclose()
@@ -640,7 +640,7 @@ def test_a_forked_child_starts_its_own_feed() -> None:
     async def use(store: Store) -> bool:
         store.start_feed()
         await _until(lambda: store.feed_live, "the feed to subscribe")
-        reply = await store.run("acquire", core._keys, core.acquire_args())
+        reply = await store.run("acquire", core.keys, core.acquire_args())
         return bool(reply[0] == b"admit")
 
     assert asyncio.run(use(store))  # the parent's feed task ended with its loop
@@ -705,7 +705,7 @@ def test_cluster_runs_scripts_lists_and_hears(redis_server: RedisServer) -> None
 
     async def body(store: Store) -> None:
         core = _core(store, clock)
-        assert _text(await store.run("acquire", core._keys, core.acquire_args()))[0] == "admit"
+        assert _text(await store.run("acquire", core.keys, core.acquire_args()))[0] == "admit"
         assert await store.breaker_names() == ["dep"]
         store.start_feed()
         await _until(lambda: store.feed_live, "the feed to subscribe")
@@ -751,7 +751,7 @@ def test_sentinel_master_runs_and_feeds(fresh_server: RedisServer) -> None:
         core = _core(store, clock)
 
         async def body() -> None:
-            assert (await store.run("acquire", core._keys, core.acquire_args()))[0] == b"admit"
+            assert (await store.run("acquire", core.keys, core.acquire_args()))[0] == b"admit"
             store.start_feed()
             await _until(lambda: store.feed_live, "the feed to subscribe")
             await _publish(store, _event("dep"))

@@ -110,7 +110,7 @@ class Breaker:
         self.name = self._core.name
         self.config = self._core.config
         self.store = store
-        self._keys = self._core._keys
+        self._keys = self._core.keys
         self._cached = self.config.consistency == "cached"
         self._hooks = on_transition
         self._runner: AttemptRunner | None = None
@@ -137,17 +137,14 @@ class Breaker:
                 try again.
         """
         core = self._core
-        heard = 0
         if self._cached:
             self.store.poll_feed()  # a transition published meanwhile counts from now on
-        core.check_cached_rejection()
+        local = core.admit_without_redis()
+        if local is not None:
+            return Permit(self, local)
         if self._cached:
-            heard = self.store.view.heard(self.name)
-            local = core.admit_locally(heard)
-            if local is not None:
-                return Permit(self, local)
             self.store.start_feed()
-            heard = self.store.view.heard(self.name)
+        heard = core.heard()
         started = core.now()
         args = core.acquire_args()
         # An interrupt (KeyboardInterrupt) from here until the caller holds its permit may
@@ -216,7 +213,7 @@ class Breaker:
             # Interrupted before the outcome reached Redis (or while its reply was read):
             # a probe's slot must not wait for its lease to expire.
             if not isinstance(exc, Exception) and permit.probe_token and not keep_lease:
-                self._free_slot(core.record_args(permit, "release") or [])
+                self._free_slot(core.release_args(permit))
             raise
         return core.on_record_reply(raw)
 
@@ -227,9 +224,6 @@ class Breaker:
         if args is not None:
             with contextlib.suppress(StoreUnavailableError, StoreError):
                 self.store.run("record", self._keys, args)
-
-    def _check_cached_rejection(self) -> None:
-        self._core.check_cached_rejection()
 
     def _attempt_runner(self) -> AttemptRunner:
         runner = self._runner

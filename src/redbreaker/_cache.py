@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._exceptions import CircuitOpenError
 from ._state import State
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from contextlib import AbstractContextManager
 
-__all__ = ["LOCAL_STATES", "Batch", "HeldOpen", "LocalCopy", "PermitKey"]
+    from ._state import AcquireReply, RecordReply
+    from ._view import FleetView
+
+__all__ = ["LOCAL_STATES", "Batch", "HeldOpen", "LocalCopy", "LocalKnowledge", "PermitKey"]
 
 LOCAL_STATES = frozenset({State.CLOSED, State.METRICS_ONLY, State.FORCED_CLOSED})
 """States whose admissions a cached breaker may decide from its local copy."""
@@ -104,3 +109,83 @@ class Batch:
             due = (self._generation, self._incarnation, self._calls)
             self._calls = 0
             return due
+
+
+class LocalKnowledge:
+    """What a cached breaker holds of the shared one: its local copy, a forced-open it
+    rejects from, and its batch of counted successes."""
+
+    def __init__(
+        self,
+        name: str,
+        max_staleness: float,
+        batch_lock: Callable[[], AbstractContextManager[Any]],
+        view: FleetView,
+    ) -> None:
+        self._name = name
+        self._view = view
+        self._max_staleness = max_staleness
+        self.copy: LocalCopy | None = None
+        self._held_open: HeldOpen | None = None
+        self.batch = Batch(batch_lock())
+
+    def forget_copies(self) -> None:
+        """Ask Redis again at the next call (this process gave an order)."""
+        self.copy = None
+        self._held_open = None
+
+    def fresh_copy(self, heard: int, now: float) -> LocalCopy | None:
+        """The local copy if it may still admit: no transition heard since it was taken
+        and younger than max_staleness; else None (Redis must decide).
+
+        Raises:
+            CircuitOpenError: the breaker is forced open without a deadline, as learned
+                from Redis or from the feed.
+        """
+        copy = self.copy
+        if copy is not None and (
+            now - copy.taken_at >= self._max_staleness or heard != copy.heard
+        ):
+            copy = self.copy = None  # a transition was pushed, or the copy is too old
+        if copy is None:
+            self._check_held_open(heard, now)
+        return copy
+
+    def _check_held_open(self, heard: int, now: float) -> None:
+        held = self._held_open
+        if held is not None and (
+            held.heard != heard or now - held.taken_at >= self._max_staleness
+        ):
+            held = self._held_open = None
+        if held is None:
+            if self._view.last_event(self._name) != (heard, State.FORCED_OPEN.value, -1):
+                return
+            held = self._held_open = HeldOpen(heard, now)
+        raise CircuitOpenError(self._name, State.FORCED_OPEN.value, None)
+
+    def keep(self, reply: AcquireReply, heard: int, taken_at: float) -> None:
+        """Take in an acquire's reply: a copy to admit from, or a forced-open to hold."""
+        if (
+            reply.verdict == "reject"
+            and reply.state is State.FORCED_OPEN
+            and reply.retry_after_ms < 0
+            and not reply.transitions
+        ):
+            self._held_open = HeldOpen(heard, taken_at)
+        if reply.verdict == "admit" and reply.state in LOCAL_STATES and not reply.transitions:
+            self.copy = LocalCopy(
+                reply.generation, reply.incarnation, reply.consecutive_failures, heard, taken_at
+            )
+        else:
+            self.copy = None
+
+    def learn(self, reply: RecordReply) -> None:
+        """The copy follows what this process's own records reveal."""
+        copy = self.copy
+        if copy is None:
+            return
+        if reply.status == "stale" or reply.transitions or reply.generation != copy.generation:
+            # Redis moved on (or lost the breaker): ask it again at the next call.
+            self.copy = None
+        else:
+            copy.streak = reply.consecutive_failures

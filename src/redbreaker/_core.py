@@ -3,7 +3,7 @@
 A driver (``Breaker`` in :mod:`redbreaker`, its twin in :mod:`redbreaker.aio`) asks the
 core what to send, sends it, and hands the reply back::
 
-    permit = core.admit_locally()                # cached mode: no round trip at all
+    permit = core.admit_without_redis()          # cached mode: no round trip at all
     if permit is None:
         reply = <send> core.acquire_args()       # one FCALL
         permit = core.on_acquire_reply(reply, heard, started)   # or CircuitOpenError
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._cache import LOCAL_STATES, Batch, HeldOpen, LocalCopy
+from ._cache import LocalKnowledge
 from ._config import (
     BreakerConfig,
     ExceptionMatcher,
@@ -43,7 +43,6 @@ from ._exceptions import (
 )
 from ._keys import breaker_keys, check_name
 from ._state import (
-    AcquireReply,
     RecordReply,
     Snapshot,
     State,
@@ -152,7 +151,7 @@ class BreakerCore:
         self.config = replace(config or BreakerConfig(), **settings)
         self._clock = clock
         self._view = view
-        self._keys = breaker_keys(prefix, self.name)
+        self.keys = breaker_keys(prefix, self.name)
         self._hooks = (on_transition,) if callable(on_transition) else tuple(on_transition)
         for hook in self._hooks:
             if not callable(hook):
@@ -177,9 +176,9 @@ class BreakerCore:
         """Start with no local copy, no held rejection and an empty batch: at construction,
         and in a forked child (the parent sends its own successes: inherited, they would be
         counted once per child)."""
-        self._copy: LocalCopy | None = None
-        self._held_open: HeldOpen | None = None
-        self._batch = Batch(self._batch_lock())
+        self._local = LocalKnowledge(
+            self.name, self._max_staleness, self._batch_lock, self._view
+        )
 
     # -- requests ------------------------------------------------------------------------
 
@@ -187,7 +186,7 @@ class BreakerCore:
         override = self._clock.server_ms()
         return [
             "" if override is None else str(override),
-            self._keys.channel,
+            self.keys.channel,
             self.name,
             repr(self._random()),
             self.config.script_config,
@@ -217,9 +216,24 @@ class BreakerCore:
 
     # -- admission -----------------------------------------------------------------------
 
+    def admit_without_redis(self) -> PermitState | None:
+        """A permit this process may give without asking Redis (cached mode's local copy),
+        or None when Redis must decide. The driver polls the feed first.
+
+        Raises:
+            CircuitOpenError: a rejection this process may repeat without asking Redis.
+        """
+        self.check_cached_rejection()
+        return self.admit_locally(self.heard()) if self._cached else None
+
+    def heard(self) -> int:
+        """The view's count of transitions of this breaker (0 in strict mode, which keeps
+        no local copy to compare it with)."""
+        return self._view.heard(self.name) if self._cached else 0
+
     def check_cached_rejection(self) -> None:
         """Raise the rejection this process may repeat without asking Redis, if any."""
-        cached = self._view.cached_rejection(self._keys.state, self._max_staleness)
+        cached = self._view.cached_rejection(self.keys.state, self._max_staleness)
         if cached is not None:
             raise CircuitOpenError(self.name, cached[1], cached[0])
 
@@ -231,14 +245,14 @@ class BreakerCore:
         """
         reply = decode_acquire(self.name, raw)
         if self._cached:
-            self._keep_copy(reply, heard, started)
+            self._local.keep(reply, heard, started)
         self._fire(reply.transitions)
         if reply.verdict == "reject":
             retry_after = None if reply.retry_after_ms < 0 else reply.retry_after_ms / 1000
             if retry_after is not None and reply.state in _LOUD:
                 # The deadline is the server's; until it passes nothing can admit us.
                 self._view.cache_rejection(
-                    self._keys.state, reply.retry_after_ms, reply.state.value
+                    self.keys.state, reply.retry_after_ms, reply.state.value
                 )
             raise CircuitOpenError(self.name, reply.state.value, retry_after)
         return PermitState(
@@ -317,11 +331,11 @@ class BreakerCore:
             # (strict), or joins the batch (cached), which goes out once it is due.
             if not self._cached:
                 return None
-            batched = self._batch.add(permit, own_call, self._flush_interval, self.now())
+            batched = self._local.batch.add(permit, own_call, self._flush_interval, self.now())
             return None if batched is None else self._flush_args(*batched)
         riding = 0
         if self._cached:
-            riding = self._batch.take(permit.generation, permit.incarnation)
+            riding = self._local.batch.take(permit.generation, permit.incarnation)
         args = self._args(
             outcome,
             str(permit.generation),
@@ -338,23 +352,31 @@ class BreakerCore:
     def _flush_args(self, generation: int, incarnation: str, calls: int) -> list[str]:
         return self._args("flush", str(generation), "", "0", "", incarnation, str(calls))
 
+    def release_args(self, permit: PermitState) -> list[str]:
+        """The record script's arguments that free ``permit``'s probe slot and count
+        nothing (for a caller interrupted or cancelled with a probe in hand)."""
+        return self._args(
+            "release", str(permit.generation), permit.probe_token, "0", "",
+            permit.incarnation, "0",
+        )
+
     def flush_args(self) -> list[str] | None:
         """The record script's arguments that send every counted success now; None when
         there are none."""
-        batched = self._batch.drain()
+        batched = self._local.batch.drain()
         return None if batched is None else self._flush_args(*batched)
 
     def on_record_reply(self, raw: list[Any]) -> RecordReply:
         """Take in the record script's reply: the local copy follows it, hooks fire."""
         reply = decode_record(self.name, raw)
         if self._cached:
-            self._learn(reply)
+            self._local.learn(reply)
         self._fire(reply.transitions)
         return reply
 
     def on_record_unavailable(self) -> None:
         """Redis could not take an outcome: the local copy can no longer be trusted."""
-        self._copy = None
+        self._local.copy = None
 
     def on_record_refused(self, outcome: Outcome, exc: Exception) -> None:
         """Redis refused an outcome: say so; bookkeeping never masks the call's result."""
@@ -372,9 +394,8 @@ class BreakerCore:
     def on_control_reply(self, raw: list[Any]) -> State:
         """Take in an order's reply: this process asks Redis afresh, hooks fire."""
         reply = decode_control(self.name, raw)
-        self._view.forget_rejection(self._keys.state)
-        self._held_open = None
-        self._copy = None
+        self._view.forget_rejection(self.keys.state)
+        self._local.forget_copies()
         self._fire(reply.transitions)
         return reply.state
 
@@ -386,8 +407,7 @@ class BreakerCore:
 
     def admit_locally(self, heard: int) -> PermitState | None:
         """A permit from the local copy, or None when Redis must decide. ``heard`` is the
-        view's count of transitions of this breaker, read by the driver after it polled
-        the feed.
+        view's count of transitions of this breaker (:meth:`heard`).
 
         Raises:
             CircuitOpenError: the breaker is forced open without a deadline, as this
@@ -395,13 +415,8 @@ class BreakerCore:
                 heard or max_staleness passes).
         """
         now = self.now()
-        copy = self._copy
-        if copy is not None and (
-            now - copy.taken_at >= self._max_staleness or heard != copy.heard
-        ):
-            copy = self._copy = None  # a transition was pushed, or the copy is too old
+        copy = self._local.fresh_copy(heard, now)
         if copy is None:
-            self._check_held_open(heard, now)
             return None
         return PermitState(
             copy.generation,
@@ -413,49 +428,11 @@ class BreakerCore:
             counted=False,
         )
 
-    def _check_held_open(self, heard: int, now: float) -> None:
-        held = self._held_open
-        if held is not None and (
-            held.heard != heard or now - held.taken_at >= self._max_staleness
-        ):
-            held = self._held_open = None
-        if held is None:
-            if self._view.last_event(self.name) != (heard, State.FORCED_OPEN.value, -1):
-                return
-            held = self._held_open = HeldOpen(heard, now)
-        raise CircuitOpenError(self.name, State.FORCED_OPEN.value, None)
-
-    def _keep_copy(self, reply: AcquireReply, heard: int, taken_at: float) -> None:
-        if (
-            reply.verdict == "reject"
-            and reply.state is State.FORCED_OPEN
-            and reply.retry_after_ms < 0
-            and not reply.transitions
-        ):
-            self._held_open = HeldOpen(heard, taken_at)
-        if reply.verdict == "admit" and reply.state in LOCAL_STATES and not reply.transitions:
-            self._copy = LocalCopy(
-                reply.generation, reply.incarnation, reply.consecutive_failures, heard, taken_at
-            )
-        else:
-            self._copy = None
-
-    def _learn(self, reply: RecordReply) -> None:
-        """A cached breaker's copy follows what its own records reveal."""
-        copy = self._copy
-        if copy is None:
-            return
-        if reply.status == "stale" or reply.transitions or reply.generation != copy.generation:
-            # Redis moved on (or lost the breaker): ask it again at the next call.
-            self._copy = None
-        else:
-            copy.streak = reply.consecutive_failures
-
     # -- hooks ---------------------------------------------------------------------------
 
     def _fire(self, transitions: Iterable[Transition]) -> None:
         for transition in transitions:
-            self._view.forget_rejection(self._keys.state)
+            self._view.forget_rejection(self.keys.state)
             level = (
                 logging.WARNING
                 if transition.current in _LOUD or transition.reason.startswith("would_trip:")

@@ -35,7 +35,6 @@ from ._config import Seconds, plain_callable_setting, seconds_setting
 from ._exceptions import (
     AsyncCallError,
     AttemptTimeoutError,
-    CircuitOpenError,
     StoreError,
     StoreUnavailableError,
 )
@@ -224,15 +223,13 @@ class Guard(GuardCore):
 
     def _recheck(self) -> None:
         """Stop retrying if the shared breaker opened meanwhile (by any process)."""
-        self.breaker._check_cached_rejection()
+        self.breaker._core.check_cached_rejection()
         try:
             snapshot = self.breaker.snapshot()
-        except StoreUnavailableError:
-            if self.breaker.config.on_store_error == "reject":
-                raise
-            return  # the outage is the policy's business: keep retrying the dependency
-        if snapshot.state.value in ("open", "forced_open"):
-            raise CircuitOpenError(self.breaker.name, snapshot.state.value, snapshot.retry_after)
+        except StoreUnavailableError as exc:
+            self._recheck_unavailable(exc, self.breaker.config.on_store_error)
+            return
+        self._recheck_snapshot(snapshot)
 
 
 class GuardedFunction(Generic[P, R]):

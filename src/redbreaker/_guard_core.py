@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
     from ._clock import Clock
     from ._permit import LeaseHold
+    from ._state import Snapshot
 
 __all__ = ["IN_RETRY_LOOP", "GuardCall", "GuardCore", "ReplayedFirst"]
 
@@ -157,6 +158,17 @@ class GuardCore:
         call.max_attempts = self._attempts_allowed(is_probe)
         if self._deadline is not None:
             call.deadline_ms = self._now_ms() + math.ceil(self._deadline * 1000)
+
+    def _recheck_unavailable(self, exc: StoreUnavailableError, on_store_error: str) -> None:
+        """Redis could not be asked before a retry: the outage is the breaker's policy's
+        business, so the retry goes on unless that policy rejects."""
+        if on_store_error == "reject":
+            raise exc
+
+    def _recheck_snapshot(self, snapshot: Snapshot) -> None:
+        """Stop retrying if the shared breaker opened meanwhile (by any process)."""
+        if snapshot.state.value in ("open", "forced_open"):
+            raise CircuitOpenError(self._name, snapshot.state.value, snapshot.retry_after)
 
     def _degraded_outcome(self, exc: Exception, call: GuardCall) -> Outcome[Any]:
         """The fallback's answer to a failed call; ``exc`` again when there is none."""

@@ -214,9 +214,17 @@ class StoreHealth:
 @contextlib.contextmanager
 def library_errors(doing: str, prefix: str) -> Iterator[None]:
     """redis-py errors of a call that is not a script (a SCAN, a SUBSCRIBE), as the
-    library's own: no raw redis-py exception reaches a caller."""
+    library's own, for both drivers: no raw redis-py exception reaches a caller."""
     try:
         yield
+    except RedisClusterException as exc:
+        # Not a RedisError: raised from a connection error when no node could be reached
+        # (an outage), else a cluster the client cannot use.
+        detail = f"{doing}: {type(exc).__name__}: {exc}"
+        cause = exc.__cause__
+        if isinstance(cause, UNAVAILABLE) and not isinstance(cause, REFUSED):
+            raise StoreUnavailableError(prefix, None, detail) from exc
+        raise StoreError(detail) from exc
     except REFUSED as exc:
         raise StoreError(f"{doing}: Redis refused the credentials: {exc}") from exc
     except UNAVAILABLE as exc:

@@ -202,7 +202,7 @@ class Breaker:
         self.name = self._core.name
         self.config = self._core.config
         self.store = store
-        self._keys = self._core._keys
+        self._keys = self._core.keys
         self._cached = self.config.consistency == "cached"
         self._hooks = on_transition
         self._local: Breaker | None = None
@@ -226,17 +226,14 @@ class Breaker:
 
     async def _acquire(self) -> Permit:
         core = self._core
-        heard = 0
         if self._cached:
             await self.store.poll_feed()  # a transition published meanwhile counts now
-        core.check_cached_rejection()
+        local = core.admit_without_redis()
+        if local is not None:
+            return Permit(self, local)
         if self._cached:
-            heard = self.store.view.heard(self.name)
-            local = core.admit_locally(heard)
-            if local is not None:
-                return Permit(self, local)
             self.store.start_feed()
-            heard = self.store.view.heard(self.name)
+        heard = core.heard()
         started = core.now()
         args = core.acquire_args()
         # Cancelled (or interrupted) before the caller holds its permit: a probe slot the
@@ -305,7 +302,7 @@ class Breaker:
             # Cancelled before the outcome reached Redis: a probe's slot must not wait for
             # its lease to expire.
             if not isinstance(exc, Exception) and permit.probe_token:
-                self._free_slot(core.record_args(permit, "release") or [])
+                self._free_slot(core.release_args(permit))
             raise
         return core.on_record_reply(raw)
 
@@ -353,7 +350,7 @@ class Breaker:
             return
         state.settled = True
         if state.probe_token:
-            permit._breaker._free_slot(permit._breaker._core.record_args(state, "release") or [])
+            permit._breaker._free_slot(permit._breaker._core.release_args(state))
 
     def guard(
         self, config: GuardConfig | None = None, **settings: Unpack[GuardSettings]

@@ -25,20 +25,19 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException
 
 from .._exceptions import StoreError, StoreUnavailableError
-from .._health import REFUSED, UNAVAILABLE, library_errors
+from .._health import library_errors
 from .._state import decode_event
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from types import TracebackType
 
     from .._state import Transition
     from .._view import FleetView
 
-__all__ = ["TransitionFeed", "TransitionStream", "store_errors", "subscriber_client"]
+__all__ = ["TransitionFeed", "TransitionStream", "subscriber_client"]
 
 # How often a calling task reads the feed at most, and how long the feed task lets it go
 # unread when no call reads it (the same figures as the threaded feed).
@@ -51,22 +50,6 @@ _MAX_RETRY = 2.0
 _CONFIRM_WAIT = 1.0
 # How often a watching caller checks whether the store was closed.
 _WATCH_WAIT = 0.25
-
-
-@contextlib.contextmanager
-def store_errors(doing: str, prefix: str) -> Iterator[None]:
-    """:func:`~redbreaker._health.library_errors`, and a cluster client's own error (not
-    a ``RedisError``): raised *from* a connection error when no node could be reached,
-    which is an outage, not Redis saying no."""
-    with library_errors(doing, prefix):
-        try:
-            yield
-        except RedisClusterException as exc:
-            detail = f"{doing}: {type(exc).__name__}: {exc}"
-            cause = exc.__cause__
-            if isinstance(cause, UNAVAILABLE) and not isinstance(cause, REFUSED):
-                raise StoreUnavailableError(prefix, None, detail) from exc
-            raise StoreError(detail) from exc
 
 
 async def subscriber_client(client: Any) -> redis.asyncio.Redis:  # noqa: ANN401 (any asyncio client)
@@ -294,7 +277,7 @@ class TransitionStream:
         self._started = True
         client = pubsub = None
         try:
-            with store_errors(f"subscribing to {self._channel}", self._prefix):
+            with library_errors(f"subscribing to {self._channel}", self._prefix):
                 client = await subscriber_client(self._client)
                 pubsub = client.pubsub()
                 await _subscribe(pubsub, self._channel)
@@ -328,7 +311,7 @@ class TransitionStream:
         await self.start()
         while not self._ended and not self._closed():
             try:
-                with store_errors(f"watching {self._channel}", self._prefix):
+                with library_errors(f"watching {self._channel}", self._prefix):
                     # Short waits, so that a closed store ends the iteration promptly.
                     message = await self._pubsub.get_message(timeout=_WATCH_WAIT)
             except (StoreUnavailableError, StoreError):

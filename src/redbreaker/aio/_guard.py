@@ -22,7 +22,6 @@ from .._callables import is_awaitable, require_async
 from .._clock import SystemClock
 from .._exceptions import (
     AttemptTimeoutError,
-    CircuitOpenError,
     StoreError,
     StoreUnavailableError,
 )
@@ -195,12 +194,10 @@ class Guard(GuardCore):
         self.breaker._core.check_cached_rejection()
         try:
             snapshot = await self.breaker.snapshot()
-        except StoreUnavailableError:
-            if self.breaker.config.on_store_error == "reject":
-                raise
-            return  # the outage is the policy's business: keep retrying the dependency
-        if snapshot.state.value in ("open", "forced_open"):
-            raise CircuitOpenError(self._name, snapshot.state.value, snapshot.retry_after)
+        except StoreUnavailableError as exc:
+            self._recheck_unavailable(exc, self.breaker.config.on_store_error)
+            return
+        self._recheck_snapshot(snapshot)
 
 
 async def _within(budget: float, fn: Callable[[], Awaitable[R]], name: str) -> R:

@@ -28,6 +28,7 @@ from .._health import (
     StoreEvent,
     StoreHealth,
     cannot_fcall,
+    library_errors,
     no_such_function,
 )
 from .._keys import BreakerKeys, check_prefix
@@ -35,7 +36,7 @@ from .._memory import fakeredis_module, memory_server
 from .._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from .._url import StoreURL, parse_store_url
 from .._view import FleetView
-from ._feed import TransitionFeed, TransitionStream, store_errors
+from ._feed import TransitionFeed, TransitionStream
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -241,7 +242,7 @@ class Store:
         """Names of the breakers under this prefix, sorted (SCAN; never KEYS)."""
         names = set()
         head = f"{self.prefix}:{{"
-        with store_errors(f"listing the breakers under {self.prefix!r}", self.prefix):
+        with library_errors(f"listing the breakers under {self.prefix!r}", self.prefix):
             async for raw in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
                 key = raw.decode() if isinstance(raw, bytes) else str(raw)
                 if key.startswith(head) and key.endswith("}"):
