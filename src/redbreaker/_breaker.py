@@ -27,12 +27,11 @@ import weakref
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from . import _fork
+from ._bases import BreakerBase
 from ._callables import ASYNC_CODE, require_sync
-from ._core import BreakerCore, Outcome, PermitState, TransitionHook
+from ._core import Outcome, PermitState, TransitionHook
 from ._exceptions import (
     AsyncCallError,
-    AttemptTimeoutError,
-    ConfigError,
     StoreError,
     StoreUnavailableError,
 )
@@ -42,11 +41,11 @@ from ._store import Store, connect
 from ._timeout import AttemptRunner
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
     from typing_extensions import Unpack
 
-    from ._config import BreakerConfig, BreakerSettings, Seconds
+    from ._config import Seconds
     from ._guard_config import GuardSettings
     from ._state import RecordReply, Snapshot, State
 
@@ -56,7 +55,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class Breaker:
+class Breaker(BreakerBase[Store]):
     """One circuit breaker shared by every process that builds it with the same name.
 
     Args:
@@ -86,44 +85,21 @@ class Breaker:
             ...
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        store: Store,
-        config: BreakerConfig | None = None,
-        on_transition: TransitionHook | Iterable[TransitionHook] = (),
-        **settings: Unpack[BreakerSettings],
-    ) -> None:
-        if not isinstance(store, Store):
-            raise ConfigError("store", f"expected a Store (see connect()), got {store!r}")
-        self._core = BreakerCore(
-            name,
-            prefix=store.prefix,
-            clock=store.clock,
-            view=store.view,
-            config=config,
-            on_transition=on_transition,
-            settings=dict(settings),
-            batch_lock=threading.Lock,
-        )
-        self.name = self._core.name
-        self.config = self._core.config
-        self.store = store
-        self._keys = self._core.keys
-        self._cached = self.config.consistency == "cached"
-        self._hooks = on_transition
+    _store_type = Store
+    _store_hint = "a Store (see connect())"
+
+    _batch_lock = threading.Lock
+    _local: Breaker | None
+
+    def _built(self) -> None:
         self._runner: AttemptRunner | None = None
         self._runner_lock = threading.Lock()
-        self._local: Breaker | None = None
-        if self.config.on_store_error == "local":
-            _embedded_store(store)  # fails now, not in an outage, if fakeredis is missing
         _fork.after_fork_in_child(self)
         if self._cached:
             _flush_at_exit.add(self)
 
-    def __repr__(self) -> str:
-        return f"<redbreaker.Breaker {self.name!r} prefix={self.store.prefix!r}>"
+    def _embedded_store(self) -> Store:
+        return _embedded_store(self.store)
 
     def _after_fork_in_child(self) -> None:
         self._core._forget_local_knowledge()
@@ -181,9 +157,9 @@ class Breaker:
         if local is None:
             # A breaker of this process alone, same config and same Lua, on an embedded
             # Redis: it guards the dependency until the shared one answers again.
-            local = self._local = Breaker(
+            local = self._local = type(self)(
                 self.name,
-                store=_embedded_store(self.store),
+                store=self._embedded_store(),
                 config=self._core.local_config(),
                 on_transition=self._hooks,
             )
@@ -195,13 +171,21 @@ class Breaker:
         outcome: Outcome,
         *,
         slow: bool | None = None,
+    ) -> RecordReply | None:
+        return self._send_record(permit, outcome, self._core.record_args(permit, outcome, slow))
+
+    def _send_record(
+        self,
+        permit: PermitState,
+        outcome: Outcome,
+        args: list[str] | None,
+        *,
         keep_lease: bool = False,
     ) -> RecordReply | None:
+        if args is None:
+            return None
         core = self._core
         try:
-            args = core.record_args(permit, outcome, slow, keep_lease=keep_lease)
-            if args is None:
-                return None
             raw = self.store.run("record", self._keys, args)
         except StoreUnavailableError:
             core.on_record_unavailable()
@@ -243,9 +227,7 @@ class Breaker:
         """This process's timed-out attempts of this breaker that are still running."""
         return 0 if self._runner is None else self._runner.abandoned
 
-    def guard(
-        self, config: GuardConfig | None = None, **settings: Unpack[GuardSettings]
-    ) -> Guard:
+    def guard(self, config: GuardConfig | None = None, **settings: Unpack[GuardSettings]) -> Guard:
         """Retry, attempt timeout and fallback around this breaker, composed in one order:
         fallback -> breaker -> retry -> timeout -> call.
 
@@ -299,18 +281,11 @@ class Breaker:
         ``hold``: the call's attempt may still run, abandoned; a probe's lease then stays
         until it ends.
         """
-        permit.settled = True
-        if exc is None:
-            self._record(permit, self._core.classify_result(result))
-            return
-        outcome = self._core.classify_exception(exc)
-        keep_lease = hold is not None and hold.keep()
-        if keep_lease and outcome == "release":
-            return  # nothing to count; the lease goes when the abandoned attempt ends
-        # A timed-out call is slow by definition, whatever slow_call_duration says.
-        slow = True if isinstance(exc, AttemptTimeoutError) else None
-        self._record(permit, outcome, slow=slow, keep_lease=keep_lease)
-
+        keep_lease = exc is not None and hold is not None and hold.keep()
+        outcome, args = self._core.finish_args(
+            permit, exc=exc, result=result, keep_lease=keep_lease
+        )
+        self._send_record(permit, outcome, args, keep_lease=keep_lease)
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Use the breaker as a decorator: every call of ``fn`` goes through it.

@@ -300,6 +300,30 @@ class BreakerCore:
         check = self.config.failure_result
         return "failure" if check is not None and check(result) else "success"
 
+    def finish_args(
+        self,
+        permit: PermitState,
+        *,
+        exc: BaseException | None = None,
+        result: object = None,
+        keep_lease: bool = False,
+    ) -> tuple[Outcome, list[str] | None]:
+        """Settle ``permit`` by how its call ended (raising ``exc``, or returning
+        ``result``): the outcome, and the record script's arguments (None: nothing to send).
+
+        ``keep_lease``: a probe's call still runs, abandoned; its lease stays until it ends.
+        """
+        permit.settled = True
+        if exc is None:
+            outcome = self.classify_result(result)
+            return outcome, self.record_args(permit, outcome)
+        outcome = self.classify_exception(exc)
+        if keep_lease and outcome == "release":
+            return outcome, None  # nothing to count; the lease goes with the attempt
+        # A timed-out call is slow by definition, whatever slow_call_duration says.
+        slow = True if isinstance(exc, AttemptTimeoutError) else None
+        return outcome, self.record_args(permit, outcome, slow, keep_lease=keep_lease)
+
     def record_args(
         self,
         permit: PermitState,

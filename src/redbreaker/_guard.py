@@ -121,8 +121,6 @@ class Guard(GuardCore):
         require_sync(fn, self, "the decorator")
         return GuardedFunction(self, fn)
 
-
-
     def _through_breaker(self, call: GuardCall, fn: Callable[[], R]) -> R:
         finishing = False
         try:
@@ -146,53 +144,30 @@ class Guard(GuardCore):
             raise
         return result
 
-
     def _with_retries(self, call: GuardCall, fn: Callable[[], R]) -> R:
         if call.max_attempts == 1:
             return self._attempt(call, fn)
-        # The first attempt runs outside tenacity: most calls succeed at once, and a retry
-        # loop built for them would cost more than the attempt's own thread handoff. When
-        # it asks for a retry, tenacity takes over with its outcome as attempt 1.
         try:
             value = self._attempt(call, fn)
         except Exception as exc:
-            if not self._retries_error(exc):
+            first = self._replay_first(exc, None)
+            if first is None:
                 raise
-            first = ReplayedFirst(exc, None)
         else:
-            if not self._retry_result(value):
+            first = self._replay_first(None, value)
+            if first is None:
                 return value
-            first = ReplayedFirst(None, value)
-        retrying = _t.Retrying(
-            stop=lambda state: self._stop(call, state),
-            wait=lambda state: self._wait(call, state),
-            retry=self._should_retry,
-            sleep=self._sleep,
-            before_sleep=lambda state: self._log_retry(call, state),
-            retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
-            reraise=True,
-        )
+        retrying = _t.Retrying(sleep=self._sleep, **self._retry_policy(call))
         result: R = retrying(self._attempt_after, first, call, fn)
         return result
 
     def _attempt_after(self, first: ReplayedFirst, call: GuardCall, fn: Callable[[], R]) -> R:
         """Attempt 1 replayed from ``first`` (it already ran), then real attempts."""
-        if not first.replayed:
-            first.replayed = True
-            if first.error is not None:
-                raise first.error
-            return first.value  # type: ignore[return-value]
-        return self._attempt(call, fn)
-
-
-
-
-
+        return first.replay() if not first.replayed else self._attempt(call, fn)
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
             self.breaker.store.clock.sleep(seconds)
-
 
     def _attempt(self, call: GuardCall, fn: Callable[[], R]) -> R:
         if call.attempts and self.config.recheck_breaker:
@@ -219,7 +194,6 @@ class Guard(GuardCore):
             raise
         self._attempted(call, clock.monotonic() - started, None)
         return result
-
 
     def _recheck(self) -> None:
         """Stop retrying if the shared breaker opened meanwhile (by any process)."""

@@ -97,12 +97,26 @@ class ReplayedFirst:
         self.value = value
         self.replayed = False
 
+    def replay(self) -> Any:  # noqa: ANN401 (the guarded function's value)
+        """Attempt 1 for tenacity, once: its value again, or its error raised again."""
+        self.replayed = True
+        if self.error is not None:
+            raise self.error
+        return self.value
+
 
 class GuardCall:
     """What one guarded call has done so far (never shared between calls)."""
 
-    __slots__ = ("attempts", "deadline_ms", "give_up", "hold", "last_error", "max_attempts",
-                 "store_failed")
+    __slots__ = (
+        "attempts",
+        "deadline_ms",
+        "give_up",
+        "hold",
+        "last_error",
+        "max_attempts",
+        "store_failed",
+    )
 
     def __init__(self) -> None:
         self.attempts = 0
@@ -222,7 +236,27 @@ class GuardCore:
                 raise
             raise fallback_exc from exc
 
-    # -- breaker -------------------------------------------------------------------------
+    # -- retry ---------------------------------------------------------------------------
+
+    def _replay_first(self, error: Exception | None, value: object) -> ReplayedFirst | None:
+        """Attempt 1 ran outside tenacity (most calls succeed at once, and a retry loop
+        built for them would cost more than the attempt): what tenacity replays as attempt
+        1 when a retry is asked for, or None when the attempt's outcome is the answer."""
+        if not (self._retries_error(error) if error is not None else self._retry_result(value)):
+            return None
+        return ReplayedFirst(error, value)
+
+    def _retry_policy(self, call: GuardCall) -> dict[str, Any]:
+        """tenacity's settings for the retries of ``call``, for either driver's
+        ``Retrying`` (which adds only how to sleep)."""
+        return {
+            "stop": lambda state: self._stop(call, state),
+            "wait": lambda state: self._wait(call, state),
+            "retry": self._should_retry,
+            "before_sleep": lambda state: self._log_retry(call, state),
+            "retry_error_callback": lambda state: state.outcome.result(),
+            "reraise": True,
+        }
 
     def _should_retry(self, state: _t.RetryCallState) -> bool:
         outcome = state.outcome

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from ._bases import PermitBase
 from ._callables import refuse_result
-from ._exceptions import PermitError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -51,7 +51,7 @@ class LeaseHold:
             self._breaker._record(self._permit, "release")
 
 
-class Permit:
+class Permit(PermitBase["Breaker"]):
     """Leave to make one call through a breaker; report how it went exactly once.
 
     Get one from :meth:`Breaker.acquire`. Call :meth:`success`, :meth:`failure` or
@@ -62,21 +62,7 @@ class Permit:
     its slot returns after ``probe_lease``.
     """
 
-    __slots__ = ("_breaker", "_state")
-
-    def __init__(self, breaker: Breaker, state: PermitState) -> None:
-        self._breaker = breaker
-        self._state = state
-
-    @property
-    def is_probe(self) -> bool:
-        """True when this call is one of the half-open probes."""
-        return bool(self._state.probe_token)
-
-    @property
-    def generation(self) -> int:
-        """The breaker generation the call was admitted under."""
-        return self._state.generation
+    __slots__ = ()
 
     def success(self) -> None:
         """The call succeeded."""
@@ -92,9 +78,7 @@ class Permit:
         self._settle("release")
 
     def _settle(self, outcome: Outcome) -> None:
-        if self._state.settled:
-            raise PermitError(f"this permit of circuit {self._breaker.name!r} is already settled")
-        self._state.settled = True
+        self._take_settlement()
         self._breaker._record(self._state, outcome)
 
     def _finish(

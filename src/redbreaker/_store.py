@@ -32,6 +32,7 @@ from ._memory import fakeredis_module, memory_server
 from ._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from ._url import StoreURL, parse_store_url
 from ._view import FleetView
+from ._wire import CommandHead
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -95,6 +96,7 @@ class Store:
         # checkout, retry wrapper, instrumentation): a third of a round trip's client CPU.
         self._direct_pool: Any = client.connection_pool if _plain(client) else None
         self._held = threading.local()
+        self._heads: dict[tuple[str, str], CommandHead] = {}
         self._closed = False
         # What this process knows without asking: rejections it repeats, transitions heard.
         self.view = FleetView(self.prefix, self.clock)
@@ -160,24 +162,38 @@ class Store:
         return self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
 
     def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
-        command = ("FCALL", self._functions[script], 2, keys.state, keys.probes, *args)
-        if self._direct_pool is not None:
-            return self._send(*command)
-        return self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+        if self._direct_pool is None:
+            return self.client.execute_command(  # type: ignore[no-untyped-call]
+                "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
+            )
+        head = self._heads.get((script, keys.state))
+        if head is None:
+            head = self._heads[script, keys.state] = self._head(
+                "FCALL", self._functions[script], "2", keys.state, keys.probes
+            )
+        return self._send(head.pack(args))
+
+    def _head(self, *leading: str) -> CommandHead:
+        options = self._direct_pool.connection_kwargs
+        return CommandHead(
+            *leading,
+            encoding=options.get("encoding", "utf-8"),
+            errors=options.get("encoding_errors", "strict"),
+        )
 
     def _load_library(self) -> None:
         if self._direct_pool is not None:
-            self._send("FUNCTION", "LOAD", "REPLACE", library_source())
+            self._send(self._head("FUNCTION", "LOAD", "REPLACE").pack([library_source()]))
         else:
             self.client.function_load(library_source(), replace=True)
 
-    def _send(self, *command: object) -> Any:  # noqa: ANN401
+    def _send(self, packed: bytes) -> Any:  # noqa: ANN401
         held: _HeldConnection | None = getattr(self._held, "connection", None)
         if held is None or held.forks != _fork.generation():
             held = self._held.connection = _HeldConnection(self._direct_pool)
         connection = held.connection
         try:
-            connection.send_command(*command)
+            connection.send_packed_command([packed])
             return connection.read_response()
         except redis.ResponseError:
             raise  # an error reply, read in full: the connection is in step

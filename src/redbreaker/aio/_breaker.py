@@ -13,12 +13,9 @@ import functools
 import weakref
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from .._bases import BreakerBase, PermitBase
 from .._callables import is_awaitable, require_async
-from .._core import BreakerCore, Outcome, PermitState, TransitionHook
 from .._exceptions import (
-    AttemptTimeoutError,
-    ConfigError,
-    PermitError,
     StoreError,
     StoreUnavailableError,
 )
@@ -26,12 +23,13 @@ from ._guard import Guard, build_guard
 from ._store import Store, connect
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Generator, Iterable
+    from collections.abc import Awaitable, Callable, Generator
     from types import TracebackType
 
     from typing_extensions import Unpack
 
-    from .._config import BreakerConfig, BreakerSettings, Seconds
+    from .._config import Seconds
+    from .._core import Outcome, PermitState
     from .._guard_config import GuardConfig, GuardSettings
     from .._state import RecordReply, Snapshot, State
 
@@ -51,7 +49,7 @@ def _in_background(work: Awaitable[Any]) -> None:
     task.add_done_callback(_background.discard)
 
 
-class Permit:
+class Permit(PermitBase["Breaker"]):
     """Leave to make one call through an async breaker; report how it went exactly once.
 
     Get one with ``permit = await breaker.acquire()`` and ``await permit.success()``,
@@ -61,21 +59,7 @@ class Permit:
     (``asyncio.CancelledError``) frees a probe's slot at once and counts nothing.
     """
 
-    __slots__ = ("_breaker", "_state")
-
-    def __init__(self, breaker: Breaker, state: PermitState) -> None:
-        self._breaker = breaker
-        self._state = state
-
-    @property
-    def is_probe(self) -> bool:
-        """True when this call is one of the half-open probes."""
-        return bool(self._state.probe_token)
-
-    @property
-    def generation(self) -> int:
-        """The breaker generation the call was admitted under."""
-        return self._state.generation
+    __slots__ = ()
 
     async def success(self) -> None:
         """The call succeeded."""
@@ -92,23 +76,23 @@ class Permit:
         """The call ended without an outcome: count nothing, free a probe slot."""
         await self._settle("release")
 
-    async def _settle(self, outcome: Outcome, *, slow: bool | None = None) -> None:
-        if self._state.settled:
-            raise PermitError(f"this permit of circuit {self._breaker.name!r} is already settled")
-        self._state.settled = True
-        await self._breaker._record(self._state, outcome, slow=slow)
+    async def _settle(self, outcome: Outcome) -> None:
+        self._take_settlement()
+        breaker = self._breaker
+        args = breaker._core.record_args(self._state, outcome)
+        if args is not None:
+            await breaker._send_record(self._state, outcome, args)
 
-    async def _finish(self, *, exc: BaseException | None = None, result: object = None) -> None:
+    def _finish(
+        self, *, exc: BaseException | None = None, result: object = None
+    ) -> Awaitable[object] | None:
+        """Settle by how the call ended: the record to await, or None when Redis has
+        nothing to learn (most successes: no coroutine is made for them)."""
         # The breaker that admitted the call records it: during an outage with
         # on_store_error="local" that is the process's own breaker, not the shared one.
         breaker = self._breaker
-        self._state.settled = True
-        if exc is None:
-            await breaker._record(self._state, breaker._core.classify_result(result))
-        else:
-            # A timed-out call is slow by definition, whatever slow_call_duration says.
-            slow = True if isinstance(exc, AttemptTimeoutError) else None
-            await breaker._record(self._state, breaker._core.classify_exception(exc), slow=slow)
+        outcome, args = breaker._core.finish_args(self._state, exc=exc, result=result)
+        return None if args is None else breaker._send_record(self._state, outcome, args)
 
     async def __aenter__(self) -> Permit:
         return self
@@ -154,7 +138,7 @@ class _Acquiring:
         await self._permit.__aexit__(exc_type, exc, tb)
 
 
-class Breaker:
+class Breaker(BreakerBase[Store]):
     """One circuit breaker shared by every process that builds it with the same name; the
     asyncio twin of :class:`redbreaker.Breaker`, with the same arguments and settings.
 
@@ -175,42 +159,15 @@ class Breaker:
         ConfigError: an invalid name or setting, naming it (a ``ValueError``).
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        store: Store,
-        config: BreakerConfig | None = None,
-        on_transition: TransitionHook | Iterable[TransitionHook] = (),
-        **settings: Unpack[BreakerSettings],
-    ) -> None:
-        if not isinstance(store, Store):
-            raise ConfigError(
-                "store", f"expected a redbreaker.aio Store (see aio.connect()), got {store!r}"
-            )
-        # One event loop runs every call: the batch needs no lock.
-        self._core = BreakerCore(
-            name,
-            prefix=store.prefix,
-            clock=store.clock,
-            view=store.view,
-            config=config,
-            on_transition=on_transition,
-            settings=dict(settings),
-            batch_lock=contextlib.nullcontext,
-        )
-        self.name = self._core.name
-        self.config = self._core.config
-        self.store = store
-        self._keys = self._core.keys
-        self._cached = self.config.consistency == "cached"
-        self._hooks = on_transition
-        self._local: Breaker | None = None
-        if self.config.on_store_error == "local":
-            _embedded_store(store)  # fails now, not in an outage, if fakeredis is missing
+    _store_type = Store
+    _store_hint = "a redbreaker.aio Store (see aio.connect())"
 
-    def __repr__(self) -> str:
-        return f"<redbreaker.aio.Breaker {self.name!r} prefix={self.store.prefix!r}>"
+    # One event loop runs every call: the batch needs no lock.
+    _batch_lock = contextlib.nullcontext
+    _local: Breaker | None
+
+    def _embedded_store(self) -> Store:
+        return _embedded_store(self.store)
 
     # -- admission -----------------------------------------------------------------------
 
@@ -226,7 +183,7 @@ class Breaker:
 
     async def _acquire(self) -> Permit:
         core = self._core
-        if self._cached:
+        if self._cached and self.store.feed_due():
             await self.store.poll_feed()  # a transition published meanwhile counts now
         local = core.admit_without_redis()
         if local is not None:
@@ -273,9 +230,9 @@ class Breaker:
         if local is None:
             # A breaker of this process alone, same config and same Lua, on an embedded
             # Redis: it guards the dependency until the shared one answers again.
-            local = self._local = Breaker(
+            local = self._local = type(self)(
                 self.name,
-                store=_embedded_store(self.store),
+                store=self._embedded_store(),
                 config=self._core.local_config(),
                 on_transition=self._hooks,
             )
@@ -283,13 +240,10 @@ class Breaker:
 
     # -- outcomes ------------------------------------------------------------------------
 
-    async def _record(
-        self, permit: PermitState, outcome: Outcome, *, slow: bool | None = None
+    async def _send_record(
+        self, permit: PermitState, outcome: Outcome, args: list[str]
     ) -> RecordReply | None:
         core = self._core
-        args = core.record_args(permit, outcome, slow)
-        if args is None:
-            return None
         try:
             raw = await self.store.run("record", self._keys, args)
         except StoreUnavailableError:
@@ -333,7 +287,9 @@ class Breaker:
             if is_awaitable(result):
                 result = await result  # type: ignore[misc]
             finishing = True
-            await permit._finish(result=result)
+            recording = permit._finish(result=result)
+            if recording is not None:
+                await recording
         except BaseException as exc:
             await self._ended_by(permit, exc, finishing=finishing)
             raise
@@ -345,16 +301,15 @@ class Breaker:
         release in a task of its own."""
         state = permit._state
         if isinstance(exc, Exception):
-            if not finishing:
-                await permit._finish(exc=exc)
+            recording = None if finishing else permit._finish(exc=exc)
+            if recording is not None:
+                await recording
             return
         state.settled = True
         if state.probe_token:
             permit._breaker._free_slot(permit._breaker._core.release_args(state))
 
-    def guard(
-        self, config: GuardConfig | None = None, **settings: Unpack[GuardSettings]
-    ) -> Guard:
+    def guard(self, config: GuardConfig | None = None, **settings: Unpack[GuardSettings]) -> Guard:
         """Retry, attempt timeout and fallback around this breaker, as the sync
         :meth:`redbreaker.Breaker.guard` (same settings); attempts are cancelled, not
         abandoned, when they time out.

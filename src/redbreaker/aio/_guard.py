@@ -57,9 +57,7 @@ class Guard(GuardCore):
     def __repr__(self) -> str:
         return f"<redbreaker.aio.Guard of {self.breaker!r}>"
 
-    async def call(
-        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R:
+    async def call(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await ``fn`` through fallback, breaker, retry and timeout; return the value."""
         return (await self.outcome(fn, *args, **kwargs)).value
 
@@ -108,9 +106,14 @@ class Guard(GuardCore):
         finishing = False
         try:
             self._begin(call, permit.is_probe)
-            result = await self._with_retries(call, fn)
+            if call.max_attempts == 1:
+                result = await self._attempt(call, fn)
+            else:
+                result = await self._with_retries(call, fn)
             finishing = True
-            await permit._finish(result=result)
+            recording = permit._finish(result=result)
+            if recording is not None:
+                await recording
         except BaseException as exc:
             await self.breaker._ended_by(permit, exc, finishing=finishing)
             raise
@@ -119,29 +122,17 @@ class Guard(GuardCore):
     # -- retry ---------------------------------------------------------------------------
 
     async def _with_retries(self, call: GuardCall, fn: Callable[[], Awaitable[R]]) -> R:
-        if call.max_attempts == 1:
-            return await self._attempt(call, fn)
-        # As in the sync guard: the first attempt runs outside tenacity, which takes over
-        # with its outcome as attempt 1 only when a retry is asked for.
         try:
             value = await self._attempt(call, fn)
         except Exception as exc:
-            if not self._retries_error(exc):
+            first = self._replay_first(exc, None)
+            if first is None:
                 raise
-            first = ReplayedFirst(exc, None)
         else:
-            if not self._retry_result(value):
+            first = self._replay_first(None, value)
+            if first is None:
                 return value
-            first = ReplayedFirst(None, value)
-        retrying = _t.AsyncRetrying(
-            stop=lambda state: self._stop(call, state),
-            wait=lambda state: self._wait(call, state),
-            retry=self._should_retry,
-            sleep=self._sleep,
-            before_sleep=lambda state: self._log_retry(call, state),
-            retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
-            reraise=True,
-        )
+        retrying = _t.AsyncRetrying(sleep=self._sleep, **self._retry_policy(call))
         result: R = await retrying(self._attempt_after, first, call, fn)
         return result
 
@@ -149,12 +140,7 @@ class Guard(GuardCore):
         self, first: ReplayedFirst, call: GuardCall, fn: Callable[[], Awaitable[R]]
     ) -> R:
         """Attempt 1 replayed from ``first`` (it already ran), then real attempts."""
-        if not first.replayed:
-            first.replayed = True
-            if first.error is not None:
-                raise first.error
-            return first.value  # type: ignore[return-value]
-        return await self._attempt(call, fn)
+        return first.replay() if not first.replayed else await self._attempt(call, fn)
 
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:

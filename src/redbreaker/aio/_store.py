@@ -36,6 +36,8 @@ from .._memory import fakeredis_module, memory_server
 from .._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from .._url import StoreURL, parse_store_url
 from .._view import FleetView
+from .._wire import CommandHead
+from ._direct import DirectPath, is_plain
 from ._feed import TransitionFeed, TransitionStream
 
 if TYPE_CHECKING:
@@ -112,6 +114,10 @@ class Store:
         # same scripts by EVALSHA. A cluster client would spend a COMMAND GETKEYS round
         # trip routing each FCALL (its keys are "movable"), so clusters use EVALSHA.
         self._use_functions = not isinstance(client, RedisCluster)
+        # A plain client is driven a level lower (see _direct), each breaker's FCALL head
+        # encoded once.
+        self._direct = DirectPath(client) if is_plain(client) else None
+        self._heads: dict[tuple[str, str], CommandHead] = {}
         self._closed = False
         self.view = FleetView(self.prefix, self.clock)
         self._feed = TransitionFeed(client, self.prefix, self.view, self._is_closed)
@@ -175,9 +181,7 @@ class Store:
             # A server that never had the library, or lost it (FUNCTION FLUSH, a restart
             # without persistence, a new node): load it, then call again once.
             try:
-                await self.client.execute_command(
-                    "FUNCTION", "LOAD", "REPLACE", self._library
-                )
+                await self._load_library()
             except redis.ResponseError as exc:
                 if not cannot_fcall(exc):
                     raise
@@ -187,9 +191,25 @@ class Store:
         return await self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
 
     async def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
-        return await self.client.execute_command(
-            "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
-        )
+        direct = self._direct
+        if direct is None:
+            return await self.client.execute_command(
+                "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
+            )
+        head = self._heads.get((script, keys.state))
+        if head is None:
+            head = self._heads[script, keys.state] = CommandHead(
+                "FCALL", self._functions[script], "2", keys.state, keys.probes,
+                encoding=direct.encoding, errors=direct.errors,
+            )  # fmt: skip
+        return await direct.execute(head.pack(args))
+
+    async def _load_library(self) -> None:
+        if self._direct is None:
+            await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", self._library)
+        else:
+            load = CommandHead("FUNCTION", "LOAD", "REPLACE", encoding=self._direct.encoding)
+            await self._direct.execute(load.pack([self._library]))
 
     # -- the transition feed (cached consistency) ---------------------------------------
 
@@ -203,6 +223,11 @@ class Store:
         (once; cached breakers do; nothing once the store is closed)."""
         self._feed.start()
 
+    def feed_due(self) -> bool:
+        """Whether :meth:`poll_feed` would read (the feed was read over a ms ago and is
+        not being read): checked first, so that most calls await nothing."""
+        return self._feed.due()
+
     async def poll_feed(self) -> None:
         """Read the transitions published since the feed was last read (no I/O, and no
         await, when it was read less than a ms ago or is being read)."""
@@ -215,6 +240,8 @@ class Store:
         them: they are the parent's to use)."""
         self.health.after_fork()
         self._feed.after_fork_in_child()
+        if self._direct is not None:
+            self._direct.forget()
         pool = getattr(self.client, "connection_pool", None)
         if pool is not None:
             with contextlib.suppress(Exception):
@@ -255,6 +282,8 @@ class Store:
         self._closed = True
         await self._feed.aclose()
         await self.client.aclose()
+        if self._direct is not None:
+            self._direct.forget()
         also_close, self._also_close = self._also_close, []
         for close in also_close:
             await close()
