@@ -36,7 +36,7 @@ class DirectPath:
     """Connections kept out of one pool between calls, each used by one call at a time:
     as many as there were calls in flight at once, closed with the client."""
 
-    __slots__ = ("_idle", "_loop", "_pool", "encoding", "errors")
+    __slots__ = ("_idle", "_keep", "_loop", "_pool", "encoding", "errors")
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._pool: Any = client.connection_pool
@@ -44,6 +44,9 @@ class DirectPath:
         self.encoding: str = options.get("encoding", "utf-8")
         self.errors: str = options.get("encoding_errors", "strict")
         self._idle: list[Any] = []
+        # At most half the pool is kept here, so that the client's other users (the
+        # transition feed, the application's own commands) always find connections.
+        self._keep = max(1, int(getattr(self._pool, "max_connections", 2) or 2) // 2)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def execute(self, packed: bytes) -> Any:  # noqa: ANN401 (a Redis reply)
@@ -75,7 +78,7 @@ class DirectPath:
                 writer.write(packed)
             reply = await connection.read_response()
         except redis.ResponseError:
-            idle.append(connection)  # an error reply, read in full: in step
+            await self._done_with(connection)  # an error reply, read in full: in step
             raise
         except BaseException:
             # A timeout or a cancellation may leave a reply on its way, which the next
@@ -84,10 +87,17 @@ class DirectPath:
             if connection.is_connected:
                 with contextlib.suppress(Exception):
                     await connection.disconnect(nowait=True)
-            idle.append(connection)
+            await self._done_with(connection)
             raise
-        idle.append(connection)
+        await self._done_with(connection)
         return reply
+
+    async def _done_with(self, connection: Any) -> None:  # noqa: ANN401
+        if len(self._idle) < self._keep:
+            self._idle.append(connection)
+        else:
+            with contextlib.suppress(Exception):
+                await self._pool.release(connection)
 
     def _moved_to_running_loop(self) -> None:
         """First use, or the store is used from a new event loop (``asyncio.run`` called
@@ -96,6 +106,13 @@ class DirectPath:
         old, self._loop = self._loop, asyncio.get_running_loop()
         self._idle.clear()
         if old is not None and old.is_closed():
+            with contextlib.suppress(Exception):
+                self._pool.reset()
+
+    def before_close(self) -> None:
+        """Before the client closes its pool: connections of a closed loop cannot be
+        closed (their sockets went with it), so the pool forgets them instead."""
+        if self._loop is not None and self._loop.is_closed():
             with contextlib.suppress(Exception):
                 self._pool.reset()
 

@@ -281,6 +281,8 @@ class Store:
         :meth:`transitions` iteration)."""
         self._closed = True
         await self._feed.aclose()
+        if self._direct is not None:
+            self._direct.before_close()
         await self.client.aclose()
         if self._direct is not None:
             self._direct.forget()
