@@ -20,27 +20,24 @@ view of the feed and the batch's lock are handed in by the driver.
 
 from __future__ import annotations
 
-import logging
 import random
-from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ._cache import LocalKnowledge
+from ._classify import Outcome, classify_exception, classify_result
 from ._config import (
     BreakerConfig,
-    ExceptionMatcher,
     Seconds,
-    plain_callable_setting,
     seconds_setting,
 )
 from ._exceptions import (
-    AttemptRejectedError,
     AttemptTimeoutError,
     CircuitOpenError,
     ConfigError,
     StoreUnavailableError,
 )
+from ._hooks import LOUD, TransitionHook, announce, logger, transition_hooks
 from ._keys import breaker_keys, check_name
 from ._state import (
     RecordReply,
@@ -54,33 +51,13 @@ from ._state import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from contextlib import AbstractContextManager
 
     from ._clock import Clock
     from ._view import FleetView
 
 __all__ = ["BreakerCore", "Outcome", "PermitState", "TransitionHook"]
-
-TransitionHook = Callable[[Transition], None]
-"""A callable run in the process whose script made a transition."""
-
-Outcome = Literal["success", "failure", "ignore", "release"]
-"""How a call ended, for the record script: ``ignore`` counts as no call, ``release`` only
-frees a probe slot."""
-
-logger = logging.getLogger("redbreaker")
-# A library leaves output to the application's logging setup.
-logger.addHandler(logging.NullHandler())
-_LOUD = frozenset({State.OPEN, State.FORCED_OPEN})
-
-
-def _matches(matcher: ExceptionMatcher | None, exc: BaseException) -> bool:
-    if matcher is None:
-        return False
-    if isinstance(matcher, (type, tuple)):
-        return isinstance(exc, matcher)
-    return bool(matcher(exc))
-
 
 class PermitState:
     """What a permit remembers between admission and its outcome."""
@@ -152,11 +129,7 @@ class BreakerCore:
         self._clock = clock
         self._view = view
         self.keys = breaker_keys(prefix, self.name)
-        self._hooks = (on_transition,) if callable(on_transition) else tuple(on_transition)
-        for hook in self._hooks:
-            if not callable(hook):
-                raise ConfigError("on_transition", f"{hook!r} is not callable")
-            plain_callable_setting("on_transition", hook)
+        self._hooks = transition_hooks(on_transition)
         self._slow_after = self.config.slow_call_seconds
         self._window_ms = round(self.config.window_seconds * 1000)
         self._random = random.random
@@ -249,7 +222,7 @@ class BreakerCore:
         self._fire(reply.transitions)
         if reply.verdict == "reject":
             retry_after = None if reply.retry_after_ms < 0 else reply.retry_after_ms / 1000
-            if retry_after is not None and reply.state in _LOUD:
+            if retry_after is not None and reply.state in LOUD:
                 # The deadline is the server's; until it passes nothing can admit us.
                 self._view.cache_rejection(
                     self.keys.state, reply.retry_after_ms, reply.state.value
@@ -283,22 +256,11 @@ class BreakerCore:
 
     def classify_exception(self, exc: BaseException) -> Outcome:
         """What an exception that ended a call means for the breaker."""
-        if not isinstance(exc, Exception):
-            return "release"
-        if isinstance(exc, AttemptTimeoutError):
-            return "failure"  # whatever record_on says: the dependency did not answer in time
-        if isinstance(exc, AttemptRejectedError):
-            return "ignore"  # local saturation, not the dependency's fault
-        if _matches(self.config.ignore_on, exc):
-            return "ignore"
-        if _matches(self.config.record_on, exc):
-            return "failure"
-        return "ignore"
+        return classify_exception(self.config, exc)
 
     def classify_result(self, result: object) -> Outcome:
         """What a returned value means for the breaker (``failure_result``)."""
-        check = self.config.failure_result
-        return "failure" if check is not None and check(result) else "success"
+        return classify_result(self.config, result)
 
     def finish_args(
         self,
@@ -457,31 +419,4 @@ class BreakerCore:
     def _fire(self, transitions: Iterable[Transition]) -> None:
         for transition in transitions:
             self._view.forget_rejection(self.keys.state)
-            level = (
-                logging.WARNING
-                if transition.current in _LOUD or transition.reason.startswith("would_trip:")
-                else logging.INFO
-            )
-            previous = transition.previous.value if transition.previous else "unreadable"
-            logger.log(
-                level,
-                "circuit %r: %s -> %s (%s)",
-                transition.name,
-                previous,
-                transition.current.value,
-                transition.reason,
-                extra={
-                    "event": "transition",
-                    "breaker": transition.name,
-                    "from_state": previous,
-                    "to_state": transition.current.value,
-                    "reason": transition.reason,
-                    "generation": transition.generation,
-                },
-            )
-            for hook in self._hooks:
-                try:
-                    hook(transition)
-                except Exception:
-                    # A broken hook must never break the guarded call or hide its result.
-                    logger.exception("redbreaker transition hook %r failed", hook)
+            announce(transition, self._hooks)

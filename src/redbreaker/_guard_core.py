@@ -33,6 +33,7 @@ from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from ._classify import matches
 from ._config import (
     Seconds,
     seconds_setting,
@@ -270,12 +271,7 @@ class GuardCore:
             exc, (CircuitOpenError, AttemptRejectedError)
         ):
             return False
-        matcher = self.config.retry_on
-        if matcher is None:
-            return False
-        if isinstance(matcher, (type, tuple)):
-            return isinstance(exc, matcher)
-        return bool(matcher(exc))
+        return matches(self.config.retry_on, exc)
 
     def _wait(self, call: GuardCall, state: _t.RetryCallState) -> float:
         outcome = state.outcome
