@@ -35,7 +35,7 @@ from ._exceptions import (
     StoreError,
     StoreUnavailableError,
 )
-from ._guard import Guard, GuardConfig, build_guard
+from ._guard import BreakerLink, Guard, GuardConfig, build_guard
 from ._permit import LeaseHold, Permit
 from ._store import Store, connect
 from ._timeout import AttemptRunner
@@ -241,7 +241,15 @@ class Breaker(BreakerBase[Store]):
             @payments.guard(attempt_timeout=2, retry_on=ConnectionError, deadline=5)
             def charge(order): ...
         """
-        return build_guard(self, config, dict(settings))
+        link = BreakerLink(
+            self,
+            self._attempt_runner,
+            self._core.check_cached_rejection,
+            Permit._lease_hold,
+            Permit._finish,
+            Permit._ended_by,
+        )
+        return build_guard(link, config, dict(settings))
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)`` through the breaker and return its result.

@@ -25,7 +25,7 @@ import functools
 import threading
 import time
 import types
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 import tenacity as _t
 
@@ -53,9 +53,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._breaker import Breaker
+    from ._permit import LeaseHold, Permit
+    from ._timeout import AttemptRunner
 
 __all__ = [
     "AttemptInfo",
+    "BreakerLink",
     "Failure",
     "FailureReason",
     "Guard",
@@ -70,6 +73,20 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class BreakerLink(NamedTuple):
+    """What a guard asks of its breaker beyond the public API, handed over by
+    :meth:`Breaker.guard`: the guard reaches into nothing else of the breaker or its
+    permits."""
+
+    breaker: Breaker
+    # The breaker's attempt threads: their limits are the breaker's, shared by its guards.
+    attempt_runner: Callable[[], AttemptRunner]
+    check_cached_rejection: Callable[[], None]
+    lease_hold: Callable[[Permit], LeaseHold | None]
+    finish: Callable[..., None]  # (permit, *, result, origin): settle by a returned value
+    ended_by: Callable[..., None]  # (permit, exc, *, finishing, hold)
+
+
 class Guard(GuardCore):
     """A breaker with retry, attempt timeout and fallback around it.
 
@@ -79,12 +96,14 @@ class Guard(GuardCore):
     function has ``.outcome(...)`` too.
     """
 
-    def __init__(self, breaker: Breaker, config: GuardConfig) -> None:
+    def __init__(self, link: BreakerLink, config: GuardConfig) -> None:
         if config.fallback is not None:
             # A coroutine fallback would be returned unawaited as the degraded value.
             plain_callable_setting("fallback", config.fallback)
+        breaker = link.breaker
         super().__init__(breaker.name, config, breaker.store.clock, threading.Lock())
         self.breaker = breaker
+        self._link = link
         _fork.after_fork_in_child(self)
 
     def _after_fork_in_child(self) -> None:
@@ -131,16 +150,16 @@ class Guard(GuardCore):
         # Nothing between the permit and the try: an interrupt there would hold a probe's
         # slot until its lease expired.
         try:
-            call.hold = permit._lease_hold()
+            call.hold = self._link.lease_hold(permit)
             self._begin(call, permit.is_probe)
             result = self._with_retries(call, fn)
             finishing = True
-            permit._finish(result=result, origin=fn)
+            self._link.finish(permit, result=result, origin=fn)
         except AsyncCallError:
             permit.release()  # nothing ran: count nothing
             raise
         except BaseException as exc:
-            permit._ended_by(exc, finishing=finishing, hold=call.hold)
+            self._link.ended_by(permit, exc, finishing=finishing, hold=call.hold)
             raise
         return result
 
@@ -185,7 +204,7 @@ class Guard(GuardCore):
             if budget is None:
                 result = context.run(fn)
             else:
-                runner = self.breaker._attempt_runner()
+                runner = self._link.attempt_runner()
                 result = runner.run(functools.partial(context.run, fn), budget, call.hold)
         except BaseException as exc:
             call.last_error = exc
@@ -197,7 +216,7 @@ class Guard(GuardCore):
 
     def _recheck(self) -> None:
         """Stop retrying if the shared breaker opened meanwhile (by any process)."""
-        self.breaker._core.check_cached_rejection()
+        self._link.check_cached_rejection()
         try:
             snapshot = self.breaker.snapshot()
         except StoreUnavailableError as exc:
@@ -260,6 +279,6 @@ class LastGoodValue(Generic[R]):
         raise failure.exception
 
 
-def build_guard(breaker: Breaker, config: GuardConfig | None, settings: dict[str, Any]) -> Guard:
-    """A guard for ``breaker``: ``config`` with keyword ``settings`` applied."""
-    return Guard(breaker, guard_config(config, settings))
+def build_guard(link: BreakerLink, config: GuardConfig | None, settings: dict[str, Any]) -> Guard:
+    """A guard for ``link.breaker``: ``config`` with keyword ``settings`` applied."""
+    return Guard(link, guard_config(config, settings))

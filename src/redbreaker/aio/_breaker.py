@@ -19,7 +19,7 @@ from .._exceptions import (
     StoreError,
     StoreUnavailableError,
 )
-from ._guard import Guard, build_guard
+from ._guard import BreakerLink, Guard, build_guard
 from ._store import Store, connect
 
 if TYPE_CHECKING:
@@ -319,7 +319,10 @@ class Breaker(BreakerBase[Store]):
             @payments.guard(attempt_timeout=2, retry_on=ConnectionError, deadline=5)
             async def charge(order): ...
         """
-        return build_guard(self, config, dict(settings))
+        link = BreakerLink(
+            self, self._acquire, self._core.check_cached_rejection, Permit._finish, self._ended_by
+        )
+        return build_guard(link, config, dict(settings))
 
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         """Use the breaker as a decorator of a coroutine function.

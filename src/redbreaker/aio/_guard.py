@@ -14,7 +14,7 @@ import functools
 import inspect
 import sys
 import types
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 import tenacity as _t
 
@@ -31,12 +31,25 @@ from .._guard_core import IN_RETRY_LOOP, GuardCall, GuardCore, ReplayedFirst
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from ._breaker import Breaker
+    from ._breaker import Breaker, Permit
 
-__all__ = ["Guard", "GuardedFunction", "build_guard"]
+__all__ = ["BreakerLink", "Guard", "GuardedFunction", "build_guard"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class BreakerLink(NamedTuple):
+    """What an async guard asks of its breaker beyond the public API, handed over by
+    :meth:`redbreaker.aio.Breaker.guard`: the guard reaches into nothing else of the
+    breaker or its permits."""
+
+    breaker: Breaker
+    acquire: Callable[[], Awaitable[Permit]]
+    check_cached_rejection: Callable[[], None]
+    # (permit, *, result): settle by a returned value; the record to await, if any.
+    finish: Callable[..., Awaitable[object] | None]
+    ended_by: Callable[..., Awaitable[None]]  # (permit, exc, *, finishing)
 
 
 class Guard(GuardCore):
@@ -49,10 +62,12 @@ class Guard(GuardCore):
     function keeping its signature. A fallback may be a plain or a coroutine function.
     """
 
-    def __init__(self, breaker: Breaker, config: GuardConfig) -> None:
+    def __init__(self, link: BreakerLink, config: GuardConfig) -> None:
+        breaker = link.breaker
         # One event loop updates the counts: no lock.
         super().__init__(breaker.name, config, breaker.store.clock, contextlib.nullcontext())
         self.breaker = breaker
+        self._link = link
 
     def __repr__(self) -> str:
         return f"<redbreaker.aio.Guard of {self.breaker!r}>"
@@ -99,7 +114,7 @@ class Guard(GuardCore):
 
     async def _through_breaker(self, call: GuardCall, fn: Callable[[], Awaitable[R]]) -> R:
         try:
-            permit = await self.breaker._acquire()
+            permit = await self._link.acquire()
         except (StoreUnavailableError, StoreError):
             call.store_failed = True
             raise
@@ -111,11 +126,11 @@ class Guard(GuardCore):
             else:
                 result = await self._with_retries(call, fn)
             finishing = True
-            recording = permit._finish(result=result)
+            recording = self._link.finish(permit, result=result)
             if recording is not None:
                 await recording
         except BaseException as exc:
-            await self.breaker._ended_by(permit, exc, finishing=finishing)
+            await self._link.ended_by(permit, exc, finishing=finishing)
             raise
         return result
 
@@ -177,7 +192,7 @@ class Guard(GuardCore):
 
     async def _recheck(self) -> None:
         """Stop retrying if the shared breaker opened meanwhile (by any process)."""
-        self.breaker._core.check_cached_rejection()
+        self._link.check_cached_rejection()
         try:
             snapshot = await self.breaker.snapshot()
         except StoreUnavailableError as exc:
@@ -236,6 +251,6 @@ class GuardedFunction(Generic[P, R]):
         return GuardedFunction(self.guard, types.MethodType(self.__wrapped__, instance))
 
 
-def build_guard(breaker: Breaker, config: GuardConfig | None, settings: dict[str, Any]) -> Guard:
-    """An async guard for ``breaker``: ``config`` with keyword ``settings`` applied."""
-    return Guard(breaker, guard_config(config, settings))
+def build_guard(link: BreakerLink, config: GuardConfig | None, settings: dict[str, Any]) -> Guard:
+    """An async guard for ``link.breaker``: ``config`` with keyword ``settings`` applied."""
+    return Guard(link, guard_config(config, settings))
