@@ -158,6 +158,9 @@ class GuardCore:
         self._cap = _seconds(config.backoff_max) or 0.0
         self._max_retry_after = _seconds(config.max_retry_after) or 0.0
         self._retry_result = config.retry_result or _never_retry_result
+        # No error and no result is retried: every call is one attempt (and a guard inside
+        # it may retry, since this one multiplies nothing).
+        self._retries_nothing = config.retry_on is None and config.retry_result is None
         self._degraded: Counter[str] = Counter()
         self._degraded_lock = degraded_lock
         self._random = random.random
@@ -357,7 +360,7 @@ class GuardCore:
                 logger.exception("redbreaker attempt hook %r failed", hook)
 
     def _attempts_allowed(self, is_probe: bool) -> int:
-        if is_probe or IN_RETRY_LOOP.get():
+        if self._retries_nothing or is_probe or IN_RETRY_LOOP.get():
             # A probe is one call, not a burst; a nested guard leaves retrying to the outer.
             return 1
         mode = testing_mode()

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import functools
 import inspect
-import sys
 import types
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
@@ -178,7 +177,21 @@ class Guard(GuardCore):
         # A nested guard inside this attempt leaves retrying to this one.
         nested = IN_RETRY_LOOP.set(True) if call.max_attempts > 1 else None
         try:
-            result = await fn() if budget is None else await _within(budget, fn, self._name)
+            if budget is None:
+                result = await fn()
+            elif _TIMEOUT is not None:
+                timeout = _TIMEOUT(budget)
+                try:
+                    async with timeout:
+                        result = await fn()
+                except TimeoutError:
+                    if not timeout.expired():
+                        raise  # the dependency's own TimeoutError
+                    raise AttemptTimeoutError(
+                        self._name, budget, started=True, cancelled=True
+                    ) from None
+            else:  # pragma: no cover (Python 3.10)
+                result = await _within(budget, fn, self._name)
         except BaseException as exc:
             call.last_error = exc
             duration = budget if isinstance(exc, AttemptTimeoutError) and budget else None
@@ -201,26 +214,23 @@ class Guard(GuardCore):
         self._recheck_snapshot(snapshot)
 
 
-async def _within(budget: float, fn: Callable[[], Awaitable[R]], name: str) -> R:
-    """``await fn()``, cancelled after ``budget`` seconds (AttemptTimeoutError then). The
-    dependency's own TimeoutError passes through as it is."""
-    if sys.version_info >= (3, 11):
-        timeout = asyncio.timeout(budget)
-        try:
-            async with timeout:
-                return await fn()
-        except TimeoutError:
-            if timeout.expired():
-                raise AttemptTimeoutError(name, budget, started=True, cancelled=True) from None
-            raise
-    task = asyncio.ensure_future(fn())  # pragma: no cover (Python 3.10)
-    done, _ = await asyncio.wait({task}, timeout=budget)  # pragma: no cover
-    if task in done:  # pragma: no cover
+# asyncio.timeout (3.11+) cancels the attempt at its deadline; 3.10 waits on a task.
+_TIMEOUT = getattr(asyncio, "timeout", None)
+
+
+async def _within(
+    budget: float, fn: Callable[[], Awaitable[R]], name: str
+) -> R:  # pragma: no cover (Python 3.10)
+    """``await fn()`` as a task, cancelled after ``budget`` seconds (AttemptTimeoutError
+    then)."""
+    task = asyncio.ensure_future(fn())
+    done, _ = await asyncio.wait({task}, timeout=budget)
+    if task in done:
         return task.result()
-    task.cancel()  # pragma: no cover
-    with contextlib.suppress(BaseException):  # pragma: no cover
+    task.cancel()
+    with contextlib.suppress(BaseException):
         await task
-    raise AttemptTimeoutError(name, budget, started=True, cancelled=True)  # pragma: no cover
+    raise AttemptTimeoutError(name, budget, started=True, cancelled=True)
 
 
 class GuardedFunction(Generic[P, R]):
