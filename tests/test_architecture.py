@@ -14,17 +14,22 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "redbreaker"
 CORE = (
+    "_bases",
     "_cache",
     "_callables",
+    "_classify",
     "_config",
     "_core",
     "_exceptions",
+    "_feed_core",
     "_guard_config",
     "_guard_core",
+    "_hooks",
     "_keys",
     "_state",
     "_url",
     "_view",
+    "_wire",
 )
 IO_MODULES = frozenset({"redis", "threading", "asyncio", "time"})
 

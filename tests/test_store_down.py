@@ -69,7 +69,7 @@ def test_no_io_while_backing_off(setup: Any) -> None:
     """After a failure, calls skip Redis until the jittered backoff passes; then one tries."""
     store, clock, outage, _ = setup
     breaker = Breaker("dep", store=store)
-    store.health._random = lambda: 1.0  # the upper end of the jitter: exactly 0.1 s first
+    store.health._backoff = redis.backoff.ExponentialBackoff(cap=5.0, base=0.1)  # jitter's top
     outage.down = True
     breaker.call(lambda: None)
     assert outage.tries == 1
@@ -89,13 +89,13 @@ def test_backoff_grows_to_its_cap(setup: Any) -> None:
     """Waits double from 0.1 s and stop growing at 5 s."""
     store, _, _, _ = setup
     health = store.health
-    health._random = lambda: 1.0
+    health._backoff = redis.backoff.ExponentialBackoff(cap=5.0, base=0.1)  # the jitter's top
     waits = []
     for _ in range(12):
         health.failed(redis.ConnectionError("x"))
         waits.append(round(health.wait_left_peek(), 3))
     assert waits == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0]
-    health._random = lambda: 0.0
+    health._backoff = redis.backoff.ExponentialBackoff(cap=2.5, base=0.05)  # its bottom: half
     health.failed(redis.ConnectionError("x"))
     assert health.wait_left_peek() == 2.5  # the lower end of the jitter: half the wait
 
@@ -117,7 +117,7 @@ def test_reject_raises_store_unavailable(setup: Any) -> None:
     """"reject": a CircuitOpenError subclass; the first is chained to redis' error."""
     store, _, outage, _ = setup
     breaker = Breaker("dep", store=store, on_store_error="reject")
-    store.health._random = lambda: 1.0
+    store.health._backoff = redis.backoff.ExponentialBackoff(cap=5.0, base=0.1)
     outage.down = True
     ran: list[int] = []
     with pytest.raises(StoreUnavailableError) as first:

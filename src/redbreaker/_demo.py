@@ -8,109 +8,57 @@ transitions their own ``on_transition`` hooks saw, and their counts, back over a
 ``multiprocessing`` queue; the parent prints one timeline, the counts, and checks the two
 claims the demo makes: the fleet tripped once, and no half-open window admitted more probes
 than ``half_open_max_calls``.
+
+The plan, the messages and the printed report are :mod:`redbreaker._demo_report`'s; the
+embedded Redis and the parent's pub/sub watcher :mod:`redbreaker._demo_redis`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
 import queue
 import secrets
 import signal
-import threading
 import time
-import urllib.parse
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from ._breaker import Breaker
+from ._demo_redis import EmbeddedRedis, Watcher
+from ._demo_report import (
+    BREAKER_NAME,
+    CALL_SECONDS,
+    DOWN_FROM,
+    DOWN_UNTIL,
+    PAUSE_SECONDS,
+    DemoError,
+    DemoOptions,
+    Hooked,
+    Message,
+    Plan,
+    Ready,
+    Report,
+    print_header,
+    print_report,
+    redact_url,
+)
 from ._exceptions import CircuitOpenError
-from ._state import State, Transition
 from ._store import connect
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from multiprocessing.context import SpawnProcess
     from multiprocessing.queues import Queue
     from typing import TextIO
 
-    from ._state import Snapshot
+    from ._state import Transition
     from ._store import Store
 
 __all__ = ["DemoError", "DemoOptions", "redact_url", "run_demo"]
 
-BREAKER_NAME = "payments-api"
-CALL_SECONDS = 0.003
-"""How long one call of the simulated dependency takes, healthy or not."""
-PAUSE_SECONDS = 0.007
-"""How long a worker sleeps between two calls."""
-DOWN_FROM, DOWN_UNTIL = 0.2, 0.6
-"""The outage, as fractions of the run: 1.0 s to 3.0 s of a 5 s run."""
 _LEAD_SECONDS = 0.25
 _READY_TIMEOUT = 60.0
-_CONTROL_NAME = "-demo-control-"
-"""Name carried by the parent's own messages on the events channel (never a breaker)."""
-
-
-class DemoError(RuntimeError):
-    """The demo cannot run (no embedded Redis available, a worker failed to start)."""
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    """What ``redbreaker demo`` was asked for."""
-
-    url: str | None = None
-    workers: int = 4
-    duration: float = 5.0
-    probes: int = 1
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What every worker needs to know; pickled to the spawned processes."""
-
-    url: str
-    prefix: str
-    name: str
-    settings: dict[str, Any]
-    duration: float
-    down_from: float
-    down_until: float
-
-
-@dataclass(frozen=True)
-class _Ready:
-    worker: int
-
-
-@dataclass(frozen=True)
-class _Hooked:
-    """A transition one worker's ``on_transition`` hook saw."""
-
-    worker: int
-    transition: Transition
-
-
-@dataclass
-class _Report:
-    """One worker's counts, sent once at the end."""
-
-    worker: int
-    pid: int
-    calls: int = 0
-    successes: int = 0
-    failures: int = 0
-    rejected: int = 0
-    probes: dict[int, int] = field(default_factory=dict)
-    """Probe permits this worker got, per breaker generation (one half-open window each)."""
-    error: str | None = None
-
-
-_Message = Union[_Ready, _Hooked, _Report]  # noqa: UP007 (a runtime alias on 3.10)
 
 
 class DependencyDownError(ConnectionError):
@@ -130,24 +78,24 @@ def _sleep_until(deadline: float) -> None:
         time.sleep(left)
 
 
-def _worker(worker: int, plan: _Plan, starts: Queue[float], messages: Queue[_Message]) -> None:
+def _worker(worker: int, plan: Plan, starts: Queue[float], messages: Queue[Message]) -> None:
     """One worker process: build the shared breaker, call the dependency until the end."""
     # Ctrl-C is the parent's to handle: it stops the workers and the embedded Redis.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The hooks below report transitions; the library's log lines would repeat them.
     logging.getLogger("redbreaker").addHandler(logging.NullHandler())
-    report = _Report(worker, os.getpid())
+    report = Report(worker, os.getpid())
     probes: Counter[int] = Counter()
     store: Store | None = None
     try:
         store = connect(plan.url, prefix=plan.prefix)
 
         def hook(transition: Transition) -> None:
-            messages.put(_Hooked(worker, transition))
+            messages.put(Hooked(worker, transition))
 
         breaker = Breaker(plan.name, store=store, on_transition=[hook], **plan.settings)
         store.client.ping()
-        messages.put(_Ready(worker))
+        messages.put(Ready(worker))
         start = starts.get(timeout=_READY_TIMEOUT)
         _sleep_until(start)
         end = start + plan.duration
@@ -175,116 +123,7 @@ def _worker(worker: int, plan: _Plan, starts: Queue[float], messages: Queue[_Mes
             store.close()
 
 
-# -- the embedded Redis ------------------------------------------------------------------
-
-
-class _EmbeddedRedis:
-    """fakeredis's TCP server on a free port of 127.0.0.1, served by a thread."""
-
-    def __init__(self) -> None:
-        try:
-            import fakeredis  # noqa: PLC0415 (an optional dependency)
-            import lupa  # noqa: F401, PLC0415 (fakeredis runs the Lua scripts with it)
-        except ImportError as exc:
-            raise DemoError(
-                f"the embedded demo needs fakeredis with Lua ({exc}): "
-                "pip install 'redbreaker[embedded]', or pass --url redis://HOST:PORT/0"
-            ) from exc
-        server_class = getattr(fakeredis, "TcpFakeServer", None)
-        if server_class is None:
-            raise DemoError(
-                f"fakeredis {getattr(fakeredis, '__version__', '?')} has no TcpFakeServer: "
-                "pip install -U 'fakeredis[lua]', or pass --url redis://HOST:PORT/0"
-            )
-        self._server = server_class(("127.0.0.1", 0))
-        host, port = self._server.server_address[:2]
-        self.url = f"redis://{host}:{port}/0"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="redbreaker-demo-redis",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop serving, end every connection's handler thread, free the port."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-# -- a pub/sub watcher in the parent -----------------------------------------------------
-
-
-def _control_payload(reason: str) -> str:
-    return (
-        f'{{"name": "{_CONTROL_NAME}", "from_state": "closed", "to_state": "closed", '
-        f'"reason": "{reason}", "generation": 0, "at_ms": 0}}'
-    )
-
-
-class _Watcher:
-    """Reads every transition from ``Store.transitions()`` (what ``redbreaker watch`` does),
-    to compare with what the hooks reported."""
-
-    def __init__(self, store: Store, name: str) -> None:
-        self.seen: list[Transition] = []
-        self.error: str | None = None
-        self.listening = False
-        self._store = store
-        self._name = name
-        self._channel = f"{store.prefix}:events"
-        self._thread = threading.Thread(target=self._run, name="redbreaker-demo-watch", daemon=True)
-
-    def start(self, timeout: float = 5.0) -> None:
-        """Start, and wait until the subscription is live so no event is missed."""
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        hello = _control_payload("hello")
-        while time.monotonic() < deadline and self._thread.is_alive():
-            if int(self._store.client.publish(self._channel, hello)) > 0:
-                self.listening = True
-                return
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            with contextlib.suppress(Exception):
-                self._store.client.publish(self._channel, _control_payload("stop"))
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        stream: Iterator[Transition] = self._store.transitions()
-        try:
-            for transition in stream:
-                if transition.name == _CONTROL_NAME:
-                    if transition.reason == "stop":
-                        break
-                elif transition.name == self._name:
-                    self.seen.append(transition)
-        except Exception as exc:  # the Redis went away: report, never raise in a thread
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            with contextlib.suppress(Exception):
-                stream.close()  # type: ignore[attr-defined]
-
-
 # -- the parent --------------------------------------------------------------------------
-
-
-def _ms(seconds: float) -> int:
-    """Seconds as whole milliseconds."""
-    return round(seconds * 1000)
-
-
-def redact_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
 
 
 def _server_ms(store: Store) -> int:
@@ -294,13 +133,13 @@ def _server_ms(store: Store) -> int:
 
 def _collect(
     processes: list[SpawnProcess],
-    messages: Queue[_Message],
+    messages: Queue[Message],
     deadline: float,
     *,
     until_ready: bool,
-) -> tuple[list[_Message], str | None]:
+) -> tuple[list[Message], str | None]:
     """Read messages until every worker is ready (or has reported); an error text if not."""
-    got: list[_Message] = []
+    got: list[Message] = []
     pending = set(range(len(processes)))
     while pending:
         try:
@@ -309,9 +148,9 @@ def _collect(
             message = None
         if message is not None:
             got.append(message)
-            if isinstance(message, _Report) and message.error is not None:
+            if isinstance(message, Report) and message.error is not None:
                 return got, f"worker w{message.worker} failed: {message.error}"
-            if isinstance(message, _Report) or (until_ready and isinstance(message, _Ready)):
+            if isinstance(message, Report) or (until_ready and isinstance(message, Ready)):
                 pending.discard(message.worker)
             continue
         for worker in sorted(pending):
@@ -341,7 +180,7 @@ def run_demo(options: DemoOptions, out: TextIO) -> int:
         ConfigError, redis.RedisError: a bad ``--url``, or its Redis cannot be reached.
     """
     _check_options(options)
-    embedded = _EmbeddedRedis() if options.url is None else None
+    embedded = EmbeddedRedis() if options.url is None else None
     try:
         if embedded is not None:
             return _run(options, embedded.url, True, out)
@@ -363,7 +202,7 @@ def _run(options: DemoOptions, url: str, embedded: bool, out: TextIO) -> int:
         "max_recovery_timeout": 5.0,
         "key_ttl": 60.0,  # a demo on a real Redis leaves nothing behind for long
     }
-    plan = _Plan(
+    plan = Plan(
         url=url,
         prefix=prefix,
         name=BREAKER_NAME,
@@ -380,11 +219,11 @@ def _run(options: DemoOptions, url: str, embedded: bool, out: TextIO) -> int:
         store.close()
 
 
-def _run_fleet(options: DemoOptions, plan: _Plan, store: Store, embedded: bool, out: TextIO) -> int:
+def _run_fleet(options: DemoOptions, plan: Plan, store: Store, embedded: bool, out: TextIO) -> int:
     # spawn, not fork: the parent runs threads (the embedded Redis), and fork copies none.
     context = multiprocessing.get_context("spawn")
     starts: Queue[float] = context.Queue()
-    messages: Queue[_Message] = context.Queue()
+    messages: Queue[Message] = context.Queue()
     processes = [
         context.Process(
             target=_worker,
@@ -394,8 +233,8 @@ def _run_fleet(options: DemoOptions, plan: _Plan, store: Store, embedded: bool, 
         )
         for worker in range(options.workers)
     ]
-    watcher = _Watcher(store, plan.name)
-    _print_header(options, plan, embedded, out)
+    watcher = Watcher(store, plan.name)
+    print_header(options, plan, embedded, out)
     try:
         for process in processes:
             process.start()
@@ -429,7 +268,7 @@ def _run_fleet(options: DemoOptions, plan: _Plan, store: Store, embedded: bool, 
         starts.close()
         messages.close()
     snapshot = Breaker(plan.name, store=store, **plan.settings).snapshot()
-    return _print_report(
+    return print_report(
         options=options,
         plan=plan,
         embedded=embedded,
@@ -439,139 +278,3 @@ def _run_fleet(options: DemoOptions, plan: _Plan, store: Store, embedded: bool, 
         zero_ms=zero_ms,
         snapshot=snapshot,
     )
-
-
-def _print_header(options: DemoOptions, plan: _Plan, embedded: bool, out: TextIO) -> None:
-    def say(line: str = "") -> None:
-        print(line, file=out)
-
-    workers = options.workers
-    say(f"redbreaker demo: {workers} worker processes share one breaker, {plan.name!r}")
-    if embedded:
-        say("  store       embedded Redis (fakeredis TcpFakeServer, a thread of this process)")
-    else:
-        say("  store       Redis")
-    say(f"              {redact_url(plan.url)}, key prefix {plan.prefix}")
-    say(
-        "  breaker     failure_threshold=5 recovery_timeout=0.5s "
-        f"half_open_max_calls={options.probes} success_threshold=1"
-    )
-    down, up, end = _ms(plan.down_from), _ms(plan.down_until), _ms(plan.duration)
-    say(f"  dependency  healthy 0-{down} ms, DOWN {down}-{up} ms, healthy again until {end} ms")
-    say(
-        f"              each worker: call it ({_ms(CALL_SECONDS)} ms), "
-        f"sleep {_ms(PAUSE_SECONDS)} ms, repeat"
-    )
-    out.flush()
-
-
-def _print_report(
-    *,
-    options: DemoOptions,
-    plan: _Plan,
-    embedded: bool,
-    out: TextIO,
-    got: list[_Message],
-    watcher: _Watcher,
-    zero_ms: int,
-    snapshot: Snapshot,
-) -> int:
-    def say(line: str = "") -> None:
-        print(line, file=out)
-
-    hooked = sorted(
-        (m for m in got if isinstance(m, _Hooked)),
-        key=lambda m: (m.transition.generation, m.transition.at_ms),
-    )
-    reports = sorted((m for m in got if isinstance(m, _Report)), key=lambda r: r.worker)
-    workers = options.workers
-
-    down, up = _ms(plan.down_from), _ms(plan.down_until)
-    say()
-    say("       time  worker  transition, from the on_transition hook of the worker that made it")
-    rows: list[tuple[float, str]] = [
-        (down, f"  {down:+6d} ms  --      {plan.name} goes DOWN"),
-        (up, f"  {up:+6d} ms  --      {plan.name} is back"),
-    ]
-    for m in hooked:
-        t = m.transition
-        previous = t.previous.value if t.previous is not None else "?"
-        rows.append(
-            (
-                t.at_ms - zero_ms + 0.5,  # a transition at a marker's time prints after it
-                f"  {t.at_ms - zero_ms:+6d} ms  w{m.worker:<5}  {previous:>9} -> "
-                f"{t.current.value:<9}  {t.reason:<24}  gen {t.generation}",
-            )
-        )
-    for _, line in sorted(rows, key=lambda r: r[0]):
-        say(line)
-    say()
-
-    say("  worker      pid   calls      ok  failed  rejected  probes  hooks fired")
-    hooks = Counter(m.worker for m in hooked)
-    totals = [0] * 6
-    for r in reports:
-        values = [
-            r.calls,
-            r.successes,
-            r.failures,
-            r.rejected,
-            sum(r.probes.values()),
-            hooks[r.worker],
-        ]
-        totals = [a + b for a, b in zip(totals, values, strict=True)]
-        say(f"  w{r.worker:<5} {r.pid:>8}  " + _columns(values))
-    say(f"  {'all':<15}  " + _columns(totals))
-    say("  (rejected: CircuitOpenError, raised at once; the dependency was not called)")
-    say()
-
-    trips = sum(
-        1
-        for m in hooked
-        if m.transition.previous is State.CLOSED and m.transition.current is State.OPEN
-    )
-    verdict = "one fleet-wide trip" if trips == 1 else f"EXPECTED ONE FLEET-WIDE TRIP, GOT {trips}"
-    say(
-        f"{verdict}: {trips} closed->open transition{'' if trips == 1 else 's'} "
-        f"reported across {workers} workers"
-    )
-    probes_by_generation: Counter[int] = Counter()
-    for r in reports:
-        probes_by_generation.update(r.probes)
-    windows = [m.transition.generation for m in hooked if m.transition.current is State.HALF_OPEN]
-    per_window = [probes_by_generation[g] for g in windows]
-    worst = max(per_window, default=0)
-    listing = ", ".join(str(n) for n in per_window[:16]) + (", ..." if len(windows) > 16 else "")
-    say(
-        f"probes admitted per half-open window: {listing or 'none'} (limit {options.probes})"
-        + ("" if worst <= options.probes else "  EXCEEDS THE LIMIT")
-    )
-    if watcher.listening and watcher.error is None:
-        same = "the same" if len(watcher.seen) == len(hooked) else "DIFFERENT from the hooks:"
-        say(
-            f"pub/sub (Store.transitions() in the parent) saw {same} {len(watcher.seen)} "
-            "transitions;"
-        )
-        say(f"  each fired an on_transition hook in exactly one of the {workers} processes")
-    else:
-        say(f"pub/sub watcher unavailable: {watcher.error or 'no subscription'}")
-    say(
-        f"final snapshot: {snapshot.state.value}, generation {snapshot.generation}, "
-        f"open_count {snapshot.open_count}, consecutive_failures "
-        f"{snapshot.consecutive_failures}, probes in flight {snapshot.probes_in_flight},"
-    )
-    say(
-        f"  window {snapshot.window_calls} calls / {snapshot.window_failures} failures, "
-        f"last reason {snapshot.last_reason}"
-    )
-    if not embedded:
-        say(
-            f"inspect it: redbreaker show {plan.name} --url {redact_url(plan.url)} "
-            f"--prefix {plan.prefix}"
-        )
-    return 0 if trips == 1 and worst <= options.probes else 1
-
-
-def _columns(values: list[int]) -> str:
-    calls, ok, failed, rejected, probes, hooks = values
-    return f"{calls:>6}  {ok:>6}  {failed:>6}  {rejected:>8}  {probes:>6}  {hooks:>11}"

@@ -2,50 +2,87 @@
 
 Two readers of the channel live here: :class:`TransitionFeed`, which keeps a store's
 :class:`~redbreaker._view.FleetView` up to date for cached breakers, and :func:`watch`,
-behind ``Store.transitions()``, which hands every event to a caller.
+behind ``Store.transitions()``, which hands every event to a caller. What they decide is
+:mod:`redbreaker._feed_core`'s; here they subscribe, sleep and read.
+
+Each subscription runs on a client of its own (:func:`subscriber_client`): undecoded, and
+never reconnecting by itself (:func:`~redbreaker._feed_core.subscriber_settings` says why).
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 
+from . import _feed_core as core
 from ._exceptions import StoreError, StoreUnavailableError
-from ._health import library_errors
-from ._state import Transition, decode_event
+from ._health import FEED_BACKOFF, library_errors, wait_after
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from ._state import Transition
     from ._view import FleetView
 
-__all__ = ["TransitionFeed", "undecoded_client", "watch"]
-
-# How often a calling thread reads the transition feed at most, and how long the feed
-# thread lets it go unread when no call reads it.
-_FEED_POLL = 0.001
-_FEED_IDLE = 0.02
+__all__ = ["TransitionFeed", "subscriber_client", "watch"]
 
 
-def undecoded_client(client: Any) -> Any:  # noqa: ANN401 (any sync redis-py client)
-    """``client``, or a twin that hands over bytes: a decoding connection fails inside
-    redis-py on a payload that is not UTF-8, before it could be skipped."""
-    pool = getattr(client, "connection_pool", None)
-    settings = getattr(pool, "connection_kwargs", None)
-    if pool is None or not settings or not settings.get("decode_responses"):
-        return client
-    raw_pool = type(pool)(
-        connection_class=pool.connection_class, **{**settings, "decode_responses": False}
-    )
-    return redis.Redis(connection_pool=raw_pool)
+def subscriber_client(client: Any) -> redis.Redis:  # noqa: ANN401 (any sync redis-py client)
+    """A new client to the same server as ``client``, for one subscription: undecoded,
+    without redis-py retries. The caller closes it (:func:`_close_quietly`)."""
+    retry = Retry(NoBackoff(), 0)
+    if isinstance(client, RedisCluster):
+        # Plain PUBLISH reaches every node of a cluster: any node will do. A random one, so
+        # that resubscribing after a node died does not keep asking that node.
+        node = client.get_random_node()  # type: ignore[no-untyped-call]
+        source = client.get_redis_connection(node).connection_pool
+        settings = core.subscriber_settings(source, retry)
+        return redis.Redis(connection_pool=redis.ConnectionPool(**settings))
+    source = client.connection_pool
+    settings = core.subscriber_settings(source, retry)
+    pool: redis.ConnectionPool
+    if isinstance(source, SentinelConnectionPool):
+        # Its connections ask the Sentinels where the master is: the twin must too.
+        pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            source.service_name, source.sentinel_manager, is_master=source.is_master, **settings
+        )
+    else:
+        # One connection needs none of the caller's pool policy (a blocking limit, a
+        # subclass's constructor): the connection class and its settings say where to go.
+        pool = redis.ConnectionPool(**settings)
+    return redis.Redis(connection_pool=pool)
 
 
-class TransitionFeed:
+def _subscribe(pubsub: Any, channel: str) -> None:  # noqa: ANN401
+    """SUBSCRIBE, and wait for the server's confirmation: from then on nothing published
+    on ``channel`` is missed."""
+    pubsub.subscribe(channel)
+    deadline = time.monotonic() + core.CONFIRM_WAIT
+    while (left := deadline - time.monotonic()) > 0:
+        if core.confirms(pubsub.get_message(timeout=left)):
+            return
+    raise redis.TimeoutError(core.unconfirmed(channel))
+
+
+def _close_quietly(pubsub: Any, client: redis.Redis | None) -> None:  # noqa: ANN401
+    # Closing what failed may fail again (the server is gone): nothing left to learn.
+    if pubsub is not None:
+        with contextlib.suppress(Exception):
+            pubsub.close()
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.connection_pool.disconnect()  # the client does not own its pool
+
+
+class TransitionFeed(core.FeedCore):
     """Hears every transition under a prefix, for the cached breakers of one store.
 
     The subscription is read by whoever comes first: a calling thread, at most once per
@@ -58,24 +95,13 @@ class TransitionFeed:
         self, client: Any, prefix: str, view: FleetView, closed: Callable[[], bool]  # noqa: ANN401
     ) -> None:
         self._client = client
-        self._channel = f"{prefix}:events"
-        self._view = view
-        self._closed = closed
-        self._thread_name = f"redbreaker-feed-{prefix}"
-        self._start_afresh()
+        super().__init__(prefix, view, closed)
 
     def _start_afresh(self) -> None:
         self._lock = threading.Lock()
         self._reader = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._live = False
-        self._pubsub: Any = None
-        self._read_at = 0.0
-
-    @property
-    def live(self) -> bool:
-        """True while the feed is subscribed."""
-        return self._live
+        super()._start_afresh()
 
     def start(self) -> None:
         """Start the thread that subscribes and keeps the feed read (once)."""
@@ -84,23 +110,15 @@ class TransitionFeed:
         with self._lock:
             if self._thread is None and not self._closed():
                 self._thread = threading.Thread(
-                    target=self._run, name=self._thread_name, daemon=True
+                    target=self._run, name=self._worker_name, daemon=True
                 )
                 self._thread.start()
-
-    def after_fork_in_child(self) -> None:
-        """The parent's thread did not come along and its subscription is the parent's to
-        read: the next cached call starts a feed of the child's own, and copies taken
-        before the fork are stale (a new epoch)."""
-        self._start_afresh()
-        self._view.new_epoch()
 
     def poll(self) -> None:
         """Read the transitions published since the feed was last read, unless it was read
         less than a ms ago or another thread is reading it (no I/O then)."""
-        if not self._live or time.monotonic() - self._read_at < _FEED_POLL:
-            return
-        self._read(blocking=False)
+        if self._due(time.monotonic()):
+            self._read(blocking=False)
 
     def _read(self, *, blocking: bool) -> None:
         if not self._reader.acquire(blocking):
@@ -110,92 +128,66 @@ class TransitionFeed:
             if pubsub is None or not self._live:
                 return
             self._read_at = time.monotonic()
-            while True:
-                message = pubsub.get_message(timeout=0)
-                if message is None:
-                    return
-                if message.get("type") == "message":
-                    self._view.heard_event(message["data"])
-        except Exception:  # a lost connection: the feed thread subscribes again
-            self._live = False
+            while self._hear(pubsub.get_message(timeout=0)):
+                pass
+        except Exception:
+            self._lost()
         finally:
             self._reader.release()
 
     def _run(self) -> None:
-        delay = 0.05
         while not self._closed():
-            raw_client = undecoded_client(self._client)
-            pubsub = raw_client.pubsub(ignore_subscribe_messages=True)
+            client = pubsub = None
             try:
-                pubsub.subscribe(self._channel)
-                pubsub.get_message(timeout=1.0)
-                # Events published while unsubscribed are lost: every local copy taken
-                # before now must be refreshed from Redis.
+                client = subscriber_client(self._client)
+                pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+                _subscribe(pubsub, self._channel)
                 with self._reader:
-                    self._pubsub = pubsub
-                    self._view.new_epoch()
-                    self._live = True
-                delay = 0.05
+                    self._went_live(pubsub)
                 while not self._closed() and self._live:
-                    time.sleep(_FEED_IDLE)
-                    if time.monotonic() - self._read_at >= _FEED_IDLE:
+                    time.sleep(core.IDLE)
+                    if self._unread(time.monotonic()):
                         self._read(blocking=True)
-            except Exception:  # any failure: resubscribe after a pause
+            except Exception:  # any failure: subscribe again after a pause
                 pass
             finally:
                 with self._reader:
-                    self._live = False
-                    self._pubsub = None
-                with contextlib.suppress(Exception):
-                    pubsub.close()
-                if raw_client is not self._client:
-                    with contextlib.suppress(Exception):
-                        raw_client.close()
+                    failures = self._ended()
+                _close_quietly(pubsub, client)
             if self._closed():
                 return
-            time.sleep(delay * (0.5 + 0.5 * random.random()))
-            delay = min(2.0, delay * 2)
+            time.sleep(wait_after(FEED_BACKOFF, failures))
 
 
 def watch(client: Any, prefix: str, closed: Callable[[], bool]) -> Iterator[Transition]:  # noqa: ANN401
     """Every transition under ``prefix``, as it is PUBLISHed (``Store.transitions()``).
 
-    The subscription is live when this returns, so no event published after the call is
-    missed. Iterating blocks; it ends when the caller stops or ``closed()`` turns true.
-    Payloads are JSON, never evaluated; anything on the channel that is not a redbreaker
-    event is skipped.
+    The subscription is live (confirmed) when this returns, so no event published after
+    the call is missed. Iterating blocks; it ends when the caller stops or ``closed()``
+    turns true. Payloads are JSON, never evaluated; anything on the channel that is not a
+    redbreaker event is skipped.
     """
-    channel = f"{prefix}:events"
-    raw_client = undecoded_client(client)
-    pubsub = raw_client.pubsub(ignore_subscribe_messages=True)
+    events_channel = core.channel(prefix)
+    subscriber = pubsub = None
     try:
-        with library_errors(f"subscribing to {channel}", prefix):
-            pubsub.subscribe(channel)
-            # The first reply confirms the subscription; reading it makes it live now.
-            pubsub.get_message(timeout=1.0)
+        with library_errors(f"subscribing to {events_channel}", prefix):
+            subscriber = subscriber_client(client)
+            pubsub = subscriber.pubsub()  # type: ignore[no-untyped-call]
+            _subscribe(pubsub, events_channel)
     except BaseException as exc:
-        with contextlib.suppress(Exception):
-            pubsub.close()
-        if raw_client is not client:
-            raw_client.close()
-        if closed() and isinstance(exc, (StoreUnavailableError, StoreError)):
+        _close_quietly(pubsub, subscriber)
+        if core.ends_quietly(exc, closed()):
             return iter(())  # closed while subscribing: nothing more to watch
         raise
 
     def events() -> Iterator[Transition]:
         try:
-            for message in _listen(pubsub, channel, prefix, closed):
-                if message.get("type") != "message":
-                    continue
-                try:
-                    event = decode_event(message["data"])
-                except Exception:  # a stranger's message on our channel is not ours
-                    continue
-                yield event
+            for message in _listen(pubsub, events_channel, prefix, closed):
+                event = core.transition(message)
+                if event is not None:
+                    yield event
         finally:
-            pubsub.close()
-            if raw_client is not client:
-                raw_client.close()
+            _close_quietly(pubsub, subscriber)
 
     return events()
 
@@ -207,17 +199,16 @@ def _listen(
     # the store was closed: that is how a watch is ended from another thread.
     try:
         with library_errors(f"watching {channel}", prefix):
-            # Short waits, not listen(): a client that reconnects by itself would keep a
-            # blocked read alive past close(); this loop sees close() within 0.25 s.
+            # Short waits, not listen(): this loop sees close() within WATCH_WAIT.
             while not closed():
                 try:
-                    message = pubsub.get_message(timeout=0.25)
+                    message = pubsub.get_message(timeout=core.WATCH_WAIT)
                 except Exception:
                     if closed():
                         return  # close() pulled the connection from under the read
                     raise
                 if message is not None:
                     yield message
-    except (StoreUnavailableError, StoreError):
-        if not closed():
+    except (StoreUnavailableError, StoreError) as exc:
+        if not core.ends_quietly(exc, closed()):
             raise

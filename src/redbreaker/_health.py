@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import redis
+from redis.backoff import AbstractBackoff, EqualJitterBackoff
 from redis.exceptions import (
     ChildDeadlockedError,
     ClusterDownError,
@@ -41,14 +41,17 @@ if TYPE_CHECKING:
     from ._clock import Clock
 
 __all__ = [
+    "FEED_BACKOFF",
     "REFUSED",
     "SCRIPT_CALL_ERRORS",
+    "STORE_BACKOFF",
     "UNAVAILABLE",
     "StoreEvent",
     "StoreHealth",
     "cannot_fcall",
     "library_errors",
     "no_such_function",
+    "wait_after",
 ]
 
 logger = logging.getLogger("redbreaker")
@@ -73,8 +76,19 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 """redis-py errors that mean "Redis cannot answer now", as opposed to "Redis said no"."""
 
-_FIRST_RETRY = 0.1
-_MAX_RETRY = 5.0
+# Waits after failures in a row double from the base to the cap, each drawn from the upper
+# half of its ceiling (equal jitter): processes that lost Redis together do not come back
+# together, and none waits less than half as long as the doubling says.
+STORE_BACKOFF: AbstractBackoff = EqualJitterBackoff(cap=5.0, base=0.1)
+"""Between tries of a degraded store."""
+FEED_BACKOFF: AbstractBackoff = EqualJitterBackoff(cap=2.0, base=0.05)
+"""Between subscriptions of a transition feed (both drivers)."""
+
+
+def wait_after(backoff: AbstractBackoff, failures: int) -> float:
+    """Seconds to wait after ``failures`` (>= 1) failures in a row: the base after one."""
+    # Past 2**16 every cap is long reached, and past 2**1023 redis-py's float overflows.
+    return backoff.compute(min(max(failures - 1, 0), 16))
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,7 @@ class StoreHealth:
         self._degraded_since: float | None = None
         self._next_try = 0.0
         self._failures = 0
-        self._random = random.random
+        self._backoff = STORE_BACKOFF
 
     def after_fork(self) -> None:
         """In a forked child: a lock another thread of the parent held stays held here."""
@@ -130,7 +144,7 @@ class StoreHealth:
             now = self._clock.monotonic()
             if now < self._next_try:
                 return self._next_try - now
-            self._next_try = now + self._backoff()
+            self._next_try = now + wait_after(self._backoff, self._failures)
             return 0.0
 
     def wait_left_peek(self) -> float:
@@ -144,7 +158,7 @@ class StoreHealth:
         with self._lock:
             now = self._clock.monotonic()
             self._failures += 1
-            self._next_try = now + self._backoff()
+            self._next_try = now + wait_after(self._backoff, self._failures)
             if self._degraded_since is not None:
                 return
             self._degraded_since = now
@@ -195,13 +209,6 @@ class StoreHealth:
             )
         self.succeeded()  # it answered: reachable, but it said no
         return StoreError(f"Redis refused the {script} script: {exc}")
-
-    def _backoff(self) -> float:
-        # Doubling from 0.1 s to 5 s, each wait drawn from its upper half: processes that
-        # lost Redis together do not come back together.
-        exponent = min(max(self._failures - 1, 0), 16)
-        ceiling = min(_MAX_RETRY, _FIRST_RETRY * 2.0**exponent)
-        return ceiling * (0.5 + 0.5 * self._random())
 
     def _emit(self, event: StoreEvent) -> None:
         for hook in self._hooks:

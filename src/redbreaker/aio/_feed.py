@@ -3,19 +3,17 @@
 Two readers of the channel live here, twins of :mod:`redbreaker._feed`:
 :class:`TransitionFeed`, a task that keeps a store's :class:`~redbreaker._view.FleetView`
 up to date for cached breakers, and :class:`TransitionStream`, behind
-``Store.transitions()``, which hands every event to a caller.
+``Store.transitions()``, which hands every event to a caller. What they decide is
+:mod:`redbreaker._feed_core`'s; here they subscribe, sleep and read.
 
-Each subscription runs on a client of its own (:func:`subscriber_client`): it hands over
-bytes (a decoding connection fails inside redis-py on a payload that is not UTF-8, before
-it could be skipped) and never reconnects by itself, because a subscription that came back
-silently would have missed events without anyone starting a new epoch of the view.
+Each subscription runs on a client of its own (:func:`subscriber_client`): undecoded, and
+never reconnecting by itself (:func:`~redbreaker._feed_core.subscriber_settings` says why).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,52 +24,33 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 
+from .. import _feed_core as core
 from .._exceptions import StoreError, StoreUnavailableError
-from .._health import library_errors
-from .._state import decode_event
+from .._health import FEED_BACKOFF, library_errors, wait_after
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from types import TracebackType
 
     from .._state import Transition
     from .._view import FleetView
 
 __all__ = ["TransitionFeed", "TransitionStream", "subscriber_client"]
 
-# How often a calling task reads the feed at most, and how long the feed task lets it go
-# unread when no call reads it (the same figures as the threaded feed).
-_FEED_POLL = 0.001
-_FEED_IDLE = 0.02
-# Resubscribing after an error: jittered, doubling from the first wait to the last.
-_FIRST_RETRY = 0.05
-_MAX_RETRY = 2.0
-# How long a SUBSCRIBE may go unconfirmed before the subscription counts as failed.
-_CONFIRM_WAIT = 1.0
-# How often a watching caller checks whether the store was closed.
-_WATCH_WAIT = 0.25
-
 
 async def subscriber_client(client: Any) -> redis.asyncio.Redis:  # noqa: ANN401 (any asyncio client)
     """A new client to the same server as ``client``, for one subscription: undecoded,
     without redis-py retries. The caller closes it (``aclose()``)."""
-    overrides = {"decode_responses": False, "retry": Retry(NoBackoff(), 0)}
+    retry = Retry(NoBackoff(), 0)
     if isinstance(client, RedisCluster):
         # Plain PUBLISH reaches every node of a cluster: any node will do. A random one, so
         # that resubscribing after a node died does not keep asking that node.
         await client.initialize()
         node = client.get_random_node()
-        pool: Any = redis.asyncio.ConnectionPool(
-            connection_class=node.connection_class, **{**node.connection_kwargs, **overrides}
-        )
-        return redis.asyncio.Redis.from_pool(pool)
+        settings = core.subscriber_settings(node, retry)
+        return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**settings))
     source = client.connection_pool
-    # A Sentinel pool adds a reference to itself to the settings; the twin adds its own.
-    settings = {
-        **{k: v for k, v in source.connection_kwargs.items() if k != "connection_pool"},
-        **overrides,
-        "connection_class": source.connection_class,
-    }
+    settings = core.subscriber_settings(source, retry)
+    pool: redis.asyncio.ConnectionPool
     if isinstance(source, SentinelConnectionPool):
         # Its connections ask the Sentinels where the master is: the twin must too.
         pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
@@ -89,12 +68,11 @@ async def _subscribe(pubsub: Any, channel: str) -> None:  # noqa: ANN401
     on ``channel`` is missed."""
     await pubsub.subscribe(channel)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + _CONFIRM_WAIT
+    deadline = loop.time() + core.CONFIRM_WAIT
     while (left := deadline - loop.time()) > 0:
-        message = await pubsub.get_message(timeout=left)
-        if message is not None and message.get("type") == "subscribe":
+        if core.confirms(await pubsub.get_message(timeout=left)):
             return
-    raise redis.TimeoutError(f"SUBSCRIBE {channel} was not confirmed within {_CONFIRM_WAIT} s")
+    raise redis.TimeoutError(core.unconfirmed(channel))
 
 
 async def _close_quietly(pubsub: Any, client: Any) -> None:  # noqa: ANN401
@@ -105,7 +83,7 @@ async def _close_quietly(pubsub: Any, client: Any) -> None:  # noqa: ANN401
                 await resource.aclose()
 
 
-class TransitionFeed:
+class TransitionFeed(core.FeedCore):
     """Hears every transition under a prefix, for the cached breakers of one store.
 
     The subscription is read by whoever comes first: a calling task, at most once per ms
@@ -119,23 +97,12 @@ class TransitionFeed:
         self, client: Any, prefix: str, view: FleetView, closed: Callable[[], bool]  # noqa: ANN401
     ) -> None:
         self._client = client
-        self._channel = f"{prefix}:events"
-        self._view = view
-        self._closed = closed
-        self._task_name = f"redbreaker-feed-{prefix}"
         self._task: asyncio.Task[None] | None = None
-        self._start_afresh()
+        super().__init__(prefix, view, closed)
 
     def _start_afresh(self) -> None:
-        self._live = False
         self._reading = False
-        self._pubsub: Any = None
-        self._read_at = 0.0
-
-    @property
-    def live(self) -> bool:
-        """True while the feed is subscribed."""
-        return self._live
+        super()._start_afresh()
 
     def start(self) -> None:
         """Start the task that subscribes and keeps the feed read, on the running loop
@@ -149,21 +116,16 @@ class TransitionFeed:
         # A task of an earlier loop that never finished (a loop closed without cancelling
         # its tasks) is gone with it: its state is not this loop's.
         self._start_afresh()
-        self._task = loop.create_task(self._run(), name=self._task_name)
+        self._task = loop.create_task(self._run(), name=self._worker_name)
 
     def after_fork_in_child(self) -> None:
-        """The parent's task and subscription are the parent's: the next cached call starts
-        a feed of the child's own, and copies taken before the fork are stale."""
         self._task = None
-        self._start_afresh()
-        self._view.new_epoch()
+        super().after_fork_in_child()
 
     def due(self) -> bool:
         """Whether a caller should read now: subscribed, not being read, and last read a
         ms ago or more. No I/O, no await: the fast path of ``Store.poll_feed()``."""
-        return (
-            self._live and not self._reading and time.monotonic() - self._read_at >= _FEED_POLL
-        )
+        return not self._reading and self._due(time.monotonic())
 
     async def read(self) -> None:
         """Read every message that arrived, without waiting for more."""
@@ -173,47 +135,35 @@ class TransitionFeed:
         self._reading = True
         self._read_at = time.monotonic()
         try:
-            while True:
-                message = await pubsub.get_message(timeout=0)
-                if message is None:
-                    return
-                if message.get("type") == "message":
-                    self._view.heard_event(message["data"])
-        except Exception:  # a lost connection: the feed task subscribes again
-            self._live = False
+            while self._hear(await pubsub.get_message(timeout=0)):
+                pass
+        except Exception:
+            self._lost()
         finally:
             # A cancelled read needs nothing more: redis-py's parsers keep a partly read
             # reply for the next read, and pub/sub reads do not drop the connection.
             self._reading = False
 
     async def _run(self) -> None:
-        delay = _FIRST_RETRY
         while not self._closed():
             client = pubsub = None
             try:
                 client = await subscriber_client(self._client)
                 pubsub = client.pubsub()
                 await _subscribe(pubsub, self._channel)
-                # Events published while unsubscribed are lost: every local copy taken
-                # before now must be refreshed from Redis.
-                self._pubsub = pubsub
-                self._view.new_epoch()
-                self._live = True
-                delay = _FIRST_RETRY
+                self._went_live(pubsub)
                 while self._live and not self._closed():
-                    await asyncio.sleep(_FEED_IDLE)
-                    if time.monotonic() - self._read_at >= _FEED_IDLE:
+                    await asyncio.sleep(core.IDLE)
+                    if self._unread(time.monotonic()):
                         await self.read()
-            except Exception:  # any failure: resubscribe after a pause
+            except Exception:  # any failure: subscribe again after a pause
                 pass
             finally:
-                self._live = False
-                self._pubsub = None
+                failures = self._ended()
                 await _close_quietly(pubsub, client)
             if self._closed():
                 return
-            await asyncio.sleep(delay * (0.5 + 0.5 * random.random()))
-            delay = min(_MAX_RETRY, delay * 2)
+            await asyncio.sleep(wait_after(FEED_BACKOFF, failures))
 
     async def aclose(self) -> None:
         """Stop the task (its subscription and client are closed on its way out)."""
@@ -259,7 +209,7 @@ class TransitionStream:
     def __init__(self, client: Any, prefix: str, closed: Callable[[], bool]) -> None:  # noqa: ANN401
         self._client = client
         self._prefix = prefix
-        self._channel = f"{prefix}:events"
+        self._channel = core.channel(prefix)
         self._closed = closed
         self._started = False
         self._ended = False
@@ -284,7 +234,7 @@ class TransitionStream:
         except BaseException as exc:
             self._ended = True
             await _close_quietly(pubsub, client)
-            if self._closed() and isinstance(exc, (StoreUnavailableError, StoreError)):
+            if core.ends_quietly(exc, self._closed()):
                 return self  # closed while subscribing: nothing more to watch
             raise
         if self._ended:  # aclose() ran while this subscribed
@@ -296,12 +246,7 @@ class TransitionStream:
     async def __aenter__(self) -> TransitionStream:
         return await self.start()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     def __aiter__(self) -> TransitionStream:
@@ -313,18 +258,15 @@ class TransitionStream:
             try:
                 with library_errors(f"watching {self._channel}", self._prefix):
                     # Short waits, so that a closed store ends the iteration promptly.
-                    message = await self._pubsub.get_message(timeout=_WATCH_WAIT)
-            except (StoreUnavailableError, StoreError):
-                if self._closed():
+                    message = await self._pubsub.get_message(timeout=core.WATCH_WAIT)
+            except (StoreUnavailableError, StoreError) as exc:
+                if core.ends_quietly(exc, self._closed()):
                     break
                 await self.aclose()
                 raise
-            if message is None or message.get("type") != "message":
-                continue
-            try:
-                return decode_event(message["data"])
-            except Exception:  # a stranger's message on our channel is not ours
-                continue
+            event = core.transition(message)
+            if event is not None:
+                return event
         await self.aclose()
         raise StopAsyncIteration
 
