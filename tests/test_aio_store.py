@@ -159,7 +159,7 @@ def test_run_replies_like_the_sync_store(
     finally:
         sync.close()
     assert [reply[:2] for reply in seen] == [["admit", "closed"]] * 3 + [["reject", "open"]] * 2
-    assert store._use_functions
+    assert store._route.functions
 
 
 def test_function_flush_then_run_reloads(redis_url: str, redis_server: RedisServer) -> None:
@@ -181,7 +181,7 @@ def test_function_flush_then_run_reloads(redis_url: str, redis_server: RedisServ
     stats = redis_server.commandstats()
     assert stats["function|load"] == 2
     assert stats.get("evalsha", 0) == 0
-    assert store._use_functions
+    assert store._route.functions
 
 
 # docs/security.md's ACL of releases before Functions: EVALSHA and SCRIPT LOAD, no FCALL.
@@ -217,7 +217,7 @@ def test_an_acl_without_fcall_falls_back_to_evalsha(redis_server: RedisServer) -
         replies = asyncio.run(body())
         assert [r[0] for r in replies[:2]] == [b"admit", b"admit"]
         assert core.on_inspect_reply(replies[2]).exists
-        assert store._use_functions is False
+        assert store._route.functions is False
         # acquire, acquire again after SCRIPT FLUSH, inspect's first use
         assert server.commandstats()["script|load"] == 3
         with server.client(decode_responses=True) as admin:
@@ -719,7 +719,7 @@ def test_cluster_runs_scripts_lists_and_hears(redis_server: RedisServer) -> None
         server.reset_stats()
         for store in stores:
             asyncio.run(body(store))
-            assert store._use_functions is False
+            assert store._route.functions is False
             server.flushall(scripts=True)
         assert "fcall" not in server.commandstats()
     finally:

@@ -283,7 +283,7 @@ def test_scripts_without_functions(harness: Harness) -> None:
     """A store that cannot use Functions (Redis < 7, an ACL without FCALL) runs the same
     scripts by EVALSHA: one per round trip, and after SCRIPT FLUSH a NOSCRIPT EVALSHA,
     SCRIPT LOAD, EVALSHA."""
-    harness.store._use_functions = False
+    harness.store._route.functions = False
     breaker = Breaker("svc", store=harness.store)
     breaker.call(_ok)  # the acquire script gets loaded
     measured = harness.measure(lambda: breaker.call(_ok))

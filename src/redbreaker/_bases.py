@@ -13,15 +13,16 @@ from ._exceptions import ConfigError, PermitError
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from contextlib import AbstractContextManager
+    from types import TracebackType
 
-    from typing_extensions import Unpack
+    from typing_extensions import Self, Unpack
 
     from ._clock import Clock
     from ._config import BreakerConfig, BreakerSettings
     from ._core import PermitState, TransitionHook
     from ._view import FleetView
 
-__all__ = ["BreakerBase", "PermitBase", "StoreLike"]
+__all__ = ["BreakerBase", "FreeSlotIfInterrupted", "PermitBase", "StoreLike"]
 
 
 class StoreLike(Protocol):
@@ -74,10 +75,27 @@ class BreakerBase(Generic[S]):
         self._cached = self.config.consistency == "cached"
         self._hooks = on_transition
         # This process's own breaker while Redis is unreachable (on_store_error="local").
-        self._local: BreakerBase[S] | None = None
+        self._local: Self | None = None
         if self.config.on_store_error == "local":
             self._embedded_store()  # fails now, not in an outage, if fakeredis is missing
         self._built()
+
+    def _local_breaker(self) -> Self:
+        """This process's own breaker while Redis is unreachable (on_store_error="local"):
+        same name, config and Lua, on an embedded Redis, until the shared one answers."""
+        local = self._local
+        if local is None:
+            local = self._local = type(self)(
+                self.name,
+                store=self._embedded_store(),
+                config=self._core.local_config(),
+                on_transition=self._hooks,
+            )
+        return local
+
+    def _free_slot(self, args: list[str]) -> None:
+        """Release a probe slot an interrupted caller may hold (best effort)."""
+        raise NotImplementedError
 
     def _built(self) -> None:
         """What a driver's breaker sets up once the common parts are in place."""
@@ -122,3 +140,29 @@ class PermitBase(Generic[B]):
         if self._state.settled:
             raise PermitError(f"this permit of circuit {self._breaker.name!r} is already settled")
         self._state.settled = True
+
+
+class FreeSlotIfInterrupted:
+    """Around an acquire's round trip: interrupted (KeyboardInterrupt, a cancellation)
+    before the caller holds its permit, the probe slot the script may have granted under
+    the token chosen for ``acquire_args`` is freed at once, not at its lease's end. An
+    ``Exception`` is Redis saying no, or a rejection: nothing was granted."""
+
+    __slots__ = ("_acquire_args", "_breaker")
+
+    def __init__(self, breaker: BreakerBase[Any], acquire_args: list[str]) -> None:
+        self._breaker = breaker
+        self._acquire_args = acquire_args
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            breaker = self._breaker
+            breaker._free_slot(breaker._core.interrupted_acquire_args(self._acquire_args))

@@ -27,7 +27,7 @@ import weakref
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from . import _fork
-from ._bases import BreakerBase
+from ._bases import BreakerBase, FreeSlotIfInterrupted
 from ._callables import ASYNC_CODE, require_sync
 from ._core import Outcome, PermitState, TransitionHook
 from ._exceptions import (
@@ -89,7 +89,6 @@ class Breaker(BreakerBase[Store]):
     _store_hint = "a Store (see connect())"
 
     _batch_lock = threading.Lock
-    _local: Breaker | None
 
     def _built(self) -> None:
         self._runner: AttemptRunner | None = None
@@ -123,26 +122,13 @@ class Breaker(BreakerBase[Store]):
         heard = core.heard()
         started = core.now()
         args = core.acquire_args()
-        # An interrupt (KeyboardInterrupt) from here until the caller holds its permit may
-        # leave a probe slot granted that nobody would free before its lease expires: the
-        # token was chosen here, so it is freed even when the reply was never read.
         try:
-            raw = self.store.run("acquire", self._keys, args)
+            with FreeSlotIfInterrupted(self, args):
+                raw = self.store.run("acquire", self._keys, args)
+                self._local = None  # Redis answers: the shared breaker decides again
+                return Permit(self, core.on_acquire_reply(raw, heard, started))
         except StoreUnavailableError as exc:
             return self._acquire_without_store(exc, started)
-        except Exception:
-            raise  # Redis said no: the script granted nothing
-        except BaseException:
-            self._free_slot(core.interrupted_acquire_args(args))
-            raise
-        try:
-            self._local = None  # Redis answers: the shared breaker decides again
-            return Permit(self, core.on_acquire_reply(raw, heard, started))
-        except Exception:
-            raise  # rejected, or an unreadable reply
-        except BaseException:
-            self._free_slot(core.interrupted_acquire_args(args))
-            raise
 
     def _free_slot(self, args: list[str]) -> None:
         """Send a release for a probe slot an interrupted caller may hold (best effort)."""
@@ -153,17 +139,7 @@ class Breaker(BreakerBase[Store]):
         state = self._core.without_store(exc, started)
         if state is not None:
             return Permit(self, state)
-        local = self._local
-        if local is None:
-            # A breaker of this process alone, same config and same Lua, on an embedded
-            # Redis: it guards the dependency until the shared one answers again.
-            local = self._local = type(self)(
-                self.name,
-                store=self._embedded_store(),
-                config=self._core.local_config(),
-                on_transition=self._hooks,
-            )
-        return local.acquire()
+        return self._local_breaker().acquire()
 
     def _record(
         self,

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis
 from redis.backoff import AbstractBackoff, EqualJitterBackoff
@@ -46,6 +46,7 @@ __all__ = [
     "SCRIPT_CALL_ERRORS",
     "STORE_BACKOFF",
     "UNAVAILABLE",
+    "ScriptRoute",
     "StoreEvent",
     "StoreHealth",
     "cannot_fcall",
@@ -171,6 +172,28 @@ class StoreHealth:
         )
         self._emit(StoreEvent("store_degraded", self._prefix, detail, None))
 
+    def before_call(self, name: str) -> None:
+        """Let a store call through, or refuse it without I/O while the backoff after an
+        outage has not passed.
+
+        Raises:
+            StoreUnavailableError: Redis failed recently and is not to be tried yet.
+        """
+        wait = self.wait_left()
+        if wait > 0:
+            raise StoreUnavailableError(name, wait, "not retried yet after an error")
+
+    def answered(self, script: str, reply: object) -> list[Any]:
+        """Take in a script's reply: Redis is reachable, and the reply is a list.
+
+        Raises:
+            StoreError: the reply is not a list (not one of our scripts answered).
+        """
+        self.succeeded()
+        if not isinstance(reply, list):
+            raise StoreError(f"the {script} script replied {reply!r}, not a list")
+        return reply
+
     def succeeded(self) -> None:
         """A store call answered."""
         if self._degraded_since is None:
@@ -238,6 +261,41 @@ def library_errors(doing: str, prefix: str) -> Iterator[None]:
         raise StoreUnavailableError(prefix, None, f"{doing}: {type(exc).__name__}: {exc}") from exc
     except redis.RedisError as exc:
         raise StoreError(f"{doing}: {type(exc).__name__}: {exc}") from exc
+
+
+class ScriptRoute:
+    """How a store calls its scripts: FCALL of the library while the server allows it,
+    then EVALSHA for good (Redis < 7, an ACL without FCALL or FUNCTION LOAD).
+
+    The drivers send what this says and hand it the errors they get."""
+
+    __slots__ = ("functions",)
+
+    def __init__(self, *, functions: bool) -> None:
+        self.functions = functions
+
+    def after_fcall_error(self, exc: redis.ResponseError) -> Literal["load", "evalsha"]:
+        """An FCALL failed: load the library and call again, or use EVALSHA from now on.
+
+        Raises:
+            redis.ResponseError: ``exc``, an error of the script itself.
+        """
+        if no_such_function(exc):
+            return "load"  # never loaded, or lost (FUNCTION FLUSH, a restart, a new node)
+        if cannot_fcall(exc):
+            self.functions = False
+            return "evalsha"
+        raise exc
+
+    def after_load_error(self, exc: redis.ResponseError) -> None:
+        """FUNCTION LOAD failed: scripts will do, if it was refused.
+
+        Raises:
+            redis.ResponseError: ``exc``, another error.
+        """
+        if not cannot_fcall(exc):
+            raise exc
+        self.functions = False
 
 
 def no_such_function(exc: redis.ResponseError) -> bool:

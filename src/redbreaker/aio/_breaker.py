@@ -13,7 +13,7 @@ import functools
 import weakref
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .._bases import BreakerBase, PermitBase
+from .._bases import BreakerBase, FreeSlotIfInterrupted, PermitBase
 from .._callables import is_awaitable, require_async
 from .._exceptions import (
     StoreError,
@@ -164,7 +164,6 @@ class Breaker(BreakerBase[Store]):
 
     # One event loop runs every call: the batch needs no lock.
     _batch_lock = contextlib.nullcontext
-    _local: Breaker | None
 
     def _embedded_store(self) -> Store:
         return _embedded_store(self.store)
@@ -193,25 +192,13 @@ class Breaker(BreakerBase[Store]):
         heard = core.heard()
         started = core.now()
         args = core.acquire_args()
-        # Cancelled (or interrupted) before the caller holds its permit: a probe slot the
-        # script may have granted is freed at once, under the token chosen here.
         try:
-            raw = await self.store.run("acquire", self._keys, args)
+            with FreeSlotIfInterrupted(self, args):
+                raw = await self.store.run("acquire", self._keys, args)
+                self._local = None  # Redis answers: the shared breaker decides again
+                return Permit(self, core.on_acquire_reply(raw, heard, started))
         except StoreUnavailableError as exc:
             return await self._acquire_without_store(exc, started)
-        except Exception:
-            raise  # Redis said no: the script granted nothing
-        except BaseException:
-            self._free_slot(core.interrupted_acquire_args(args))
-            raise
-        try:
-            self._local = None  # Redis answers: the shared breaker decides again
-            return Permit(self, core.on_acquire_reply(raw, heard, started))
-        except Exception:
-            raise  # rejected, or an unreadable reply
-        except BaseException:
-            self._free_slot(core.interrupted_acquire_args(args))
-            raise
 
     def _free_slot(self, args: list[str]) -> None:
         """Release a probe slot a cancelled caller may hold, in a task of its own."""
@@ -226,17 +213,7 @@ class Breaker(BreakerBase[Store]):
         state = self._core.without_store(exc, started)
         if state is not None:
             return Permit(self, state)
-        local = self._local
-        if local is None:
-            # A breaker of this process alone, same config and same Lua, on an embedded
-            # Redis: it guards the dependency until the shared one answers again.
-            local = self._local = type(self)(
-                self.name,
-                store=self._embedded_store(),
-                config=self._core.local_config(),
-                on_transition=self._hooks,
-            )
-        return await local._acquire()
+        return await self._local_breaker()._acquire()
 
     # -- outcomes ------------------------------------------------------------------------
 

@@ -22,14 +22,13 @@ from redis.backoff import NoBackoff
 from .. import _fork
 from .._clock import Clock, SystemClock
 from .._config import plain_callable_setting, seconds_setting
-from .._exceptions import ConfigError, StoreError, StoreUnavailableError
+from .._exceptions import ConfigError
 from .._health import (
     SCRIPT_CALL_ERRORS,
+    ScriptRoute,
     StoreEvent,
     StoreHealth,
-    cannot_fcall,
     library_errors,
-    no_such_function,
 )
 from .._keys import BreakerKeys, check_prefix
 from .._memory import fakeredis_module, memory_server
@@ -113,7 +112,7 @@ class Store:
         # FCALL until the server shows it cannot (Redis < 7, an ACL without it): then the
         # same scripts by EVALSHA. A cluster client would spend a COMMAND GETKEYS round
         # trip routing each FCALL (its keys are "movable"), so clusters use EVALSHA.
-        self._use_functions = not isinstance(client, RedisCluster)
+        self._route = ScriptRoute(functions=not isinstance(client, RedisCluster))
         # A plain client is driven a level lower (see _direct), each breaker's FCALL head
         # encoded once.
         self._direct = DirectPath(client) if is_plain(client) else None
@@ -156,38 +155,26 @@ class Store:
                 backoff before trying it again has not passed: no I/O then).
             StoreError: Redis answered with an error (a key of the wrong type, NOPERM...).
         """
-        wait = self.health.wait_left()
-        if wait > 0:
-            raise StoreUnavailableError(keys.name, wait, "not retried yet after an error")
+        self.health.before_call(keys.name)
         try:
             reply = await self._call(script, keys, args)
         except SCRIPT_CALL_ERRORS as exc:
             raise self.health.script_error(exc, script, keys.name) from exc
-        self.health.succeeded()
-        if not isinstance(reply, list):
-            raise StoreError(f"the {script} script replied {reply!r}, not a list")
-        return reply
+        return self.health.answered(script, reply)
 
     async def _call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
-        if self._use_functions:
+        route = self._route
+        if route.functions:
             try:
                 return await self._fcall(script, keys, args)
             except redis.ResponseError as exc:
-                if not no_such_function(exc):
-                    if cannot_fcall(exc):
-                        self._use_functions = False
-                        return await self._call(script, keys, args)
-                    raise
-            # A server that never had the library, or lost it (FUNCTION FLUSH, a restart
-            # without persistence, a new node): load it, then call again once.
-            try:
-                await self._load_library()
-            except redis.ResponseError as exc:
-                if not cannot_fcall(exc):
-                    raise
-                self._use_functions = False  # loading is refused: scripts will do
-            else:
-                return await self._fcall(script, keys, args)
+                if route.after_fcall_error(exc) == "load":
+                    try:
+                        await self._load_library()
+                    except redis.ResponseError as load_exc:
+                        route.after_load_error(load_exc)
+                    else:
+                        return await self._fcall(script, keys, args)
         return await self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
 
     async def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
