@@ -81,7 +81,8 @@ def test_concurrent_calls_each_read_their_own_reply(redis_url: str, decode: bool
     """100 tasks (the pool's size) interleave inspects (a list that starts with the
     server's time) and acquires (one that starts with a verdict) on as many connections
     as were in flight."""
-    store = connect(redis.asyncio.Redis.from_url(redis_url, decode_responses=decode))
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=decode, max_connections=100)
+    store = connect(client)
     cores = [_core(store, f"dep-{i % 7}") for i in range(100)]
 
     async def one(i: int) -> None:
