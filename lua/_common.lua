@@ -42,7 +42,7 @@ local OPERATOR_STATES = { forced_open = true, forced_closed = true, metrics_only
 
 -- The state fields (by their names in the state table) a breaker cannot be read without.
 local REQUIRED_COUNTS = {
-  'generation', 'streak', 'open_until', 'consecutive_opens', 'half_open_at',
+  'generation', 'consecutive_failures', 'open_until', 'consecutive_opens', 'half_open_at',
   'half_open_successes', 'forced_until',
 }
 
@@ -154,7 +154,7 @@ end
 local function write_fields(s, extra)
   local args = {
     'state', s.state, 'generation', int(s.generation),
-    'consecutive_failures', int(s.streak), 'open_until', int(s.open_until),
+    'consecutive_failures', int(s.consecutive_failures), 'open_until', int(s.open_until),
     'consecutive_opens', int(s.consecutive_opens), 'half_open_at', int(s.half_open_at),
     'half_open_successes', int(s.half_open_successes), 'forced_until', int(s.forced_until),
     'open_count', int(s.open_count), 'would_trip_count', int(s.would_trip_count),
@@ -166,9 +166,9 @@ end
 
 local function fresh_state()
   return {
-    state = 'closed', generation = 1, streak = 0, open_until = 0, consecutive_opens = 0,
-    half_open_at = 0, half_open_successes = 0, forced_until = 0, open_count = 0,
-    would_trip_count = 0, incarnation = new_incarnation(),
+    state = 'closed', generation = 1, consecutive_failures = 0, open_until = 0,
+    consecutive_opens = 0, half_open_at = 0, half_open_successes = 0, forced_until = 0,
+    open_count = 0, would_trip_count = 0, incarnation = new_incarnation(),
   }
 end
 
@@ -216,7 +216,7 @@ local function transition(s, to, reason)
   local from = s.state
   s.state = to
   s.generation = s.generation + 1
-  s.streak = 0
+  s.consecutive_failures = 0
   s.half_open_successes = 0
   if to ~= 'half_open' then s.half_open_at = 0 end
   if to ~= 'open' then s.open_until = 0 end
@@ -278,7 +278,7 @@ local function load_state(create)
     return s, nil
   end
   local s = {
-    state = v[1], generation = count_field(v[2]), streak = count_field(v[3]),
+    state = v[1], generation = count_field(v[2]), consecutive_failures = count_field(v[3]),
     open_until = count_field(v[4]), consecutive_opens = count_field(v[5]),
     half_open_at = count_field(v[6]), half_open_successes = count_field(v[7]),
     forced_until = count_field(v[8]), open_count = count_field(v[9]) or 0,
@@ -411,7 +411,7 @@ end
 
 -- Which rule, if any, says the breaker should trip now.
 local function trip_reason(s)
-  if CFG.failure_threshold ~= nil and s.streak >= CFG.failure_threshold then
+  if CFG.failure_threshold ~= nil and s.consecutive_failures >= CFG.failure_threshold then
     return 'consecutive_failures'
   end
   if CFG.failure_rate == nil and CFG.slow_call_rate == nil then return nil end

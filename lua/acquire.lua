@@ -83,6 +83,6 @@ local function acquire(keys, argv)
     end
   end
 
-  return with_events({ verdict, s.state, s.generation, s.streak, token, retry_after, NOW,
+  return with_events({ verdict, s.state, s.generation, s.consecutive_failures, token, retry_after, NOW,
     s.incarnation })
 end

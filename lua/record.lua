@@ -65,9 +65,9 @@ local function record(keys, argv)
       started = bump_bucket(admitted_at, -1, 0, 0, writes) or started
     elseif outcome ~= 'flush' then
       if outcome == 'failure' then
-        s.streak = s.streak + 1
+        s.consecutive_failures = s.consecutive_failures + 1
       else
-        s.streak = 0
+        s.consecutive_failures = 0
       end
       if outcome == 'failure' or slow then
         -- Into the bucket the call was counted in, so a window never holds more failures
@@ -76,7 +76,7 @@ local function record(keys, argv)
           slow and 1 or 0, writes) or started
       end
       writes[#writes + 1] = 'consecutive_failures'
-      writes[#writes + 1] = int(s.streak)
+      writes[#writes + 1] = int(s.consecutive_failures)
     end
     -- One write for the streak and the buckets, before the rules read the window.
     if #writes > 0 then redis.call('HSET', KEY, unpack(writes)) end
@@ -86,7 +86,7 @@ local function record(keys, argv)
         if s.state == 'metrics_only' then
           -- Shadow mode: say it would have tripped, then count afresh so it can say so again.
           s.would_trip_count = s.would_trip_count + 1
-          s.streak = 0
+          s.consecutive_failures = 0
           clear_buckets()
           redis.call('HSET', KEY, 'consecutive_failures', 0, 'would_trip_count',
             int(s.would_trip_count), 'last_would_trip_at', int(NOW), 'last_reason',
@@ -114,5 +114,5 @@ local function record(keys, argv)
     touch(s)
   end
 
-  return with_events({ status, s.state, s.generation, s.streak, NOW })
+  return with_events({ status, s.state, s.generation, s.consecutive_failures, NOW })
 end

@@ -92,7 +92,7 @@ class MPermit:
     generation: int
     probe: int  # probe id, 0 when the call is not a probe
     admitted_at: int
-    streak: int
+    consecutive_failures: int
 
 
 @dataclass
@@ -103,7 +103,7 @@ class Model:
     exists: bool = False
     state: str = "closed"
     generation: int = 1
-    streak: int = 0
+    consecutive_failures: int = 0
     open_until: int = 0
     consecutive_opens: int = 0
     half_open_at: int = 0
@@ -149,7 +149,7 @@ class Model:
     def _transition(self, to: str, reason: str, now: int) -> None:
         self.paths.add(f"{self.state}->{to}:{reason}")
         self.events.append((self.state, to, reason, self.generation + 1, now))
-        self.state, self.generation, self.streak, self.half_open_successes = (
+        self.state, self.generation, self.consecutive_failures, self.half_open_successes = (
             to,
             self.generation + 1,
             0,
@@ -203,7 +203,7 @@ class Model:
 
     def _trip_reason(self, now: int) -> str | None:
         threshold = self.cfg.get("failure_threshold", 5)
-        if threshold is not None and self.streak >= threshold:
+        if threshold is not None and self.consecutive_failures >= threshold:
             return "consecutive_failures"
         rate = self.cfg.get("failure_rate")
         slow_rate = self.cfg.get("slow_call_rate", 1.0) if self.ms("slow_call_duration") else None
@@ -235,7 +235,7 @@ class Model:
             return "reject", self.state, deadline - now, None
         self.cache_until = 0
         self._script(now)
-        permit = MPermit(self.generation, 0, now, self.streak)
+        permit = MPermit(self.generation, 0, now, self.consecutive_failures)
         if self.state in {"closed", "metrics_only"}:
             self._bump(now, now, 1, 0, 0)
             return "admit", self.state, 0, permit
@@ -259,7 +259,8 @@ class Model:
         return "reject", self.state, deadline - now, None
 
     def settle(self, permit: MPermit, outcome: str, now: int, slow: bool) -> None:
-        if outcome == "success" and not permit.probe and not slow and permit.streak == 0:
+        quiet = not permit.probe and not slow and permit.consecutive_failures == 0
+        if outcome == "success" and quiet:
             return  # documented: the admission already counted it; Redis learns nothing
         if outcome == "release" and not permit.probe:
             return
@@ -275,7 +276,7 @@ class Model:
             if outcome == "ignore":
                 self._bump(permit.admitted_at, now, -1, 0, 0)
                 return
-            self.streak = self.streak + 1 if outcome == "failure" else 0
+            self.consecutive_failures = self.consecutive_failures + 1 if outcome == "failure" else 0
             if outcome == "failure" or slow:  # into the bucket the call was counted in
                 self._bump(permit.admitted_at, now, 0, int(outcome == "failure"), int(slow))
             reason = self._trip_reason(now)
@@ -286,7 +287,7 @@ class Model:
                 return
             self.paths.add("would_trip:" + reason)
             self.would_trip_count += 1
-            self.streak = 0
+            self.consecutive_failures = 0
             self.buckets.clear()
             self.last_reason = "would_trip:" + reason
             self.events.append(
@@ -328,7 +329,7 @@ class Model:
             "exists": self.exists,
             "state": self.state,
             "generation": self.generation,
-            "consecutive_failures": self.streak,
+            "consecutive_failures": self.consecutive_failures,
             "window_calls": calls,
             "window_failures": failures,
             "window_slow_calls": slow,

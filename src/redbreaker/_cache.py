@@ -31,14 +31,19 @@ class PermitKey(Protocol):
 class LocalCopy:
     """What a cached breaker knows of the shared one, and since when."""
 
-    __slots__ = ("generation", "heard", "incarnation", "streak", "taken_at")
+    __slots__ = ("consecutive_failures", "generation", "heard", "incarnation", "taken_at")
 
     def __init__(
-        self, generation: int, incarnation: str, streak: int, heard: int, taken_at: float
+        self,
+        generation: int,
+        incarnation: str,
+        consecutive_failures: int,
+        heard: int,
+        taken_at: float,
     ) -> None:
         self.generation = generation
         self.incarnation = incarnation
-        self.streak = streak
+        self.consecutive_failures = consecutive_failures
         self.heard = heard
         self.taken_at = taken_at
 
@@ -188,4 +193,4 @@ class LocalKnowledge:
             # Redis moved on (or lost the breaker): ask it again at the next call.
             self.copy = None
         else:
-            copy.streak = reply.consecutive_failures
+            copy.consecutive_failures = reply.consecutive_failures

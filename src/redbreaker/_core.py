@@ -62,15 +62,24 @@ __all__ = ["BreakerCore", "Outcome", "PermitState", "TransitionHook"]
 class PermitState:
     """What a permit remembers between admission and its outcome."""
 
-    __slots__ = ("admitted_at_ms", "counted", "generation", "incarnation", "offline",
-                 "probe_token", "settled", "started", "streak_at_admission")
+    __slots__ = (
+        "admitted_at_ms",
+        "consecutive_failures_at_admission",
+        "counted",
+        "generation",
+        "incarnation",
+        "offline",
+        "probe_token",
+        "settled",
+        "started",
+    )
 
     def __init__(
         self,
         generation: int,
         probe_token: str,
         admitted_at_ms: int | None,
-        streak: int,
+        consecutive_failures: int,
         started: float,
         *,
         incarnation: str = "",
@@ -86,7 +95,7 @@ class PermitState:
         self.generation = generation
         self.probe_token = probe_token
         self.admitted_at_ms = admitted_at_ms
-        self.streak_at_admission = streak
+        self.consecutive_failures_at_admission = consecutive_failures
         self.started = started
         self.settled = False
 
@@ -306,7 +315,7 @@ class BreakerCore:
         elif slow is None:
             slow = self.now() - permit.started >= self._slow_after
         quiet = (
-            (outcome == "success" and not slow and permit.streak_at_admission == 0)
+            (outcome == "success" and not slow and permit.consecutive_failures_at_admission == 0)
             or outcome == "release"
             or (outcome == "ignore" and not permit.counted)
         ) and not permit.probe_token
@@ -408,7 +417,7 @@ class BreakerCore:
             copy.generation,
             "",
             None,
-            copy.streak,
+            copy.consecutive_failures,
             now,
             incarnation=copy.incarnation,
             counted=False,
