@@ -120,6 +120,9 @@ class Store:
         self._closed = False
         self.view = FleetView(self.prefix, self.clock)
         self._feed = TransitionFeed(client, self.prefix, self.view, self._is_closed)
+        # Whether poll_feed() would read (over a ms since the last read, none running):
+        # bound once and checked first, so that most cached calls await nothing.
+        self.feed_due: Callable[[], bool] = self._feed.due
         self.health = StoreHealth(self.prefix, self.clock, hooks)
         # Clients connect() opened beside the client (a Sentinel's), closed with it.
         self._also_close: list[Callable[[], Awaitable[object]]] = []
@@ -209,11 +212,6 @@ class Store:
         """Start hearing every transition under this prefix: a task on the running loop
         (once; cached breakers do; nothing once the store is closed)."""
         self._feed.start()
-
-    def feed_due(self) -> bool:
-        """Whether :meth:`poll_feed` would read (the feed was read over a ms ago and is
-        not being read): checked first, so that most calls await nothing."""
-        return self._feed.due()
 
     async def poll_feed(self) -> None:
         """Read the transitions published since the feed was last read (no I/O, and no
