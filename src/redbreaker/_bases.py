@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self, Unpack
 
+    from ._classify import Outcome
     from ._clock import Clock
     from ._config import BreakerConfig, BreakerSettings
     from ._core import PermitState, TransitionHook
@@ -130,6 +131,17 @@ class PermitBase(Generic[B]):
     def generation(self) -> int:
         """The breaker generation the call was admitted under."""
         return self._state.generation
+
+    def _failure_outcome(self, exc: BaseException | None) -> Outcome:
+        """What ``failure(exc)`` counts: a failure, or what the config makes of ``exc``."""
+        return "failure" if exc is None else self._breaker._core.classify_exception(exc)
+
+    def _block_outcome(self, exc: BaseException | None) -> Outcome | None:
+        """How leaving a ``with`` block settles the permit: a success, or the block's
+        exception classified; None when the block settled it already."""
+        if self._state.settled:
+            return None
+        return "success" if exc is None else self._failure_outcome(exc)
 
     def _take_settlement(self) -> None:
         """Mark the permit settled, once.

@@ -71,7 +71,7 @@ class Permit(PermitBase["Breaker"]):
     def failure(self, exc: BaseException | None = None) -> None:
         """The call failed. With ``exc``, the config's classification decides whether it
         counts as a failure, is ignored, or (a non-``Exception``) only releases the permit."""
-        self._settle("failure" if exc is None else self._breaker._core.classify_exception(exc))
+        self._settle(self._failure_outcome(exc))
 
     def release(self) -> None:
         """The call ended without an outcome (cancelled): count nothing, free a probe slot."""
@@ -122,9 +122,6 @@ class Permit(PermitBase["Breaker"]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state.settled:
-            return
-        if exc is None:
-            self.success()
-        else:
-            self.failure(exc)
+        outcome = self._block_outcome(exc)
+        if outcome is not None:
+            self._settle(outcome)

@@ -68,9 +68,7 @@ class Permit(PermitBase["Breaker"]):
     async def failure(self, exc: BaseException | None = None) -> None:
         """The call failed. With ``exc``, the config's classification decides whether it
         counts as a failure, is ignored, or (a non-``Exception``) only releases the permit."""
-        await self._settle(
-            "failure" if exc is None else self._breaker._core.classify_exception(exc)
-        )
+        await self._settle(self._failure_outcome(exc))
 
     async def release(self) -> None:
         """The call ended without an outcome: count nothing, free a probe slot."""
@@ -103,12 +101,9 @@ class Permit(PermitBase["Breaker"]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state.settled:
-            return
-        if exc is None:
-            await self.success()
-        else:
-            await self.failure(exc)
+        outcome = self._block_outcome(exc)
+        if outcome is not None:
+            await self._settle(outcome)
 
 
 class _Acquiring:
