@@ -8,12 +8,14 @@ import mode inserts the directory of this conftest, and test modules (and this f
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 
 import redbreaker
+from drivers import KINDS, Driver
 from redis_servers import BINARY_ENV_VAR, RedisServer, redis_server_binary
 
 if TYPE_CHECKING:
@@ -66,6 +68,14 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sync_only(reason): runs on the sync driver alone, for the reason given (what it "
+        "tests exists only there); every other breaker test takes the `driver` fixture",
+    )
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselection sees the markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     marker = pytest.mark.redis_server
@@ -90,13 +100,34 @@ def clock() -> redbreaker.ManualClock:
     return redbreaker.ManualClock()
 
 
+@pytest.fixture(params=KINDS)
+def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
+    """The driver a test runs on: ``sync`` (``redbreaker``) or ``aio`` (``redbreaker.aio``
+    through :class:`drivers.Driver`'s sync-looking facade). Select one with ``-k sync`` or
+    ``-k aio``. Every store it opened and (aio) its event loop are closed after the test."""
+    made = Driver(request.param)
+    yield made
+    made.close()
+
+
 @pytest.fixture(params=STORE_KINDS)
-def store(
-    request: pytest.FixtureRequest, clock: redbreaker.ManualClock
-) -> Iterator[redbreaker.Store]:
+def store(request: pytest.FixtureRequest, clock: redbreaker.ManualClock) -> Iterator[Any]:
     """The behaviour suite's store: embedded fakeredis, and a real redis-server with
-    ``decode_responses`` off and on. The same tests must pass on all three."""
+    ``decode_responses`` off and on. The same tests must pass on all three.
+
+    A test that also takes ``driver`` gets a store of that driver (the embedded one named
+    ``memory://<unique>``, so that ``driver.reconnect(store)`` reaches the same data);
+    without it, a ``redbreaker.Store``.
+    """
     kind = request.param
+    if "driver" in request.fixturenames:
+        driver: Driver = request.getfixturevalue("driver")
+        if kind == "memory":
+            yield driver.connect(f"memory://test-{uuid.uuid4().hex}", clock=clock)
+        else:
+            url = request.getfixturevalue("redis_url")
+            yield driver.connect(url, decode_responses=(kind == "redis-decoded"), clock=clock)
+        return  # the driver closes its stores
     if kind == "memory":
         result = redbreaker.connect("memory://", clock=clock)
     else:

@@ -1,19 +1,22 @@
 """Worker for ``test_faults.py``: one load-generating process (``spawn``).
 
-Each worker builds its own store with :func:`redbreaker.connect` (a short ``store_timeout``,
-real Redis ``TIME``) and its own ``Breaker("dep", ...)`` with the test's ``on_store_error``
-and ``consistency`` ("strict" unless given, or "cached"), waits on the shared barrier, then
-calls ``breaker.call(dependency)`` in a loop (one call per ``pace`` seconds) until the
-parent sets ``stop``, while the parent breaks Redis. Then it flushes its breaker (a cached
+Each worker runs the test's driver (``params["driver"]``: "sync" unless given, or "aio",
+through :class:`drivers.Driver`, whose event loop runs the aio calls). It builds its own
+store with the driver's ``connect`` (a short ``store_timeout``, real Redis ``TIME``) and
+its own breaker "dep" with the test's ``on_store_error`` and ``consistency`` ("strict"
+unless given, or "cached"), waits on the shared barrier, then calls
+``breaker.call(dependency)`` in a loop (one call per ``pace`` seconds) until the parent
+sets ``stop``, while the parent breaks Redis. Then it flushes its breaker (a cached
 breaker's batched successes reach Redis before the worker reports).
 
 It counts, per process: calls, dependency runs, the exceptions that reached the caller (by
 type name; a non-redbreaker exception is named with its module, so a raw redis-py error
 shows up as ``redis.exceptions.ConnectionError``), the state of each ``CircuitOpenError``
 and the type of each ``StoreUnavailableError``'s cause, the store events its
-``on_store_event`` hook saw, the transitions its ``on_transition`` hook saw, and the wall
-time of every call. Store edges are also counted in a shared array (``edges[2*i]``
-degraded, ``edges[2*i+1]`` recovered) so the parent can wait for recovery.
+``on_store_event`` hook saw, the transitions its ``on_transition`` hook saw, the wall time
+of every call, and the tasks its driver found still running once the store was closed
+(``tasks_left_pending``, aio). Store edges are also counted in a shared array
+(``edges[2*i]`` degraded, ``edges[2*i+1]`` recovered) so the parent can wait for recovery.
 
 The dependency succeeds unless the parent sets ``failing``; then it raises :class:`Boom`.
 
@@ -31,6 +34,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import redbreaker
+from drivers import Driver, TasksLeftPendingError
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -118,10 +122,11 @@ def load(
             raise Boom
         return "ok"
 
-    store = redbreaker.connect(
+    driver = Driver(params.get("driver", "sync"))
+    store = driver.connect(
         url, prefix=PREFIX, store_timeout=params["store_timeout"], on_store_event=on_store_event
     )
-    breaker = redbreaker.Breaker(
+    breaker = driver.breaker(
         NAME,
         store=store,
         on_store_error=params["policy"],
@@ -161,9 +166,9 @@ def load(
             calls += 1
             starts.append(started)
             durations.append(ended - started)
-            time.sleep(pace)
+            driver.sleep(pace)  # aio: the loop (its feed task) runs meanwhile
         breaker.flush()
-        return {
+        result = {
             "calls": calls,
             "runs": runs,
             "exceptions": dict(exceptions),
@@ -176,4 +181,10 @@ def load(
             "durations": durations.tolist(),
         }
     finally:
-        store.close()
+        left_pending: list[str] = []
+        try:
+            driver.close()
+        except TasksLeftPendingError as exc:
+            left_pending = exc.names  # the parent checks it last (see test_faults.py)
+    result["tasks_left_pending"] = left_pending
+    return result

@@ -16,6 +16,9 @@ consistency (no round trip for a healthy call, trips heard on the feed, exact ba
 ``on_store_error`` with a killed redis-server; the guard (timeouts by cancellation,
 retries, deadline, fallback); cancellation of a probe anywhere in its life; no blocking
 of the event loop; and fleets of spawned processes (``aio_workers.py``), marked slow.
+The behaviour, guard, fault, hostile-input and cached-mode suites (``test_breaker.py``,
+``test_guard.py``, ``test_faults.py``, ``test_hostile.py``, ``test_cached.py``) run on this
+driver too, from the same source as the sync runs (the ``driver`` fixture, ``drivers.py``).
 
 Measured figures are printed as ``[aio] ...`` lines (see them with ``-s``). A test that
 fails here names a bug of ``redbreaker.aio``: none is marked xfail.
@@ -1222,25 +1225,6 @@ def test_retry_on_with_max_attempts(target: str, clock: ManualClock) -> None:
     run(main)
 
 
-def test_retry_result(clock: ManualClock) -> None:
-    """retry_result asks for another attempt; when attempts run out the last value is
-    returned."""
-
-    async def main() -> None:
-        async with aio.connect("memory://", clock=clock) as store:
-            answers = iter(["busy", "busy", "done"])
-
-            async def dependency() -> str:
-                return next(answers)
-
-            guard = make(store).guard(retry_result=lambda r: r == "busy", max_attempts=3)
-            assert await guard.outcome(dependency) == Outcome("done", False, None, 3)
-            always = make(store, "always").guard(retry_result=lambda r: True, max_attempts=2)
-            assert await always.outcome(ok, "last") == Outcome("last", False, None, 2)
-
-    run(main)
-
-
 class RecordingClock(ManualClock):
     """A ManualClock that notes when (server ms) each of its sleeps ended."""
 
@@ -1539,33 +1523,6 @@ def test_coroutine_functions_as_hooks_or_predicates_are_never_silently_misread(
         # The failure to report is the assertion's, not the un-awaited coroutine's.
         warnings.simplefilter("ignore", RuntimeWarning)
         run(main)
-
-
-def test_a_half_open_probe_is_a_single_attempt(target: str, clock: ManualClock) -> None:
-    """A probe that fails retryably makes exactly one call and re-opens the breaker."""
-
-    async def main() -> None:
-        async with connect(target, clock=clock) as store:
-            breaker = make(store, failure_threshold=1, recovery_timeout=5)
-            await fail_times(breaker, 1)
-            clock.advance(5)
-            infos: list[AttemptInfo] = []
-            guard = breaker.guard(max_attempts=3, retry_on=DownError, on_attempt=infos.append)
-            calls = 0
-
-            async def dependency() -> None:
-                nonlocal calls
-                calls += 1
-                raise DownError("still down")
-
-            with pytest.raises(DownError):
-                await guard.call(dependency)
-            assert calls == 1
-            assert [(i.attempt, i.max_attempts) for i in infos] == [(1, 1)]
-            snap = await breaker.snapshot()
-            assert (snap.state, snap.open_count, snap.last_reason) == (OPEN, 2, "probe_failed")
-
-    run(main)
 
 
 def test_the_dependencys_own_timeout_error_is_not_an_attempt_timeout() -> None:

@@ -1,8 +1,9 @@
 """Behaviour of one breaker: trip rules, open/half-open cycle, fencing, classification,
 permits, operator orders, persistence, hooks, snapshots and hostile hash content.
 
-Every test runs on the embedded store and on a real redis-server (decode_responses off and
-on) through the ``store`` fixture. Time moves only through ``clock.advance``.
+Every test runs on both drivers (``redbreaker`` and ``redbreaker.aio``, through the
+``driver`` fixture), on the embedded store and on a real redis-server (decode_responses off
+and on) through the ``store`` fixture. Time moves only through ``clock.advance``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from redbreaker import CircuitOpenError, State, Transition
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from drivers import AnyBreaker, AnyStore, Driver
 
 CLOSED, OPEN, HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
 
@@ -43,24 +46,29 @@ class Counter:
         raise DownError("down")
 
 
-def key_of(store: redbreaker.Store, name: str) -> str:
+def key_of(store: AnyStore, name: str) -> str:
     return f"{store.prefix}:{{{name}}}"
 
 
 def make(
-    store: redbreaker.Store, name: str = "dep", *, seen: list[Transition] | None = None, **kw: Any
-) -> redbreaker.Breaker:
+    driver: Driver,
+    store: AnyStore,
+    name: str = "dep",
+    *,
+    seen: list[Transition] | None = None,
+    **kw: Any,
+) -> AnyBreaker:
     hooks: list[Callable[[Transition], None]] = [] if seen is None else [seen.append]
-    return redbreaker.Breaker(name, store=store, on_transition=hooks, **kw)
+    return driver.breaker(name, store=store, on_transition=hooks, **kw)
 
 
-def fail_times(breaker: redbreaker.Breaker, fn: Counter, n: int) -> None:
+def fail_times(breaker: AnyBreaker, fn: Counter, n: int) -> None:
     for _ in range(n):
         with pytest.raises(DownError):
             breaker.call(fn.fail)
 
 
-def rejected(breaker: redbreaker.Breaker) -> CircuitOpenError:
+def rejected(breaker: AnyBreaker) -> CircuitOpenError:
     with pytest.raises(CircuitOpenError) as info:
         breaker.acquire()
     return info.value
@@ -73,10 +81,10 @@ def moves(seen: list[Transition]) -> list[tuple[State | None, State, str]]:
 # -- 1. consecutive failures -------------------------------------------------------------
 
 
-def test_trips_on_nth_consecutive_failure(store: redbreaker.Store) -> None:
+def test_trips_on_nth_consecutive_failure(driver: Driver, store: AnyStore) -> None:
     """failure_threshold=3 keeps the breaker closed after 2 failures and opens it on the 3rd."""
     seen: list[Transition] = []
-    breaker = make(store, seen=seen, failure_threshold=3, recovery_timeout=10)
+    breaker = make(driver, store, seen=seen, failure_threshold=3, recovery_timeout=10)
     fn = Counter()
     fail_times(breaker, fn, 2)
     snap = breaker.snapshot()
@@ -88,9 +96,9 @@ def test_trips_on_nth_consecutive_failure(store: redbreaker.Store) -> None:
     assert fn.calls == 3
 
 
-def test_success_between_failures_resets_streak(store: redbreaker.Store) -> None:
+def test_success_between_failures_resets_streak(driver: Driver, store: AnyStore) -> None:
     """fail, fail, success, fail, fail leaves a streak of 2 (closed); one more failure opens."""
-    breaker = make(store, failure_threshold=3)
+    breaker = make(driver, store, failure_threshold=3)
     fn = Counter()
     fail_times(breaker, fn, 2)
     assert breaker.call(fn.ok) == "ok"
@@ -102,9 +110,9 @@ def test_success_between_failures_resets_streak(store: redbreaker.Store) -> None
     assert breaker.state is OPEN
 
 
-def test_open_rejects_without_calling(store: redbreaker.Store) -> None:
+def test_open_rejects_without_calling(driver: Driver, store: AnyStore) -> None:
     """While open, calls raise CircuitOpenError(name, "open", recovery_timeout); fn never runs."""
-    breaker = make(store, "payments", failure_threshold=2, recovery_timeout=10)
+    breaker = make(driver, store, "payments", failure_threshold=2, recovery_timeout=10)
     fn = Counter()
     fail_times(breaker, fn, 2)
     assert fn.calls == 2
@@ -117,9 +125,9 @@ def test_open_rejects_without_calling(store: redbreaker.Store) -> None:
     assert fn.calls == 2
 
 
-def test_first_rejection_retry_after_is_exact(store: redbreaker.Store) -> None:
+def test_first_rejection_retry_after_is_exact(driver: Driver, store: AnyStore) -> None:
     """The rejection right after the trip carries retry_after == recovery_timeout exactly."""
-    breaker = make(store, failure_threshold=1, recovery_timeout=10)
+    breaker = make(driver, store, failure_threshold=1, recovery_timeout=10)
     fail_times(breaker, Counter(), 1)
     err = rejected(breaker)
     assert (err.name, err.state, err.retry_after) == ("dep", "open", 10.0)
@@ -128,16 +136,22 @@ def test_first_rejection_retry_after_is_exact(store: redbreaker.Store) -> None:
 # -- 2. failure rate over the window ----------------------------------------------------
 
 
-def rate_breaker(store: redbreaker.Store, seen: list[Transition] | None = None) -> Any:
+def rate_breaker(driver: Driver, store: AnyStore, seen: list[Transition] | None = None) -> Any:
     return make(
-        store, seen=seen, failure_rate=0.5, minimum_calls=10, failure_threshold=None, window=60
+        driver,
+        store,
+        seen=seen,
+        failure_rate=0.5,
+        minimum_calls=10,
+        failure_threshold=None,
+        window=60,
     )
 
 
-def test_failure_rate_needs_minimum_calls_then_trips(store: redbreaker.Store) -> None:
+def test_failure_rate_needs_minimum_calls_then_trips(driver: Driver, store: AnyStore) -> None:
     """4 failures + 5 successes (9 calls) stay closed; a 10th call failing (5/10) trips."""
     seen: list[Transition] = []
-    breaker = rate_breaker(store, seen)
+    breaker = rate_breaker(driver, store, seen)
     fn = Counter()
     fail_times(breaker, fn, 4)
     for _ in range(5):
@@ -149,9 +163,9 @@ def test_failure_rate_needs_minimum_calls_then_trips(store: redbreaker.Store) ->
     assert moves(seen) == [(CLOSED, OPEN, "failure_rate")]
 
 
-def test_failure_rate_below_threshold_does_not_trip(store: redbreaker.Store) -> None:
+def test_failure_rate_below_threshold_does_not_trip(driver: Driver, store: AnyStore) -> None:
     """4 failures + 6 successes (rate 0.4 over 10 calls) stay closed."""
-    breaker = rate_breaker(store)
+    breaker = rate_breaker(driver, store)
     fn = Counter()
     fail_times(breaker, fn, 4)
     for _ in range(6):
@@ -161,9 +175,9 @@ def test_failure_rate_below_threshold_does_not_trip(store: redbreaker.Store) -> 
     assert snap.failure_rate == 0.4
 
 
-def test_failures_inside_window_still_count(store: redbreaker.Store, clock: Any) -> None:
+def test_failures_inside_window_still_count(driver: Driver, store: AnyStore, clock: Any) -> None:
     """9 failures, 30 s later a 10th failure: all 10 are in the 60 s window, so it trips."""
-    breaker = rate_breaker(store)
+    breaker = rate_breaker(driver, store)
     fn = Counter()
     fail_times(breaker, fn, 9)
     assert breaker.state is CLOSED
@@ -172,9 +186,9 @@ def test_failures_inside_window_still_count(store: redbreaker.Store, clock: Any)
     assert breaker.state is OPEN
 
 
-def test_old_buckets_age_out(store: redbreaker.Store, clock: Any) -> None:
+def test_old_buckets_age_out(driver: Driver, store: AnyStore, clock: Any) -> None:
     """9 failures, then past the window 9 successes + 1 failure: old failures are forgotten."""
-    breaker = rate_breaker(store)
+    breaker = rate_breaker(driver, store)
     fn = Counter()
     fail_times(breaker, fn, 9)
     clock.advance(61)
@@ -189,10 +203,11 @@ def test_old_buckets_age_out(store: redbreaker.Store, clock: Any) -> None:
 # -- 3. slow calls ---------------------------------------------------------------------
 
 
-def test_slow_call_rate_trips(store: redbreaker.Store, clock: Any) -> None:
+def test_slow_call_rate_trips(driver: Driver, store: AnyStore, clock: Any) -> None:
     """Calls that take >= 1 s are slow; 2 slow of 4 calls (rate 0.5) trip "slow_call_rate"."""
     seen: list[Transition] = []
     breaker = make(
+        driver,
         store,
         seen=seen,
         slow_call_duration=1.0,
@@ -221,9 +236,10 @@ def test_slow_call_rate_trips(store: redbreaker.Store, clock: Any) -> None:
 # -- 4. open duration growth and jitter ------------------------------------------------
 
 
-def test_open_duration_grows_caps_and_resets(store: redbreaker.Store, clock: Any) -> None:
+def test_open_duration_grows_caps_and_resets(driver: Driver, store: AnyStore, clock: Any) -> None:
     """Open 10 s; failed probes re-open for 20, 40, then 60 (cap) twice; a close resets to 10."""
     breaker = make(
+        driver,
         store,
         failure_threshold=1,
         recovery_timeout=10,
@@ -249,10 +265,10 @@ def test_open_duration_grows_caps_and_resets(store: redbreaker.Store, clock: Any
 
 
 def test_jitter_shortens_open_duration_within_bounds(
-    store: redbreaker.Store, monkeypatch: pytest.MonkeyPatch
+    driver: Driver, store: AnyStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """recovery_jitter=0.5: sample 0.0 gives the full 10 s, sample 0.999 gives floor(5004.99) ms."""
-    breaker = make(store, failure_threshold=1, recovery_timeout=10, recovery_jitter=0.5)
+    breaker = make(driver, store, failure_threshold=1, recovery_timeout=10, recovery_jitter=0.5)
     fn = Counter()
     monkeypatch.setattr(breaker._core, "_random", lambda: 0.0)
     fail_times(breaker, fn, 1)
@@ -268,18 +284,20 @@ def test_jitter_shortens_open_duration_within_bounds(
 # -- 5. half-open ------------------------------------------------------------------------
 
 
-def half_open(store: redbreaker.Store, clock: Any, seen: Any = None, **kw: Any) -> Any:
+def half_open(driver: Driver, store: AnyStore, clock: Any, seen: Any = None, **kw: Any) -> Any:
     """A breaker tripped by one failure and moved past its 10 s recovery timeout."""
     settings: dict[str, Any] = {"failure_threshold": 1, "recovery_timeout": 10, **kw}
-    breaker = make(store, seen=seen, **settings)
+    breaker = make(driver, store, seen=seen, **settings)
     fail_times(breaker, Counter(), 1)
     clock.advance(10)
     return breaker
 
 
-def test_half_open_admits_exactly_max_calls_probes(store: redbreaker.Store, clock: Any) -> None:
+def test_half_open_admits_exactly_max_calls_probes(
+    driver: Driver, store: AnyStore, clock: Any
+) -> None:
     """half_open_max_calls=2 admits two probes; the third acquire is rejected as half_open."""
-    breaker = half_open(store, clock, half_open_max_calls=2, probe_lease=5)
+    breaker = half_open(driver, store, clock, half_open_max_calls=2, probe_lease=5)
     p1, p2 = breaker.acquire(), breaker.acquire()
     assert (p1.is_probe, p2.is_probe) == (True, True)
     err = rejected(breaker)
@@ -290,11 +308,11 @@ def test_half_open_admits_exactly_max_calls_probes(store: redbreaker.Store, cloc
 
 
 def test_half_open_retry_after_grows_with_the_probes_age(
-    store: redbreaker.Store, clock: Any
+    driver: Driver, store: AnyStore, clock: Any
 ) -> None:
     """With every slot taken, retry_after is the oldest probe's age (at least 50 ms),
     never past the end of its lease."""
-    breaker = half_open(store, clock, half_open_max_calls=1, probe_lease=5)
+    breaker = half_open(driver, store, clock, half_open_max_calls=1, probe_lease=5)
     assert breaker.acquire().is_probe
     waits = []
     for step in (0.01, 0.2, 1.0, 2.0, 1.5):
@@ -304,9 +322,11 @@ def test_half_open_retry_after_grows_with_the_probes_age(
     assert waits == [0.05, 0.21, 1.21, 1.79, 0.29]
 
 
-def test_unsettled_probe_frees_slot_after_lease(store: redbreaker.Store, clock: Any) -> None:
+def test_unsettled_probe_frees_slot_after_lease(
+    driver: Driver, store: AnyStore, clock: Any
+) -> None:
     """A probe never settled holds its slot until probe_lease has passed, then frees it."""
-    breaker = half_open(store, clock, probe_lease=5)
+    breaker = half_open(driver, store, clock, probe_lease=5)
     assert breaker.acquire().is_probe
     clock.advance(4.999)
     err = rejected(breaker)
@@ -319,11 +339,11 @@ def test_unsettled_probe_frees_slot_after_lease(store: redbreaker.Store, clock: 
 
 
 def test_success_threshold_needs_that_many_probe_successes(
-    store: redbreaker.Store, clock: Any
+    driver: Driver, store: AnyStore, clock: Any
 ) -> None:
     """success_threshold=2: one probe success keeps half_open, the second closes."""
     seen: list[Transition] = []
-    breaker = half_open(store, clock, seen, half_open_max_calls=2, success_threshold=2)
+    breaker = half_open(driver, store, clock, seen, half_open_max_calls=2, success_threshold=2)
     p1, p2 = breaker.acquire(), breaker.acquire()
     p1.success()
     snap = breaker.snapshot()
@@ -334,10 +354,10 @@ def test_success_threshold_needs_that_many_probe_successes(
     assert moves(seen)[-1] == (HALF_OPEN, CLOSED, "probes_succeeded")
 
 
-def test_probe_failure_reopens(store: redbreaker.Store, clock: Any) -> None:
+def test_probe_failure_reopens(driver: Driver, store: AnyStore, clock: Any) -> None:
     """A failing probe re-opens the breaker ("probe_failed"); the other probe's outcome is stale."""
     seen: list[Transition] = []
-    breaker = half_open(store, clock, seen, half_open_max_calls=2)
+    breaker = half_open(driver, store, clock, seen, half_open_max_calls=2)
     p1, p2 = breaker.acquire(), breaker.acquire()
     p1.failure()
     assert moves(seen)[-1] == (HALF_OPEN, OPEN, "probe_failed")
@@ -349,10 +369,10 @@ def test_probe_failure_reopens(store: redbreaker.Store, clock: Any) -> None:
     assert (err.state, err.retry_after) == ("open", 10.0)
 
 
-def test_half_open_max_wait_reopens(store: redbreaker.Store, clock: Any) -> None:
+def test_half_open_max_wait_reopens(driver: Driver, store: AnyStore, clock: Any) -> None:
     """A half-open breaker whose probe never reports re-opens after half_open_max_wait."""
     seen: list[Transition] = []
-    breaker = half_open(store, clock, seen, probe_lease=60, half_open_max_wait=20)
+    breaker = half_open(driver, store, clock, seen, probe_lease=60, half_open_max_wait=20)
     assert breaker.acquire().is_probe
     clock.advance(19.999)
     assert rejected(breaker).state == "half_open"
@@ -368,9 +388,9 @@ def test_half_open_max_wait_reopens(store: redbreaker.Store, clock: Any) -> None
 # -- 6. generation fencing -------------------------------------------------------------
 
 
-def test_stale_permit_failure_changes_nothing(store: redbreaker.Store, clock: Any) -> None:
+def test_stale_permit_failure_changes_nothing(driver: Driver, store: AnyStore, clock: Any) -> None:
     """A permit from before a trip settles as stale: snapshot unchanged, and never counted."""
-    breaker = make(store, failure_threshold=2, recovery_timeout=10)
+    breaker = make(driver, store, failure_threshold=2, recovery_timeout=10)
     fn = Counter()
     old = breaker.acquire()
     old2 = breaker.acquire()
@@ -390,9 +410,11 @@ def test_stale_permit_failure_changes_nothing(store: redbreaker.Store, clock: An
     assert (snap.state, snap.consecutive_failures) == (CLOSED, 1)
 
 
-def test_stale_probe_changes_nothing_and_frees_lease(store: redbreaker.Store, clock: Any) -> None:
+def test_stale_probe_changes_nothing_and_frees_lease(
+    driver: Driver, store: AnyStore, clock: Any
+) -> None:
     """A probe from an older half-open period settles as stale; the current probe is unaffected."""
-    breaker = half_open(store, clock)
+    breaker = half_open(driver, store, clock)
     stale = breaker.acquire()
     assert stale.is_probe
     breaker.reset()
@@ -410,9 +432,11 @@ def test_stale_probe_changes_nothing_and_frees_lease(store: redbreaker.Store, cl
     assert (snap.state, snap.probes_in_flight) == (CLOSED, 0)
 
 
-def test_stale_probe_lease_is_freed_when_settled(store: redbreaker.Store, clock: Any) -> None:
+def test_stale_probe_lease_is_freed_when_settled(
+    driver: Driver, store: AnyStore, clock: Any
+) -> None:
     """A probe settled after half_open_max_wait re-opened the breaker frees its lease."""
-    breaker = half_open(store, clock, probe_lease=60, half_open_max_wait=20)
+    breaker = half_open(driver, store, clock, probe_lease=60, half_open_max_wait=20)
     probe = breaker.acquire()
     clock.advance(20)
     probe.success()  # the record call itself applies half_open_max_wait: stale
@@ -424,9 +448,9 @@ def test_stale_probe_lease_is_freed_when_settled(store: redbreaker.Store, clock:
 # -- 7. classification ------------------------------------------------------------------
 
 
-def test_record_on_ignores_other_exceptions(store: redbreaker.Store) -> None:
+def test_record_on_ignores_other_exceptions(driver: Driver, store: AnyStore) -> None:
     """record_on=(ConnectionError,): a ValueError passes through unchanged and counts nothing."""
-    breaker = make(store, failure_threshold=1, record_on=(ConnectionError,))
+    breaker = make(driver, store, failure_threshold=1, record_on=(ConnectionError,))
     error = ValueError("bad input")
 
     def raises() -> None:
@@ -442,10 +466,14 @@ def test_record_on_ignores_other_exceptions(store: redbreaker.Store) -> None:
     assert breaker.state is OPEN
 
 
-def test_ignore_on_wins_over_record_on(store: redbreaker.Store) -> None:
+def test_ignore_on_wins_over_record_on(driver: Driver, store: AnyStore) -> None:
     """ConnectionResetError matches record_on and ignore_on: ignored, the breaker stays closed."""
     breaker = make(
-        store, failure_threshold=1, record_on=ConnectionError, ignore_on=(ConnectionResetError,)
+        driver,
+        store,
+        failure_threshold=1,
+        record_on=ConnectionError,
+        ignore_on=(ConnectionResetError,),
     )
 
     def reset_by_peer() -> None:
@@ -457,9 +485,9 @@ def test_ignore_on_wins_over_record_on(store: redbreaker.Store) -> None:
     assert (snap.state, snap.consecutive_failures, snap.window_calls) == (CLOSED, 0, 0)
 
 
-def test_failure_result_marks_result_a_failure(store: redbreaker.Store) -> None:
+def test_failure_result_marks_result_a_failure(driver: Driver, store: AnyStore) -> None:
     """failure_result=lambda r: r == 503: 200 is a success, a returned 503 is a failure."""
-    breaker = make(store, failure_threshold=2, failure_result=lambda r: r == 503)
+    breaker = make(driver, store, failure_threshold=2, failure_result=lambda r: r == 503)
     fn = Counter()
     assert breaker.call(fn.ok, 200) == 200
     assert breaker.call(fn.ok, 503) == 503
@@ -468,9 +496,11 @@ def test_failure_result_marks_result_a_failure(store: redbreaker.Store) -> None:
     assert breaker.state is OPEN
 
 
-def test_keyboard_interrupt_on_probe_releases_lease(store: redbreaker.Store, clock: Any) -> None:
+def test_keyboard_interrupt_on_probe_releases_lease(
+    driver: Driver, store: AnyStore, clock: Any
+) -> None:
     """KeyboardInterrupt in a probe propagates, frees the lease, counts nothing."""
-    breaker = half_open(store, clock, probe_lease=60)
+    breaker = half_open(driver, store, clock, probe_lease=60)
 
     def interrupted() -> None:
         raise KeyboardInterrupt
@@ -483,9 +513,9 @@ def test_keyboard_interrupt_on_probe_releases_lease(store: redbreaker.Store, clo
     assert permit.is_probe
 
 
-def test_keyboard_interrupt_on_closed_call_counts_nothing(store: redbreaker.Store) -> None:
+def test_keyboard_interrupt_on_closed_call_counts_nothing(driver: Driver, store: AnyStore) -> None:
     """KeyboardInterrupt in a closed call propagates and neither fails nor resets the streak."""
-    breaker = make(store, failure_threshold=3)
+    breaker = make(driver, store, failure_threshold=3)
     fail_times(breaker, Counter(), 2)
 
     def interrupted() -> None:
@@ -502,9 +532,9 @@ def test_keyboard_interrupt_on_closed_call_counts_nothing(store: redbreaker.Stor
 # -- 8. permit API -----------------------------------------------------------------------
 
 
-def test_permit_context_manager(store: redbreaker.Store) -> None:
+def test_permit_context_manager(driver: Driver, store: AnyStore) -> None:
     """Leaving the block is a success; a raised failure is counted and re-raised."""
-    breaker = make(store, failure_threshold=3)
+    breaker = make(driver, store, failure_threshold=3)
     with breaker.acquire() as permit:
         assert not permit.is_probe
         assert permit.generation == 1
@@ -516,9 +546,9 @@ def test_permit_context_manager(store: redbreaker.Store) -> None:
     assert breaker.snapshot().consecutive_failures == 0
 
 
-def test_settling_twice_raises(store: redbreaker.Store) -> None:
+def test_settling_twice_raises(driver: Driver, store: AnyStore) -> None:
     """A second success/failure/release, or settling after the with block, raises PermitError."""
-    breaker = make(store)
+    breaker = make(driver, store)
     permit = breaker.acquire()
     permit.success()
     with pytest.raises(redbreaker.PermitError):
@@ -534,9 +564,9 @@ def test_settling_twice_raises(store: redbreaker.Store) -> None:
     assert breaker.snapshot().consecutive_failures == 0
 
 
-def test_permit_failure_classifies_exception(store: redbreaker.Store) -> None:
+def test_permit_failure_classifies_exception(driver: Driver, store: AnyStore) -> None:
     """failure(exc) uses record_on/ignore_on; failure() without exc always counts."""
-    breaker = make(store, failure_threshold=10, record_on=ConnectionError)
+    breaker = make(driver, store, failure_threshold=10, record_on=ConnectionError)
     breaker.acquire().failure(ValueError("not ours"))
     snap = breaker.snapshot()
     assert (snap.consecutive_failures, snap.window_calls) == (0, 0)
@@ -549,9 +579,9 @@ def test_permit_failure_classifies_exception(store: redbreaker.Store) -> None:
     assert (snap.consecutive_failures, snap.window_calls, snap.window_failures) == (2, 3, 2)
 
 
-def test_decorator_keeps_metadata_and_arguments(store: redbreaker.Store) -> None:
+def test_decorator_keeps_metadata_and_arguments(driver: Driver, store: AnyStore) -> None:
     """@breaker keeps __name__/__doc__ and passes args and kwargs through."""
-    breaker = make(store, failure_threshold=1)
+    breaker = make(driver, store, failure_threshold=1)
 
     @breaker
     def charge(order: int, *, amount: float = 0.0) -> tuple[int, float]:
@@ -568,9 +598,9 @@ def test_decorator_keeps_metadata_and_arguments(store: redbreaker.Store) -> None
 # -- 9. operator states -----------------------------------------------------------------
 
 
-def test_force_open_without_deadline(store: redbreaker.Store, clock: Any) -> None:
+def test_force_open_without_deadline(driver: Driver, store: AnyStore, clock: Any) -> None:
     """force_open() rejects with retry_after None forever; the keys have no TTL."""
-    breaker = make(store)
+    breaker = make(driver, store)
     fn = Counter()
     assert breaker.force_open() is State.FORCED_OPEN
     for _ in range(2):
@@ -583,10 +613,10 @@ def test_force_open_without_deadline(store: redbreaker.Store, clock: Any) -> Non
     assert fn.calls == 0
 
 
-def test_force_open_with_deadline(store: redbreaker.Store, clock: Any) -> None:
+def test_force_open_with_deadline(driver: Driver, store: AnyStore, clock: Any) -> None:
     """force_open(30) rejects with retry_after 30 and closes when the deadline passes."""
     seen: list[Transition] = []
-    breaker = make(store, seen=seen)
+    breaker = make(driver, store, seen=seen)
     fn = Counter()
     assert breaker.force_open(30) is State.FORCED_OPEN
     pttl = store.client.pttl(key_of(store, "dep"))
@@ -606,9 +636,9 @@ def test_force_open_with_deadline(store: redbreaker.Store, clock: Any) -> None:
     assert breaker.state is CLOSED
 
 
-def test_force_close_admits_and_never_trips(store: redbreaker.Store) -> None:
+def test_force_close_admits_and_never_trips(driver: Driver, store: AnyStore) -> None:
     """force_close() admits every call, even 20 failures with failure_threshold=2."""
-    breaker = make(store, failure_threshold=2)
+    breaker = make(driver, store, failure_threshold=2)
     fn = Counter()
     assert breaker.force_close() is State.FORCED_CLOSED
     fail_times(breaker, fn, 20)
@@ -618,9 +648,9 @@ def test_force_close_admits_and_never_trips(store: redbreaker.Store) -> None:
     assert store.client.pttl(key_of(store, "dep")) == -1
 
 
-def test_force_close_from_open_admits(store: redbreaker.Store) -> None:
+def test_force_close_from_open_admits(driver: Driver, store: AnyStore) -> None:
     """force_close() of an open breaker admits calls at once."""
-    breaker = make(store, failure_threshold=1)
+    breaker = make(driver, store, failure_threshold=1)
     fn = Counter()
     fail_times(breaker, fn, 1)
     rejected(breaker)
@@ -630,10 +660,10 @@ def test_force_close_from_open_admits(store: redbreaker.Store) -> None:
     assert 0 < pttl <= (86_400 + 60) * 1000
 
 
-def test_metrics_only_reports_would_trip(store: redbreaker.Store) -> None:
+def test_metrics_only_reports_would_trip(driver: Driver, store: AnyStore) -> None:
     """metrics_only admits and counts; each threshold crossing is a would_trip transition."""
     seen: list[Transition] = []
-    breaker = make(store, seen=seen, failure_threshold=3)
+    breaker = make(driver, store, seen=seen, failure_threshold=3)
     fn = Counter()
     assert breaker.metrics_only() is State.METRICS_ONLY
     generation = breaker.snapshot().generation
@@ -658,10 +688,12 @@ def test_metrics_only_reports_would_trip(store: redbreaker.Store) -> None:
     assert store.client.pttl(key_of(store, "dep")) == -1
 
 
-def test_reset_from_open_closes_with_empty_counts(store: redbreaker.Store) -> None:
+def test_reset_from_open_closes_with_empty_counts(driver: Driver, store: AnyStore) -> None:
     """reset() of an open breaker closes it with no counts, no backoff, and admits at once."""
     seen: list[Transition] = []
-    breaker = make(store, seen=seen, failure_threshold=2, failure_rate=0.5, minimum_calls=10)
+    breaker = make(
+        driver, store, seen=seen, failure_threshold=2, failure_rate=0.5, minimum_calls=10
+    )
     fn = Counter()
     fail_times(breaker, fn, 2)
     rejected(breaker)
@@ -682,12 +714,12 @@ def test_reset_from_open_closes_with_empty_counts(store: redbreaker.Store) -> No
 # -- 10. persistence --------------------------------------------------------------------
 
 
-def test_second_breaker_object_sees_open_state(store: redbreaker.Store) -> None:
+def test_second_breaker_object_sees_open_state(driver: Driver, store: AnyStore) -> None:
     """A new Breaker with the same name sees the open state and does not reset it."""
-    first = make(store, failure_threshold=2, recovery_timeout=10)
+    first = make(driver, store, failure_threshold=2, recovery_timeout=10)
     fail_times(first, Counter(), 2)
     before = first.snapshot()
-    second = make(store, failure_threshold=2, recovery_timeout=10)
+    second = make(driver, store, failure_threshold=2, recovery_timeout=10)
     assert second.snapshot() == before
     assert second.state is OPEN
     fn = Counter()
@@ -696,10 +728,10 @@ def test_second_breaker_object_sees_open_state(store: redbreaker.Store) -> None:
     assert fn.calls == 0
 
 
-def test_failure_count_survives_new_instance(store: redbreaker.Store) -> None:
+def test_failure_count_survives_new_instance(driver: Driver, store: AnyStore) -> None:
     """3 failures of one instance are seen by a new one, whose 2 more failures trip (5)."""
-    fail_times(make(store, failure_threshold=5), Counter(), 3)
-    second = make(store, failure_threshold=5)
+    fail_times(make(driver, store, failure_threshold=5), Counter(), 3)
+    second = make(driver, store, failure_threshold=5)
     assert second.snapshot().consecutive_failures == 3
     fail_times(second, Counter(), 1)
     assert second.state is CLOSED
@@ -707,9 +739,9 @@ def test_failure_count_survives_new_instance(store: redbreaker.Store) -> None:
     assert second.state is OPEN
 
 
-def test_keys_carry_ttl_after_writes(store: redbreaker.Store, clock: Any) -> None:
+def test_keys_carry_ttl_after_writes(driver: Driver, store: AnyStore, clock: Any) -> None:
     """After writes both keys expire within key_ttl (1000 s)."""
-    breaker = make(store, failure_threshold=2, key_ttl=1000)
+    breaker = make(driver, store, failure_threshold=2, key_ttl=1000)
     fail_times(breaker, Counter(), 1)
     pttl = store.client.pttl(key_of(store, "dep"))
     assert 0 < pttl <= 1_000_000
@@ -724,11 +756,11 @@ def test_keys_carry_ttl_after_writes(store: redbreaker.Store, clock: Any) -> Non
 # -- 11. hooks ---------------------------------------------------------------------------
 
 
-def test_hooks_see_only_own_transitions(store: redbreaker.Store, clock: Any) -> None:
+def test_hooks_see_only_own_transitions(driver: Driver, store: AnyStore, clock: Any) -> None:
     """on_transition gets exactly this breaker's transitions, generations increasing."""
     seen: list[Transition] = []
-    mine = make(store, seen=seen, failure_threshold=2, recovery_timeout=10)
-    other = make(store, failure_threshold=2, recovery_timeout=10)
+    mine = make(driver, store, seen=seen, failure_threshold=2, recovery_timeout=10)
+    other = make(driver, store, failure_threshold=2, recovery_timeout=10)
     fail_times(mine, Counter(), 2)
     start = clock.server_ms()
     clock.advance(10)
@@ -744,10 +776,12 @@ def test_hooks_see_only_own_transitions(store: redbreaker.Store, clock: Any) -> 
     assert {t.name for t in seen} == {"dep"}
 
 
-def test_hook_sees_both_transitions_of_one_call(store: redbreaker.Store, clock: Any) -> None:
+def test_hook_sees_both_transitions_of_one_call(
+    driver: Driver, store: AnyStore, clock: Any
+) -> None:
     """A probe success made by one call reports open->half_open and half_open->closed."""
     seen: list[Transition] = []
-    breaker = half_open(store, clock, seen)
+    breaker = half_open(driver, store, clock, seen)
     breaker.call(Counter().ok)
     assert [(t.previous, t.current, t.reason, t.generation) for t in seen] == [
         (CLOSED, OPEN, "consecutive_failures", 2),
@@ -757,7 +791,7 @@ def test_hook_sees_both_transitions_of_one_call(store: redbreaker.Store, clock: 
 
 
 def test_raising_hook_does_not_break_call(
-    store: redbreaker.Store, clock: Any, caplog: pytest.LogCaptureFixture
+    driver: Driver, store: AnyStore, clock: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A hook that raises is logged; the call's exception and result pass through unchanged."""
     calls: list[Transition] = []
@@ -766,7 +800,7 @@ def test_raising_hook_does_not_break_call(
         calls.append(transition)
         raise RuntimeError("hook bug")
 
-    breaker = redbreaker.Breaker(
+    breaker = driver.breaker(
         "dep", store=store, failure_threshold=1, recovery_timeout=10, on_transition=[broken]
     )
     error = DownError("down")
@@ -787,9 +821,9 @@ def test_raising_hook_does_not_break_call(
 # -- 12. snapshot fields ------------------------------------------------------------------
 
 
-def test_snapshot_before_first_use(store: redbreaker.Store, clock: Any) -> None:
+def test_snapshot_before_first_use(driver: Driver, store: AnyStore, clock: Any) -> None:
     """A never-used breaker reads as a fresh closed breaker with exists False."""
-    snap = make(store, "fresh").snapshot()
+    snap = make(driver, store, "fresh").snapshot()
     assert snap.exists is False
     assert (snap.state, snap.generation, snap.window_calls, snap.probes_in_flight) == (
         CLOSED,
@@ -802,9 +836,9 @@ def test_snapshot_before_first_use(store: redbreaker.Store, clock: Any) -> None:
     assert store.client.exists(key_of(store, "fresh")) == 0
 
 
-def test_snapshot_counts_after_known_sequence(store: redbreaker.Store) -> None:
+def test_snapshot_counts_after_known_sequence(driver: Driver, store: AnyStore) -> None:
     """3 successes and 2 failures: 5 calls, 2 failures, rate 0.4, streak 2."""
-    breaker = make(store, failure_threshold=5)
+    breaker = make(driver, store, failure_threshold=5)
     fn = Counter()
     for _ in range(3):
         breaker.call(fn.ok)
@@ -816,9 +850,9 @@ def test_snapshot_counts_after_known_sequence(store: redbreaker.Store) -> None:
     assert (snap.state, snap.generation, snap.open_count) == (CLOSED, 1, 0)
 
 
-def test_snapshot_open_and_half_open_fields(store: redbreaker.Store, clock: Any) -> None:
+def test_snapshot_open_and_half_open_fields(driver: Driver, store: AnyStore, clock: Any) -> None:
     """open_until_ms/retry_after while open, probes_in_flight while half-open."""
-    breaker = make(store, failure_threshold=1, recovery_timeout=10, half_open_max_calls=3)
+    breaker = make(driver, store, failure_threshold=1, recovery_timeout=10, half_open_max_calls=3)
     tripped_at = clock.server_ms()
     fail_times(breaker, Counter(), 1)
     snap = breaker.snapshot()
@@ -854,8 +888,9 @@ def test_snapshot_open_and_half_open_fields(store: redbreaker.Store, clock: Any)
         ("open_until", "1.5", CLOSED),
     ],
 )
-def test_mangled_field_self_repairs(
-    store: redbreaker.Store,
+def test_mangled_field_self_repairs(  # noqa: PLR0917 (fixtures and parameters)
+    driver: Driver,
+    store: AnyStore,
     clock: Any,
     field: str,
     value: str,
@@ -863,7 +898,7 @@ def test_mangled_field_self_repairs(
 ) -> None:
     """A hand-mangled field makes the next call repair the breaker closed and admit the call."""
     seen: list[Transition] = []
-    breaker = make(store, seen=seen, failure_threshold=3)
+    breaker = make(driver, store, seen=seen, failure_threshold=3)
     fail_times(breaker, Counter(), 2)
     store.client.hset(key_of(store, "dep"), field, value)
     fn = Counter()
@@ -889,9 +924,9 @@ def test_mangled_field_self_repairs(
     assert breaker.state is OPEN
 
 
-def test_wrong_key_type_raises_store_error(store: redbreaker.Store) -> None:
+def test_wrong_key_type_raises_store_error(driver: Driver, store: AnyStore) -> None:
     """A string at the breaker's key gives StoreError naming the key, not a redis error."""
-    breaker = make(store)
+    breaker = make(driver, store)
     key = key_of(store, "dep")
     store.client.set(key, "x")
     fn = Counter()

@@ -13,15 +13,19 @@ commandstats``. Tests on the ``store`` fixture use its ManualClock; the ones abo
 feed thread use a real clock and the session redis-server. "Another process" is another
 store on the same data (its own client, rejection cache and feed thread).
 
+Every test that means the same for both drivers runs on both (``redbreaker`` and
+``redbreaker.aio``, through the ``driver`` fixture; an aio store's feed is a task, which
+runs while the driver waits). The exit-time flush is the sync driver's alone.
+
 Run with ``-s`` to see the measured figures (``[cached] ...`` lines).
 """
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -31,11 +35,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import redbreaker
+from drivers import unwrap
 from redbreaker import Breaker, CircuitOpenError, ConfigError, ManualClock, State
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Sequence
 
+    from drivers import AnyBreaker, AnyStore, Driver
     from redis_servers import RedisServer
 
 NAME = "cached-dep"
@@ -67,20 +73,29 @@ class Trip:
 
 
 class Trips:
-    """Every script call (one FCALL or EVALSHA each) a store makes from now on."""
+    """Every script call (one FCALL or EVALSHA each) a store of either driver makes from
+    now on."""
 
-    def __init__(self, store: redbreaker.Store) -> None:
+    def __init__(self, store: AnyStore) -> None:
         self.log: list[Trip] = []
-        call = store._call
+        raw = unwrap(store)
+        call = raw._call
 
-        def counted(script: str, keys: Any, argv: Sequence[str]) -> Any:
+        def note(script: str, argv: Sequence[str]) -> None:
             if script == "record":
                 self.log.append(Trip(script, str(argv[5]), int(argv[11])))
             else:
                 self.log.append(Trip(script))
+
+        def counted(script: str, keys: Any, argv: Sequence[str]) -> Any:
+            note(script, argv)
             return call(script, keys, argv)
 
-        store._call = counted  # type: ignore[method-assign]
+        async def counted_async(script: str, keys: Any, argv: Sequence[str]) -> Any:
+            note(script, argv)
+            return await call(script, keys, argv)
+
+        raw._call = counted_async if inspect.iscoroutinefunction(call) else counted
 
     def take(self) -> list[Trip]:
         """The calls logged since the last take."""
@@ -91,67 +106,41 @@ class Trips:
         return sum(1 for t in self.log if t.script == script)
 
 
-def _wait_for(predicate: Callable[[], bool], what: str, limit: float = 5.0) -> float:
-    """Poll ``predicate`` (real time) until true; return how long it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > limit:
-            raise AssertionError(f"not within {limit}s: {what}")
-        time.sleep(0.001)
-    return time.monotonic() - start
-
-
-def _feed_live(store: redbreaker.Store) -> None:
+def _feed_live(driver: Driver, store: AnyStore) -> None:
     """Start the store's transition feed and wait until it is subscribed, so that its
     subscription (which invalidates every earlier copy) happens before the test counts."""
     store.start_feed()
-    _wait_for(lambda: store.feed_live, "the transition feed subscribed")
+    driver.wait_for(lambda: store.feed_live, "the transition feed subscribed")
 
 
-def _heard_change(store: redbreaker.Store, before: int) -> float:
-    return _wait_for(lambda: store.view.heard(NAME) > before, "the transition reached the feed")
+def _heard_change(driver: Driver, store: AnyStore, before: int) -> float:
+    return driver.wait_for(
+        lambda: store.view.heard(NAME) > before, "the transition reached the feed"
+    )
 
 
-def _no_feed(store: redbreaker.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_feed(store: AnyStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """This store never hears transitions: only max_staleness refreshes its copies."""
-    monkeypatch.setattr(store, "start_feed", lambda: None)
+    monkeypatch.setattr(unwrap(store), "start_feed", lambda: None)
 
 
-def _cached(store: redbreaker.Store, **settings: Any) -> Breaker:
-    return Breaker(NAME, store=store, consistency="cached", **settings)
+def _cached(driver: Driver, store: AnyStore, **settings: Any) -> AnyBreaker:
+    return driver.breaker(NAME, store=store, consistency="cached", **settings)
 
 
 @pytest.fixture
-def twin(store: redbreaker.Store, clock: ManualClock) -> Iterator[Callable[[], redbreaker.Store]]:
+def twin(driver: Driver, store: AnyStore, clock: ManualClock) -> Callable[[], AnyStore]:
     """Builds other stores on the same data as ``store`` (other processes, in effect):
-    their own client and connection pool, rejection cache and feed; the same clock."""
-    made: list[tuple[redbreaker.Store, Any]] = []
-
-    def build() -> redbreaker.Store:
-        pool = store.client.connection_pool
-        twin_pool = type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
-        client = type(store.client)(connection_pool=twin_pool)
-        made.append((redbreaker.connect(client, clock=clock), twin_pool))
-        return made[-1][0]
-
-    yield build
-    for other, pool in made:
-        other.close()
-        pool.disconnect()  # a client handed a pool leaves it open on close()
+    their own client and connection pool, rejection cache and feed; the same clock. The
+    driver closes them."""
+    return lambda: driver.reconnect(store, clock=clock)
 
 
 @pytest.fixture
-def real_stores(redis_url: str) -> Iterator[Callable[[], redbreaker.Store]]:
-    """Builds stores on the session redis-server with the real clock (Redis TIME)."""
-    made: list[redbreaker.Store] = []
-
-    def build() -> redbreaker.Store:
-        made.append(redbreaker.connect(redis_url))
-        return made[-1]
-
-    yield build
-    for store in made:
-        store.close()
+def real_stores(driver: Driver, redis_url: str) -> Callable[[], AnyStore]:
+    """Builds stores of the test's driver on the session redis-server with the real clock
+    (Redis TIME). The driver closes them."""
+    return lambda: driver.connect(redis_url)
 
 
 def _figure(**measured: object) -> None:
@@ -161,12 +150,14 @@ def _figure(**measured: object) -> None:
 # ------------------------------------------------------------------------------ round trips
 
 
-def test_healthy_cached_breaker_makes_no_round_trip_per_call(store: redbreaker.Store) -> None:
+def test_healthy_cached_breaker_makes_no_round_trip_per_call(
+    driver: Driver, store: AnyStore
+) -> None:
     """1,000 healthy calls with time standing still: exactly 1 acquire, 0 records; one
     flush then sends the other 999 and the window holds exactly 1,000 calls."""
-    _feed_live(store)
+    _feed_live(driver, store)
     trips = Trips(store)
-    breaker = _cached(store)
+    breaker = _cached(driver, store)
 
     for _ in range(1000):
         assert breaker.call(_ok) == "ok"
@@ -180,12 +171,14 @@ def test_healthy_cached_breaker_makes_no_round_trip_per_call(store: redbreaker.S
     assert (snap.window_failures, snap.consecutive_failures) == (0, 0)
 
 
-def test_flushes_follow_the_flush_interval(store: redbreaker.Store, clock: ManualClock) -> None:
+def test_flushes_follow_the_flush_interval(
+    driver: Driver, store: AnyStore, clock: ManualClock
+) -> None:
     """1,000 calls 1 ms apart (0.999 s): still 1 acquire (max_staleness 1 s), at most one
     flush per flush_interval (each carrying >= 100 calls), and not one call lost."""
-    _feed_live(store)
+    _feed_live(driver, store)
     trips = Trips(store)
-    breaker = _cached(store, max_staleness=1.0, flush_interval=0.1)
+    breaker = _cached(driver, store, max_staleness=1.0, flush_interval=0.1)
 
     for _ in range(1000):
         breaker.call(_ok)
@@ -200,12 +193,14 @@ def test_flushes_follow_the_flush_interval(store: redbreaker.Store, clock: Manua
     _figure(test="flush_interval", calls=1000, acquires=1, flushes=len(flushes))
 
 
-def test_copy_refreshed_once_per_max_staleness(store: redbreaker.Store, clock: ManualClock) -> None:
+def test_copy_refreshed_once_per_max_staleness(
+    driver: Driver, store: AnyStore, clock: ManualClock
+) -> None:
     """With time moving, a copy is refreshed (one acquire) once it is max_staleness old,
     never earlier."""
-    _feed_live(store)
+    _feed_live(driver, store)
     trips = Trips(store)
-    breaker = _cached(store, max_staleness=0.5, flush_interval=100)
+    breaker = _cached(driver, store, max_staleness=0.5, flush_interval=100)
 
     breaker.call(_ok)
     clock.advance(0.499)
@@ -219,14 +214,14 @@ def test_copy_refreshed_once_per_max_staleness(store: redbreaker.Store, clock: M
 
 
 def test_real_server_counts_at_most_one_acquire_plus_due_flushes(
-    redis_server: RedisServer, real_stores: Callable[[], redbreaker.Store]
+    driver: Driver, redis_server: RedisServer, real_stores: Callable[[], AnyStore]
 ) -> None:
     """On a real server and clock, 1,000 healthy calls cost the server at most 1 acquire
     plus one flush per flush_interval elapsed (INFO commandstats), and all are counted."""
     store = real_stores()
-    _feed_live(store)
-    breaker = _cached(store, max_staleness=30, flush_interval=0.1)
-    Breaker("warm-up", store=store).call(_ok)  # the acquire script is loaded: no NOSCRIPT
+    _feed_live(driver, store)
+    breaker = _cached(driver, store, max_staleness=30, flush_interval=0.1)
+    driver.breaker("warm-up", store=store).call(_ok)  # the acquire script is loaded: no NOSCRIPT
     redis_server.reset_stats()
 
     started = time.monotonic()
@@ -252,12 +247,12 @@ def test_real_server_counts_at_most_one_acquire_plus_due_flushes(
 
 
 def test_counts_exact_after_flush_across_two_stores(
-    store: redbreaker.Store, clock: ManualClock, twin: Callable[[], redbreaker.Store]
+    driver: Driver, store: AnyStore, clock: ManualClock, twin: Callable[[], AnyStore]
 ) -> None:
     """500 successes from two cached breakers on two stores (same Redis, same name),
     with some flushes due by time on the way: the window holds exactly 500 calls."""
     other = twin()
-    first, second = _cached(store), _cached(other)
+    first, second = _cached(driver, store), _cached(driver, other)
     made = Counter[str]()
     for i in range(500):
         if i % 5 < 3:
@@ -271,22 +266,22 @@ def test_counts_exact_after_flush_across_two_stores(
     first.flush()
     second.flush()
 
-    reader = Breaker(NAME, store=store)  # strict, nothing batched: reads without flushing
+    reader = driver.breaker(NAME, store=store)  # strict, nothing batched: reads without flushing
     snap = reader.snapshot()
     assert made == {"first": 300, "second": 200}
     assert (snap.window_calls, snap.window_failures, snap.generation) == (500, 0, 1)
 
 
 def test_failures_sent_at_once_and_success_after_failure_resets_streak(
-    store: redbreaker.Store, twin: Callable[[], redbreaker.Store]
+    driver: Driver, store: AnyStore, twin: Callable[[], AnyStore]
 ) -> None:
     """Each failure is one record round trip carrying the batch; window failures and
     the streak are exact at once; the success after a failure is sent at once and resets
     the streak; then successes are batched again."""
-    _feed_live(store)
+    _feed_live(driver, store)
     trips = Trips(store)
-    breaker = _cached(store, failure_threshold=100)
-    reader = Breaker(NAME, store=twin(), failure_threshold=100)
+    breaker = _cached(driver, store, failure_threshold=100)
+    reader = driver.breaker(NAME, store=twin(), failure_threshold=100)
 
     breaker.call(_ok)  # strict: counted at admission, copy taken
     breaker.call(_ok)
@@ -316,11 +311,13 @@ def test_failures_sent_at_once_and_success_after_failure_resets_streak(
     assert (snap.state, snap.generation) == (State.CLOSED, 1)
 
 
-def test_failures_trip_at_the_threshold_without_delay(store: redbreaker.Store) -> None:
+def test_failures_trip_at_the_threshold_without_delay(driver: Driver, store: AnyStore) -> None:
     """failure_threshold=3 on a cached breaker: the third failure opens it (that very
     record reports the transition), the next call is rejected without running."""
     seen: list[redbreaker.Transition] = []
-    breaker = _cached(store, failure_threshold=3, recovery_timeout=30, on_transition=seen.append)
+    breaker = _cached(
+        driver, store, failure_threshold=3, recovery_timeout=30, on_transition=seen.append
+    )
     breaker.call(_ok)
     for _ in range(3):
         with pytest.raises(Boom):
@@ -339,9 +336,10 @@ def test_failures_trip_at_the_threshold_without_delay(store: redbreaker.Store) -
 
 
 def test_without_feed_a_trip_elsewhere_is_noticed_after_max_staleness(
-    store: redbreaker.Store,
+    driver: Driver,
+    store: AnyStore,
     clock: ManualClock,
-    twin: Callable[[], redbreaker.Store],
+    twin: Callable[[], AnyStore],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With the feed off, a copy admits until it is max_staleness old; then the next call
@@ -349,10 +347,10 @@ def test_without_feed_a_trip_elsewhere_is_noticed_after_max_staleness(
     the stale copy were never counted into the tripped breaker."""
     _no_feed(store, monkeypatch)
     trips = Trips(store)
-    breaker = _cached(store, max_staleness=1.0, recovery_timeout=30, flush_interval=100)
+    breaker = _cached(driver, store, max_staleness=1.0, recovery_timeout=30, flush_interval=100)
     breaker.call(_ok)  # copy taken now
 
-    elsewhere = Breaker(NAME, store=twin(), failure_threshold=1, recovery_timeout=30)
+    elsewhere = driver.breaker(NAME, store=twin(), failure_threshold=1, recovery_timeout=30)
     with pytest.raises(Boom):
         elsewhere.call(_fail)  # open now, fleet-wide
 
@@ -376,17 +374,18 @@ def test_without_feed_a_trip_elsewhere_is_noticed_after_max_staleness(
 
 
 def test_batched_successes_of_an_old_generation_are_never_counted(
-    store: redbreaker.Store,
+    driver: Driver,
+    store: AnyStore,
     clock: ManualClock,
-    twin: Callable[[], redbreaker.Store],
+    twin: Callable[[], AnyStore],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Successes batched under generation 1 are fenced off after a transition (flushed,
     or piggy-backed on a failure), and never counted into generation 2."""
     _no_feed(store, monkeypatch)  # the copy stays on generation 1 until it is stale
     trips = Trips(store)
-    breaker = _cached(store, failure_threshold=5, flush_interval=100)
-    reader = Breaker(NAME, store=twin(), failure_threshold=5)
+    breaker = _cached(driver, store, failure_threshold=5, flush_interval=100)
+    reader = driver.breaker(NAME, store=twin(), failure_threshold=5)
     for _ in range(5):
         breaker.call(_ok)  # 1 counted at admission + 4 batched under generation 1
 
@@ -416,44 +415,45 @@ def test_batched_successes_of_an_old_generation_are_never_counted(
 
 
 def test_transition_heard_on_feed_drops_the_batch(
-    store: redbreaker.Store, twin: Callable[[], redbreaker.Store]
+    driver: Driver, store: AnyStore, twin: Callable[[], AnyStore]
 ) -> None:
     """With the feed on: a reset elsewhere is heard, the next call asks Redis (generation
     2) and the 4 successes batched under generation 1 are dropped, not sent."""
-    _feed_live(store)
+    _feed_live(driver, store)
     trips = Trips(store)
-    breaker = _cached(store, flush_interval=100)
+    breaker = _cached(driver, store, flush_interval=100)
     for _ in range(5):
         breaker.call(_ok)
     heard = store.view.heard(NAME)
 
-    Breaker(NAME, store=twin()).reset()
-    _heard_change(store, heard)
+    driver.breaker(NAME, store=twin()).reset()
+    _heard_change(driver, store, heard)
     for _ in range(3):
         breaker.call(_ok)
     breaker.flush()
 
     assert trips.take() == [Trip("acquire"), Trip("acquire"), Trip("record", "flush", 2)]
-    snap = Breaker(NAME, store=store).snapshot()
+    snap = driver.breaker(NAME, store=store).snapshot()
     assert (snap.generation, snap.window_calls) == (2, 3)
 
 
 def test_late_outcome_of_an_old_generation_keeps_the_current_batch(
-    store: redbreaker.Store,
+    driver: Driver,
+    store: AnyStore,
     clock: ManualClock,
-    twin: Callable[[], redbreaker.Store],
+    twin: Callable[[], AnyStore],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A call admitted under generation 1 that succeeds after the breaker moved to
     generation 2 is not counted, and does not throw away the successes batched under
     generation 2 meanwhile: the window holds exactly generation 2's 3 calls."""
     _no_feed(store, monkeypatch)
-    breaker = _cached(store, max_staleness=1.0, flush_interval=100)
+    breaker = _cached(driver, store, max_staleness=1.0, flush_interval=100)
     breaker.call(_ok)
     long_call = breaker.acquire()  # admitted from the copy, generation 1
     assert long_call.generation == 1
 
-    Breaker(NAME, store=twin()).reset()  # generation 2
+    driver.breaker(NAME, store=twin()).reset()  # generation 2
     clock.advance(1.0)  # the copy is stale: the next call asks Redis
     breaker.call(_ok)  # generation 2, counted at admission
     breaker.call(_ok)
@@ -465,20 +465,20 @@ def test_late_outcome_of_an_old_generation_keeps_the_current_batch(
 
 
 def test_failures_after_data_loss_count_once_redis_says_stale(
-    store: redbreaker.Store, twin: Callable[[], redbreaker.Store]
+    driver: Driver, store: AnyStore, twin: Callable[[], AnyStore]
 ) -> None:
     """FLUSHALL publishes nothing, and another process recreates the breaker (generation
     1 again, a new incarnation): the first failure admitted from the old copy is fenced
     off as stale, but that stale reply drops the copy, so the next failures are admitted
     and counted by the new breaker and trip it at failure_threshold."""
-    _feed_live(store)
+    _feed_live(driver, store)
     trips = Trips(store)
-    breaker = _cached(store, failure_threshold=3, recovery_timeout=30)
+    breaker = _cached(driver, store, failure_threshold=3, recovery_timeout=30)
     breaker.call(_ok)
     breaker.call(_ok)  # a copy of generation 1, first incarnation
 
     store.client.flushall()
-    elsewhere = Breaker(NAME, store=twin(), failure_threshold=3, recovery_timeout=30)
+    elsewhere = driver.breaker(NAME, store=twin(), failure_threshold=3, recovery_timeout=30)
     elsewhere.call(_ok)  # recreated: generation 1, another incarnation
     trips.take()
 
@@ -496,16 +496,16 @@ def test_failures_after_data_loss_count_once_redis_says_stale(
 
 
 def test_half_open_is_decided_in_redis(
-    store: redbreaker.Store, clock: ManualClock, twin: Callable[[], redbreaker.Store]
+    driver: Driver, store: AnyStore, clock: ManualClock, twin: Callable[[], AnyStore]
 ) -> None:
     """Two cached breakers on two stores with fresh copies: after a trip and the recovery
     timeout, each asks Redis, exactly one gets the probe, its success closes the breaker,
     and both admit from fresh copies again."""
     other_store = twin()
     settings = {"failure_threshold": 1, "recovery_timeout": 5, "half_open_max_calls": 1}
-    _feed_live(store)
-    _feed_live(other_store)
-    first, second = _cached(store, **settings), _cached(other_store, **settings)
+    _feed_live(driver, store)
+    _feed_live(driver, other_store)
+    first, second = _cached(driver, store, **settings), _cached(driver, other_store, **settings)
     first.call(_ok)
     second.call(_ok)
     trips, other_trips = Trips(store), Trips(other_store)
@@ -515,8 +515,8 @@ def test_half_open_is_decided_in_redis(
         first.call(_fail)  # open
     # Both feeds cache the rejection for the 5 s the event gives, from when it arrives on
     # the manual clock: let it arrive before time moves.
-    _heard_change(store, heard[0])
-    _heard_change(other_store, heard[1])
+    _heard_change(driver, store, heard[0])
+    _heard_change(driver, other_store, heard[1])
     clock.advance(5)
     probe = first.acquire()
     with pytest.raises(CircuitOpenError) as rejected:
@@ -538,10 +538,10 @@ def test_half_open_is_decided_in_redis(
 # ------------------------------------------------------------------ the feed, real clock
 
 
-def _warm(breaker: Breaker) -> Trips:
+def _warm(driver: Driver, breaker: AnyBreaker) -> Trips:
     """First call, feed subscribed, a call on a copy taken after the subscription."""
     breaker.call(_ok)
-    _feed_live(breaker.store)
+    _feed_live(driver, breaker.store)
     breaker.call(_ok)
     trips = Trips(breaker.store)
     breaker.call(_ok)
@@ -549,7 +549,9 @@ def _warm(breaker: Breaker) -> Trips:
     return trips
 
 
-def _until_rejected(breaker: Breaker, limit: float = 5.0) -> tuple[float, CircuitOpenError, int]:
+def _until_rejected(
+    driver: Driver, breaker: AnyBreaker, limit: float = 5.0
+) -> tuple[float, CircuitOpenError, int]:
     """Call until rejected; return (seconds it took, the rejection, calls admitted)."""
     start = time.monotonic()
     admitted = 0
@@ -561,10 +563,10 @@ def _until_rejected(breaker: Breaker, limit: float = 5.0) -> tuple[float, Circui
         admitted += 1
         if time.monotonic() - start > limit:
             raise AssertionError(f"still admitting after {limit}s ({admitted} calls)")
-        time.sleep(0.0005)
+        driver.sleep(0.0005)
 
 
-def _until_admitted(breaker: Breaker, limit: float = 5.0) -> tuple[float, int]:
+def _until_admitted(driver: Driver, breaker: AnyBreaker, limit: float = 5.0) -> tuple[float, int]:
     """Call until admitted; return (seconds it took, rejections meanwhile)."""
     start = time.monotonic()
     rejected = 0
@@ -577,26 +579,30 @@ def _until_admitted(breaker: Breaker, limit: float = 5.0) -> tuple[float, int]:
             return time.monotonic() - start, rejected
         if time.monotonic() - start > limit:
             raise AssertionError(f"still rejecting after {limit}s ({rejected} calls)")
-        time.sleep(0.0005)
+        driver.sleep(0.0005)
 
 
 @pytest.mark.slow
 def test_trip_elsewhere_reaches_cached_breaker_then_probes_in_redis(
-    real_stores: Callable[[], redbreaker.Store],
+    driver: Driver,
+    real_stores: Callable[[], AnyStore],
 ) -> None:
     """Real clock and Redis: another store trips the breaker; this cached breaker rejects
     within 1 s, with retry_after ~ recovery_timeout; after recovery two cached breakers
     on two stores ask Redis and exactly one gets the probe (half_open_max_calls=1)."""
     recovery = 2.0
     settings = {"failure_threshold": 1, "recovery_timeout": recovery, "half_open_max_calls": 1}
-    here, there = _cached(real_stores(), **settings), _cached(real_stores(), **settings)
-    trips = _warm(here)
-    _warm(there)
+    here, there = (
+        _cached(driver, real_stores(), **settings),
+        _cached(driver, real_stores(), **settings),
+    )
+    trips = _warm(driver, here)
+    _warm(driver, there)
 
     before_trip = time.monotonic()
     with pytest.raises(Boom):
         there.call(_fail)
-    propagation, rejected, admitted = _until_rejected(here)
+    propagation, rejected, admitted = _until_rejected(driver, here)
     asked_redis = trips.count("acquire")
     rejected_at = time.monotonic()
     assert propagation < 1.0
@@ -610,25 +616,12 @@ def test_trip_elsewhere_reaches_cached_breaker_then_probes_in_redis(
             here.call(_ok)
     assert trips.take() == []
 
-    time.sleep(max(0.0, before_trip + recovery - time.monotonic()) + 0.3)
-    gate = threading.Barrier(2)
-    outcomes: dict[str, Any] = {}
-
-    def ask(label: str, breaker: Breaker) -> None:
-        gate.wait(5)
-        try:
-            outcomes[label] = breaker.acquire()
-        except CircuitOpenError as exc:
-            outcomes[label] = exc
-
-    threads = [
-        threading.Thread(target=ask, args=(k, b)) for k, b in (("here", here), ("there", there))
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    probes = [p for p in outcomes.values() if isinstance(p, redbreaker.Permit)]
+    driver.sleep(max(0.0, before_trip + recovery - time.monotonic()) + 0.3)
+    # Both ask at once (threads released by a barrier; aio: both acquires in flight on
+    # the loop together).
+    asked = driver.concurrently(here.acquire, there.acquire)
+    outcomes = dict(zip(("here", "there"), asked, strict=True))
+    probes = [p for p in outcomes.values() if isinstance(unwrap(p), driver.api.Permit)]
     refused = [e for e in outcomes.values() if isinstance(e, CircuitOpenError)]
     assert len(probes) == 1, outcomes
     assert probes[0].is_probe
@@ -646,78 +639,80 @@ def test_trip_elsewhere_reaches_cached_breaker_then_probes_in_redis(
 
 @pytest.mark.slow
 def test_operator_orders_clear_cached_rejections_elsewhere(
-    real_stores: Callable[[], redbreaker.Store],
+    driver: Driver,
+    real_stores: Callable[[], AnyStore],
 ) -> None:
     """Real clock: force_open, a trip and force_open again are cached as rejections by a
     cached breaker on another store; force_close, reset and reset pushed on the feed let
     it admit again within 1 s each (the cached deadlines were 30-60 s away)."""
     settings = {"failure_threshold": 1, "recovery_timeout": 30}
-    here = _cached(real_stores(), **settings)
-    operator = Breaker(NAME, store=real_stores(), **settings)
-    _warm(here)
+    here = _cached(driver, real_stores(), **settings)
+    operator = driver.breaker(NAME, store=real_stores(), **settings)
+    _warm(driver, here)
     figures: dict[str, float] = {}
 
     operator.force_open(60)
-    _, rejected, _ = _until_rejected(here)
+    _, rejected, _ = _until_rejected(driver, here)
     assert rejected.state == "forced_open"
     assert operator.force_close() is State.FORCED_CLOSED
-    took, _ = _until_admitted(here)
+    took, _ = _until_admitted(driver, here)
     figures["force_close_ms"] = round(1000 * took, 1)
     assert took < 1.0
 
     assert operator.reset() is State.CLOSED
     with pytest.raises(Boom):
         operator.call(_fail)  # tripped elsewhere: open for 30 s
-    _, rejected, _ = _until_rejected(here)
+    _, rejected, _ = _until_rejected(driver, here)
     assert rejected.state == "open"
     assert operator.reset() is State.CLOSED
-    took, _ = _until_admitted(here)
+    took, _ = _until_admitted(driver, here)
     figures["reset_after_trip_ms"] = round(1000 * took, 1)
     assert took < 1.0
 
     operator.force_open(60)
-    _until_rejected(here)
+    _until_rejected(driver, here)
     operator.reset()
-    took, _ = _until_admitted(here)
+    took, _ = _until_admitted(driver, here)
     figures["reset_after_force_open_ms"] = round(1000 * took, 1)
     assert took < 1.0
     _figure(test="operator_orders", **figures)
 
 
 def test_forced_open_without_deadline_heard_on_the_feed_rejects_without_round_trips(
-    store: redbreaker.Store, twin: Callable[[], redbreaker.Store]
+    driver: Driver, store: AnyStore, twin: Callable[[], AnyStore]
 ) -> None:
     """force_open() without a deadline elsewhere: the event alone turns this cached
     breaker's calls into local rejections (no round trip, not even the first), until the
     force_close heard on the feed lets it admit again (one acquire)."""
-    here = _cached(store, max_staleness=30)
-    trips = _warm(here)
-    operator = Breaker(NAME, store=twin())
+    here = _cached(driver, store, max_staleness=30)
+    trips = _warm(driver, here)
+    operator = driver.breaker(NAME, store=twin())
     operator.force_open()
-    _, rejected, _ = _until_rejected(here)
+    _, rejected, _ = _until_rejected(driver, here)
     assert (rejected.state, rejected.retry_after) == ("forced_open", None)
     for _ in range(100):
         with pytest.raises(CircuitOpenError):
             here.call(_ok)
     assert trips.take() == []
     operator.force_close()
-    _until_admitted(here)
+    _until_admitted(driver, here)
     assert [t.script for t in trips.take()] == ["acquire"]
 
 
 def test_forced_open_without_deadline_learned_from_redis_holds_for_max_staleness(
-    store: redbreaker.Store,
+    driver: Driver,
+    store: AnyStore,
     clock: ManualClock,
-    twin: Callable[[], redbreaker.Store],
+    twin: Callable[[], AnyStore],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without a feed: one acquire learns forced_open (no deadline); the next 50 calls are
     rejected locally; once max_staleness passes, Redis is asked again (and admits after a
     reset made elsewhere)."""
     _no_feed(store, monkeypatch)
-    here = _cached(store, max_staleness=2)
+    here = _cached(driver, store, max_staleness=2)
     here.call(_ok)
-    operator = Breaker(NAME, store=twin())
+    operator = driver.breaker(NAME, store=twin())
     operator.force_open()
     clock.advance(2)  # the admitting copy is stale: Redis decides
     trips = Trips(store)
@@ -735,12 +730,12 @@ def test_forced_open_without_deadline_learned_from_redis_holds_for_max_staleness
 
 
 def test_own_order_lifts_a_held_forced_open_at_once(
-    store: redbreaker.Store, monkeypatch: pytest.MonkeyPatch
+    driver: Driver, store: AnyStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cached breaker holding a forced_open locally admits at once after its own
     force_close, without waiting to hear it (here: no feed at all)."""
     _no_feed(store, monkeypatch)
-    here = _cached(store, max_staleness=30)
+    here = _cached(driver, store, max_staleness=30)
     here.force_open()
     with pytest.raises(CircuitOpenError):
         here.call(_ok)
@@ -752,13 +747,13 @@ def test_own_order_lifts_a_held_forced_open_at_once(
 
 
 def test_flush_sends_the_batch_and_is_a_no_op_when_empty(
-    store: redbreaker.Store, twin: Callable[[], redbreaker.Store]
+    driver: Driver, store: AnyStore, twin: Callable[[], AnyStore]
 ) -> None:
     """flush() sends the batched successes in one round trip (another store's snapshot
     shows them); with nothing batched it makes no round trip at all."""
-    _feed_live(store)
-    breaker = _cached(store, flush_interval=100)
-    reader = Breaker(NAME, store=twin())
+    _feed_live(driver, store)
+    breaker = _cached(driver, store, flush_interval=100)
+    reader = driver.breaker(NAME, store=twin())
     trips = Trips(store)
 
     breaker.flush()  # a breaker that never ran
@@ -799,9 +794,8 @@ _EXITING_WORKER = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("exit_by", "expected"), [("return", 5), ("os._exit", 1)])
-def test_exiting_process_flushes_its_batch(
-    redis_url: str, real_stores: Callable[[], redbreaker.Store], exit_by: str, expected: int
-) -> None:
+@pytest.mark.sync_only("the exit-time flush (aio has none: README)")
+def test_exiting_process_flushes_its_batch(redis_url: str, exit_by: str, expected: int) -> None:
     """A process that makes 5 cached successes (flush_interval 1 h) and exits normally
     leaves all 5 in the shared window (the atexit flush); one that skips atexit hooks
     (os._exit) leaves only the call Redis admitted itself."""
@@ -813,7 +807,11 @@ def test_exiting_process_flushes_its_batch(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    snap = Breaker(NAME, store=real_stores()).snapshot()
+    store = redbreaker.connect(redis_url)
+    try:
+        snap = Breaker(NAME, store=store).snapshot()
+    finally:
+        store.close()
     assert (snap.exists, snap.window_calls) == (True, expected)
 
 
@@ -838,7 +836,7 @@ def test_cached_durations_must_be_positive(field: str, value: object) -> None:
     assert bad.value.field == field
 
 
-def test_cached_settings_accept_seconds_and_timedelta() -> None:
+def test_cached_settings_accept_seconds_and_timedelta(driver: Driver) -> None:
     """Defaults are strict / 1 s / 0.1 s; seconds and timedeltas are accepted, and a
     Breaker takes them as keyword settings."""
     default = redbreaker.BreakerConfig()
@@ -851,24 +849,24 @@ def test_cached_settings_accept_seconds_and_timedelta() -> None:
         consistency="cached", max_staleness=timedelta(seconds=2), flush_interval=0.25
     )
     assert config.consistency == "cached"
-    store = redbreaker.connect("memory://")
+    store = driver.connect("memory://")
     try:
-        breaker = Breaker(
+        breaker = driver.breaker(
             NAME, store=store, consistency="cached", max_staleness=timedelta(milliseconds=5)
         )
         assert breaker.config.consistency == "cached"
         assert breaker.call(_ok) == "ok"
         with pytest.raises(ConfigError) as bad:
-            Breaker(NAME, store=store, consistency="eventual")
+            driver.breaker(NAME, store=store, consistency="eventual")
         assert bad.value.field == "consistency"
     finally:
         store.close()
 
 
-def test_strict_is_unchanged(store: redbreaker.Store) -> None:
+def test_strict_is_unchanged(driver: Driver, store: AnyStore) -> None:
     """The default (strict) breaker still asks Redis on every call: 5 calls, 5 acquires."""
     trips = Trips(store)
-    breaker = Breaker(NAME, store=store)
+    breaker = driver.breaker(NAME, store=store)
     for _ in range(5):
         breaker.call(_ok)
     assert trips.take() == [Trip("acquire")] * 5

@@ -16,12 +16,14 @@ What must hold, whatever the fault:
 - once Redis answers, the shared breaker is used again (its window grows), and a breaker
   that tripped locally during the outage ("local") leaves no trace in Redis.
 
-Every test runs in both consistency modes. In ``cached`` mode a healthy call may not touch
-Redis at all (admitted from the local copy, its success batched), so a process learns of
-an outage only when it next talks to Redis: a flush (every ``flush_interval``), a copy
-refresh (``max_staleness``) or a failure. Its outage report is then at most one
-degraded/recovered pair per outage, possibly none; everything else must hold as in strict
-mode. Each worker flushes before it reports, so counts that must be exact stay exact.
+Every test runs on both drivers (the ``driver`` fixture: the workers call
+``redbreaker.Breaker`` or ``redbreaker.aio.Breaker``, see ``fault_workers.py``) and in both
+consistency modes. In ``cached`` mode a healthy call may not touch Redis at all (admitted
+from the local copy, its success batched), so a process learns of an outage only when it
+next talks to Redis: a flush (every ``flush_interval``), a copy refresh (``max_staleness``)
+or a failure. Its outage report is then at most one degraded/recovered pair per outage,
+possibly none; everything else must hold as in strict mode. Each worker flushes before it
+reports, so counts that must be exact stay exact.
 
 Each test prints one compact ``[faults] ...`` line of measured figures (see with ``-s``)
 and writes them to ``fault_figures.json`` in its ``tmp_path``.
@@ -44,6 +46,7 @@ import pytest
 
 import fault_workers
 import redbreaker
+from drivers import TasksLeftPendingError
 from fault_workers import NAME, PREFIX
 from redbreaker import State
 from redis_servers import BINARY_ENV_VAR, RedisServer, redis_server_binary
@@ -51,6 +54,8 @@ from redis_servers import BINARY_ENV_VAR, RedisServer, redis_server_binary
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from drivers import Driver
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis_server]
 
@@ -84,7 +89,30 @@ QUIET = 1.0
 taken to have never talked to Redis during it (a call in flight then has ended by now)."""
 
 
+LOCAL_FEED_LEAK = pytest.mark.xfail(
+    strict=True,
+    raises=TasksLeftPendingError,
+    reason=(
+        "aio defect: Store.aclose() leaves the transition-feed task of the embedded store "
+        "that on_store_error='local' falls back to running (nothing closes that store)"
+    ),
+)
+KNOWN_AIO_DEFECTS = {
+    "test_kill_9_then_restart_empty[aio-local-cached]": LOCAL_FEED_LEAK,
+    "test_local_breakers_trip_alone_while_redis_is_down[aio-cached]": LOCAL_FEED_LEAK,
+}
+"""Runs that fail only by a defect of ``redbreaker.aio`` (every other check of theirs
+holds): expected to fail with that defect's exception, until it is fixed."""
+
+
 # ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(autouse=True)
+def _known_aio_defect(request: pytest.FixtureRequest) -> None:
+    mark = KNOWN_AIO_DEFECTS.get(request.node.name)
+    if mark is not None:
+        request.applymarker(mark)
 
 
 @pytest.fixture
@@ -267,14 +295,17 @@ def run_fault(
     policy: str,
     inject: Callable[[Fleet], tuple[float, float]],
     *,
+    driver: Driver,
     outage: bool,
     config: dict[str, Any] | None = None,
     consistency: str = "strict",
 ) -> Run:
-    """Load the breaker from ``FLEET`` processes, inject the fault mid-load, wait for the
-    workers to recover (``outage``) or the load to settle, read the breaker twice, stop."""
+    """Load the breaker from ``FLEET`` processes of ``driver``, inject the fault mid-load,
+    wait for the workers to recover (``outage``) or the load to settle, read the breaker
+    twice, stop."""
     config = CONFIG if config is None else config
     params = {
+        "driver": driver.kind,
         "policy": policy,
         "store_timeout": STORE_TIMEOUT,
         "config": config,
@@ -403,6 +434,14 @@ def _check_edges(run: Run, outages: int, consistency: str = "strict") -> list[tu
     return pairs
 
 
+def _check_closed_cleanly(run: Run) -> None:
+    """No worker's store left anything running once closed (aio: no task of its loop).
+    Checked last: it says nothing about what the callers saw."""
+    left = [f"worker {i}: {n}" for i, r in enumerate(run.results) for n in r["tasks_left_pending"]]
+    if left:
+        raise TasksLeftPendingError(left)
+
+
 def _check_shared_used_again(run: Run) -> None:
     """After the fault the shared breaker is closed, untripped, and calls reach it."""
     for snap in (run.after, run.later):
@@ -417,7 +456,7 @@ def _check_shared_used_again(run: Run) -> None:
 @CONSISTENCY
 @pytest.mark.parametrize("policy", POLICIES)
 def test_kill_9_then_restart_empty(
-    server: RedisServer, policy: str, consistency: str, figures: dict[str, Any]
+    driver: Driver, server: RedisServer, policy: str, consistency: str, figures: dict[str, Any]
 ) -> None:
     """kill -9 mid-load, restart empty 0.5 s later: callers see only the policy's errors,
     each process reports one outage, scripts reload, and a fresh closed breaker is used."""
@@ -429,7 +468,7 @@ def test_kill_9_then_restart_empty(
         server.restart()
         return start, time.monotonic()
 
-    run = run_fault(server, policy, inject, outage=True, consistency=consistency)
+    run = run_fault(server, policy, inject, outage=True, consistency=consistency, driver=driver)
     during = _measure(figures, run, "kill -9, restart after 0.5 s", (run.fault[0], run.settled_at))
 
     _check_policy(run, policy, outage=True, consistency=consistency)
@@ -440,12 +479,13 @@ def test_kill_9_then_restart_empty(
     _check_shared_used_again(run)
     assert run.created_after > run.created_before  # the old breaker died with the server
     assert run.script_loads >= 1  # the empty server got the scripts again
+    _check_closed_cleanly(run)
 
 
 @CONSISTENCY
 @pytest.mark.parametrize("policy", POLICIES)
 def test_function_and_script_flush_mid_load(
-    server: RedisServer, policy: str, consistency: str, figures: dict[str, Any]
+    driver: Driver, server: RedisServer, policy: str, consistency: str, figures: dict[str, Any]
 ) -> None:
     """FUNCTION FLUSH + SCRIPT FLUSH mid-load is no outage: the library reloads on
     "Function not found", no exception, no store event, and every call is counted in the
@@ -457,7 +497,7 @@ def test_function_and_script_flush_mid_load(
         server.script_flush()
         return start, time.monotonic()
 
-    run = run_fault(server, policy, inject, outage=False, consistency=consistency)
+    run = run_fault(server, policy, inject, outage=False, consistency=consistency, driver=driver)
     during = _measure(figures, run, "FUNCTION FLUSH", (run.fault[0], run.settled_at))
 
     _check_policy(run, policy, outage=False, consistency=consistency)
@@ -470,12 +510,13 @@ def test_function_and_script_flush_mid_load(
     # admitted it; cached: by a flush, at the latest the worker's final one).
     stop = _snapshot(server, CONFIG)
     assert stop.window_calls == sum(r["calls"] for r in run.results)
+    _check_closed_cleanly(run)
 
 
 @CONSISTENCY
 @pytest.mark.parametrize("policy", POLICIES)
 def test_flushall_mid_load(
-    server: RedisServer, policy: str, consistency: str, figures: dict[str, Any]
+    driver: Driver, server: RedisServer, policy: str, consistency: str, figures: dict[str, Any]
 ) -> None:
     """FLUSHALL mid-load is no outage: no exception, no store event; the breaker is
     recreated closed and counts the calls made after the flush."""
@@ -486,7 +527,7 @@ def test_flushall_mid_load(
             r.flushall(asynchronous=False)
         return start, time.monotonic()
 
-    run = run_fault(server, policy, inject, outage=False, consistency=consistency)
+    run = run_fault(server, policy, inject, outage=False, consistency=consistency, driver=driver)
     during = _measure(figures, run, "FLUSHALL", (run.fault[0], run.settled_at))
 
     _check_policy(run, policy, outage=False, consistency=consistency)
@@ -497,12 +538,13 @@ def test_flushall_mid_load(
     assert run.script_loads == 0  # FLUSHALL keeps the script cache
     stop = _snapshot(server, CONFIG)
     assert 0 < stop.window_calls < sum(r["calls"] for r in run.results)
+    _check_closed_cleanly(run)
 
 
 @CONSISTENCY
 @pytest.mark.parametrize("policy", ["allow", "reject"])
 def test_client_pause_all(
-    server: RedisServer, policy: str, consistency: str, figures: dict[str, Any]
+    driver: Driver, server: RedisServer, policy: str, consistency: str, figures: dict[str, Any]
 ) -> None:
     """CLIENT PAUSE 2000 ALL mid-load: no call waits longer than the store timeout (plus
     slack), each process reports one outage, then the shared breaker is used again."""
@@ -512,7 +554,7 @@ def test_client_pause_all(
         server.pause(PAUSE)  # returns at once; the server ends the pause by itself
         return start, start + PAUSE
 
-    run = run_fault(server, policy, inject, outage=True, consistency=consistency)
+    run = run_fault(server, policy, inject, outage=True, consistency=consistency, driver=driver)
     during = _measure(figures, run, "CLIENT PAUSE 2000 ALL", run.fault)
     after = _latencies(run, run.fault[1], run.settled_at)
     figures.update(
@@ -534,11 +576,12 @@ def test_client_pause_all(
             assert r["causes"].get("redis.exceptions.TimeoutError", 0) >= 1, r["causes"]
     _check_shared_used_again(run)
     assert run.created_after == run.created_before  # the same breaker, it survived
+    _check_closed_cleanly(run)
 
 
 @CONSISTENCY
 def test_local_breakers_trip_alone_while_redis_is_down(
-    server: RedisServer, consistency: str, figures: dict[str, Any]
+    driver: Driver, server: RedisServer, consistency: str, figures: dict[str, Any]
 ) -> None:
     """With "local", a dependency failing during an outage trips each process's own
     breaker after failure_threshold failures; Redis, once back, holds none of it."""
@@ -555,7 +598,9 @@ def test_local_breakers_trip_alone_while_redis_is_down(
         server.restart()
         return start, time.monotonic()
 
-    run = run_fault(server, "local", inject, outage=True, config=config, consistency=consistency)
+    run = run_fault(
+        server, "local", inject, outage=True, config=config, consistency=consistency, driver=driver
+    )
     during = _measure(figures, run, "kill -9 + failing dependency", (run.fault[0], run.settled_at))
     booms = [r["exceptions"].get("Boom", 0) for r in run.results]
     figures.update(local_trips=sum(len(r["transitions"]) for r in run.results), booms=booms)
@@ -585,3 +630,4 @@ def test_local_breakers_trip_alone_while_redis_is_down(
             "created",
         )
     assert run.created_after > run.created_before
+    _check_closed_cleanly(run)

@@ -3,6 +3,12 @@
 Most tests use a private embedded store on a ManualClock, so backoff sleeps only move the
 clock. The headline scenarios also run on a real redis-server through the ``store``
 fixture. Timeout tests use a real-clock embedded store and budgets of a few tens of ms.
+
+Every test that means the same for both drivers runs on both (``redbreaker`` and
+``redbreaker.aio``, through the ``driver`` fixture). The sync-only ones are about what
+only the sync guard has: attempts abandoned in its attempt threads (and their cap), and
+its attempt runner, replaced by an inline one on the manual clock; ``test_aio.py`` has
+their asyncio twins (attempts cancelled on timeout, the deadline on a manual clock).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import redbreaker
+from drivers import unwrap
 from redbreaker import (
     AttemptInfo,
     AttemptRejectedError,
@@ -30,7 +37,6 @@ from redbreaker import (
     ConfigError,
     Failure,
     GuardConfig,
-    GuardedFunction,
     LastGoodValue,
     ManualClock,
     Outcome,
@@ -40,6 +46,8 @@ from redbreaker import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    from drivers import AnyStore, Driver
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -129,11 +137,10 @@ def _testing_mode_off() -> Iterator[None]:
 
 
 @pytest.fixture
-def mem(clock: ManualClock) -> Iterator[redbreaker.Store]:
-    """A private embedded store on the test's ManualClock."""
-    store = redbreaker.connect("memory://", clock=clock)
-    yield store
-    store.close()
+def mem(driver: Driver, clock: ManualClock) -> AnyStore:
+    """A private embedded store of the test's driver, on the test's ManualClock (the driver
+    closes it)."""
+    return driver.connect("memory://", clock=clock)
 
 
 @pytest.fixture
@@ -148,11 +155,11 @@ def rt_store() -> Iterator[redbreaker.Store]:
 
 
 def test_retry_succeeds_on_second_attempt(
-    store: redbreaker.Store, caplog: pytest.LogCaptureFixture
+    driver: Driver, store: AnyStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A retryable failure then a success: 2 calls, the value, one WARNING retry log."""
     caplog.set_level(logging.DEBUG, logger="redbreaker")
-    breaker = Breaker("retry-ok", store=store)
+    breaker = driver.breaker("retry-ok", store=store)
     fn = Script(ConnectionError, "ok")
     outcome = breaker.guard(retry_on=ConnectionError).outcome(fn)
     assert outcome == Outcome("ok", False, None, 2)
@@ -163,9 +170,9 @@ def test_retry_succeeds_on_second_attempt(
     assert (snap.consecutive_failures, snap.window_calls, snap.window_failures) == (0, 1, 0)
 
 
-def test_retry_gives_up_with_the_last_original_exception(store: redbreaker.Store) -> None:
+def test_retry_gives_up_with_the_last_original_exception(driver: Driver, store: AnyStore) -> None:
     """After max_attempts the very last exception object is raised, unwrapped."""
-    breaker = Breaker("give-up", store=store)
+    breaker = driver.breaker("give-up", store=store)
     fn = Script(ConnectionError)
     with pytest.raises(ConnectionError) as info:
         breaker.guard(retry_on=ConnectionError, max_attempts=4).call(fn)
@@ -179,10 +186,11 @@ def test_retry_gives_up_with_the_last_original_exception(store: redbreaker.Store
 
 
 def test_breaker_opens_after_threshold_logical_calls_then_fails_fast(
-    store: redbreaker.Store,
+    driver: Driver,
+    store: AnyStore,
 ) -> None:
     """N logical calls of 3 attempts each open a threshold-N breaker; then fn is not called."""
-    breaker = Breaker("threshold", store=store, failure_threshold=3, recovery_timeout=30)
+    breaker = driver.breaker("threshold", store=store, failure_threshold=3, recovery_timeout=30)
     guard = breaker.guard(retry_on=ConnectionError, max_attempts=3)
     fn = Script(ConnectionError)
     for logical in range(1, 3):
@@ -201,11 +209,11 @@ def test_breaker_opens_after_threshold_logical_calls_then_fails_fast(
 
 
 def test_non_critical_dependency_degrades_logs_and_counts(
-    store: redbreaker.Store, caplog: pytest.LogCaptureFixture
+    driver: Driver, store: AnyStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A failing dependency with a fallback: flagged degraded, WARNING event=degraded, counted."""
     caplog.set_level(logging.DEBUG, logger="redbreaker")
-    breaker = Breaker("recommendations", store=store)
+    breaker = driver.breaker("recommendations", store=store)
     guard = breaker.guard(
         retry_on=ConnectionError, max_attempts=2, fallback=fallback_value(["popular"])
     )
@@ -231,11 +239,11 @@ def test_non_critical_dependency_degrades_logs_and_counts(
 
 
 def test_value_error_is_not_retried_when_retry_on_names_connection_error(
-    store: redbreaker.Store, caplog: pytest.LogCaptureFixture
+    driver: Driver, store: AnyStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """retry_on=(ConnectionError,): a ValueError ends the call after one attempt."""
     caplog.set_level(logging.DEBUG, logger="redbreaker")
-    breaker = Breaker("no-retry", store=store)
+    breaker = driver.breaker("no-retry", store=store)
     fn = Script(ValueError)
     with pytest.raises(ValueError, match="call 1") as info:
         breaker.guard(retry_on=(ConnectionError,), max_attempts=5).call(fn)
@@ -247,18 +255,18 @@ def test_value_error_is_not_retried_when_retry_on_names_connection_error(
 # -- retry_on, retry_result ----------------------------------------------------------
 
 
-def test_nothing_is_retried_without_retry_on(mem: redbreaker.Store) -> None:
+def test_nothing_is_retried_without_retry_on(driver: Driver, mem: AnyStore) -> None:
     """With retry_on unset, even max_attempts=5 makes one attempt."""
     fn = Script(ConnectionError)
     with pytest.raises(ConnectionError):
-        Breaker("no-retry-on", store=mem).guard(max_attempts=5).call(fn)
+        driver.breaker("no-retry-on", store=mem).guard(max_attempts=5).call(fn)
     assert fn.calls == 1
 
 
-def test_retry_on_predicate_decides(mem: redbreaker.Store) -> None:
+def test_retry_on_predicate_decides(driver: Driver, mem: AnyStore) -> None:
     """A predicate retry_on retries what it accepts and stops at what it refuses."""
     fn = Script(OSError("transient"), OSError("transient"), OSError("fatal"), "never")
-    guard = Breaker("predicate", store=mem).guard(
+    guard = driver.breaker("predicate", store=mem).guard(
         max_attempts=5, retry_on=lambda exc: str(exc) == "transient"
     )
     with pytest.raises(OSError, match="fatal"):
@@ -267,11 +275,11 @@ def test_retry_on_predicate_decides(mem: redbreaker.Store) -> None:
 
 
 def test_retry_result_retries_then_returns_the_last_value(
-    mem: redbreaker.Store, caplog: pytest.LogCaptureFixture
+    driver: Driver, mem: AnyStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """retry_result retries a marked value; when attempts run out the last value returns."""
     caplog.set_level(logging.DEBUG, logger="redbreaker")
-    guard = Breaker("retry-result", store=mem).guard(
+    guard = driver.breaker("retry-result", store=mem).guard(
         max_attempts=3, retry_result=lambda value: value is None
     )
     assert guard.outcome(Script(None, None, "ok")) == Outcome("ok", False, None, 3)
@@ -285,7 +293,8 @@ def test_retry_result_retries_then_returns_the_last_value(
 
 
 def test_composition_order_attempts_then_one_breaker_outcome_then_fallback(
-    mem: redbreaker.Store,
+    driver: Driver,
+    mem: AnyStore,
 ) -> None:
     """Attempts (each with its hook) run first, then ONE breaker record, then the fallback."""
     seen: list[str] = []
@@ -305,7 +314,7 @@ def test_composition_order_attempts_then_one_breaker_outcome_then_fallback(
         seen.append("call")
         raise ConnectionError("down")
 
-    breaker = Breaker("order", store=mem, failure_threshold=1, on_transition=on_transition)
+    breaker = driver.breaker("order", store=mem, failure_threshold=1, on_transition=on_transition)
     guard = breaker.guard(
         max_attempts=3, retry_on=ConnectionError, on_attempt=on_attempt, fallback=fallback
     )
@@ -330,9 +339,9 @@ def test_composition_order_attempts_then_one_breaker_outcome_then_fallback(
     assert guard.degraded_counts == {"retries_exhausted": 1, "circuit_open": 1}
 
 
-def test_breaker_records_one_outcome_per_logical_call(store: redbreaker.Store) -> None:
+def test_breaker_records_one_outcome_per_logical_call(driver: Driver, store: AnyStore) -> None:
     """Streak and window move by one per logical call, however many attempts it made."""
-    breaker = Breaker("one-outcome", store=store, failure_threshold=10)
+    breaker = driver.breaker("one-outcome", store=store, failure_threshold=10)
     guard = breaker.guard(max_attempts=3, retry_on=ConnectionError)
     fn = Script(ConnectionError)
     for logical in range(1, 4):
@@ -350,6 +359,7 @@ def test_breaker_records_one_outcome_per_logical_call(store: redbreaker.Store) -
     assert (snap.consecutive_failures, snap.window_calls, snap.window_failures) == (0, 4, 3)
 
 
+@pytest.mark.sync_only("attempts abandoned in the sync guard's attempt threads")
 def test_each_attempt_is_timed_out_separately(rt_store: redbreaker.Store) -> None:
     """attempt_timeout sits inside retry: 3 hung attempts, each cut at its own 0.05 s."""
     release = threading.Event()
@@ -389,6 +399,7 @@ def test_each_attempt_is_timed_out_separately(rt_store: redbreaker.Store) -> Non
     assert len(calls) == 3
 
 
+@pytest.mark.sync_only("attempts abandoned in the sync guard's attempt threads")
 def test_single_timeout_is_reason_timeout_and_a_slow_failure_whatever_record_on(
     rt_store: redbreaker.Store,
 ) -> None:
@@ -416,10 +427,10 @@ def test_single_timeout_is_reason_timeout_and_a_slow_failure_whatever_record_on(
     "retry_on", [Exception, (CircuitOpenError, ConnectionError), lambda exc: True]
 )
 def test_circuit_open_error_from_a_nested_breaker_is_not_retried(
-    mem: redbreaker.Store, retry_on: Any
+    driver: Driver, mem: AnyStore, retry_on: Any
 ) -> None:
     """A CircuitOpenError raised inside fn ends the call at once, whatever retry_on says."""
-    inner = Breaker("inner-dependency", store=mem)
+    inner = driver.breaker("inner-dependency", store=mem)
     inner.force_open()
     calls: list[int] = []
 
@@ -427,19 +438,19 @@ def test_circuit_open_error_from_a_nested_breaker_is_not_retried(
         calls.append(1)
         return inner.call(lambda: "never")
 
-    guard = Breaker("outer-service", store=mem).guard(max_attempts=3, retry_on=retry_on)
+    guard = driver.breaker("outer-service", store=mem).guard(max_attempts=3, retry_on=retry_on)
     with pytest.raises(CircuitOpenError) as info:
-        guard.call(fn)
+        guard.call(driver.nested(fn))
     assert (info.value.name, info.value.state) == ("inner-dependency", "forced_open")
     assert len(calls) == 1
 
 
 @pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit, asyncio.CancelledError])
 def test_base_exceptions_propagate_unretried_and_uncounted(
-    mem: redbreaker.Store, kind: type[BaseException]
+    driver: Driver, mem: AnyStore, kind: type[BaseException]
 ) -> None:
     """KeyboardInterrupt & co: raised at once, no fallback, only the admission is counted."""
-    breaker = Breaker("interrupted", store=mem)
+    breaker = driver.breaker("interrupted", store=mem)
     with pytest.raises(ConnectionError):
         breaker.call(Script(ConnectionError))
     before = breaker.snapshot()
@@ -465,6 +476,7 @@ def test_base_exceptions_propagate_unretried_and_uncounted(
     assert (after.window_failures, after.window_slow_calls) == (1, 0)
 
 
+@pytest.mark.sync_only("the cap on attempts abandoned in the sync guard's threads")
 def test_attempt_rejected_error_is_not_retried_and_counts_nothing(
     rt_store: redbreaker.Store,
 ) -> None:
@@ -497,9 +509,11 @@ def test_attempt_rejected_error_is_not_retried_and_counts_nothing(
     wait_for(lambda: breaker.abandoned_attempts == 0)
 
 
-def test_half_open_probe_is_a_single_attempt(mem: redbreaker.Store, clock: ManualClock) -> None:
+def test_half_open_probe_is_a_single_attempt(
+    driver: Driver, store: AnyStore, clock: ManualClock
+) -> None:
     """A half-open probe that fails retryably makes exactly 1 call and re-opens the breaker."""
-    breaker = Breaker("probe", store=mem, failure_threshold=1, recovery_timeout=5)
+    breaker = driver.breaker("probe", store=store, failure_threshold=1, recovery_timeout=5)
     with pytest.raises(ConnectionError):
         breaker.call(Script(ConnectionError))
     assert breaker.state is State.OPEN
@@ -520,11 +534,11 @@ def test_half_open_probe_is_a_single_attempt(mem: redbreaker.Store, clock: Manua
 
 @pytest.mark.parametrize("how", ["force_open", "trip"])
 def test_recheck_stops_retrying_into_a_breaker_opened_meanwhile(
-    mem: redbreaker.Store, how: str
+    driver: Driver, mem: AnyStore, how: str
 ) -> None:
     """Another Breaker object opens it during attempt 1: no attempt 2, CircuitOpenError."""
-    breaker = Breaker("shared", store=mem, failure_threshold=1)
-    other = Breaker("shared", store=mem, failure_threshold=1)
+    breaker = driver.breaker("shared", store=mem, failure_threshold=1)
+    other = driver.breaker("shared", store=mem, failure_threshold=1)
     calls: list[int] = []
 
     def fn() -> str:
@@ -537,17 +551,18 @@ def test_recheck_stops_retrying_into_a_breaker_opened_meanwhile(
 
     guard = breaker.guard(max_attempts=3, retry_on=ConnectionError)
     with pytest.raises(CircuitOpenError) as info:
-        guard.call(fn)
+        guard.call(driver.nested(fn))
     assert info.value.state == ("forced_open" if how == "force_open" else "open")
     assert len(calls) == 1
 
 
 def test_recheck_hands_the_fallback_circuit_open_after_one_attempt(
-    mem: redbreaker.Store,
+    driver: Driver,
+    mem: AnyStore,
 ) -> None:
     """Opened during attempt 1: the fallback gets reason circuit_open and attempts == 1."""
-    breaker = Breaker("shared-fb", store=mem)
-    other = Breaker("shared-fb", store=mem)
+    breaker = driver.breaker("shared-fb", store=mem)
+    other = driver.breaker("shared-fb", store=mem)
     fn = Script(ConnectionError)
 
     def first_attempt() -> str:
@@ -555,7 +570,7 @@ def test_recheck_hands_the_fallback_circuit_open_after_one_attempt(
         return fn()
 
     guard = breaker.guard(max_attempts=3, retry_on=ConnectionError, fallback=lambda f: f)
-    outcome = guard.outcome(first_attempt)
+    outcome = guard.outcome(driver.nested(first_attempt))
     assert fn.calls == 1
     failure = outcome.value
     assert isinstance(failure, Failure)
@@ -565,10 +580,10 @@ def test_recheck_hands_the_fallback_circuit_open_after_one_attempt(
     assert (failure.attempts, outcome.attempts) == (1, 1)
 
 
-def test_without_recheck_the_retries_go_on(mem: redbreaker.Store) -> None:
+def test_without_recheck_the_retries_go_on(driver: Driver, mem: AnyStore) -> None:
     """recheck_breaker=False: opened during attempt 1, all 3 attempts still run."""
-    breaker = Breaker("no-recheck", store=mem)
-    other = Breaker("no-recheck", store=mem)
+    breaker = driver.breaker("no-recheck", store=mem)
+    other = driver.breaker("no-recheck", store=mem)
     fn = Script(ConnectionError)
 
     def attempt() -> str:
@@ -577,7 +592,7 @@ def test_without_recheck_the_retries_go_on(mem: redbreaker.Store) -> None:
 
     guard = breaker.guard(max_attempts=3, retry_on=ConnectionError, recheck_breaker=False)
     with pytest.raises(ConnectionError) as info:
-        guard.call(attempt)
+        guard.call(driver.nested(attempt))
     assert info.value is fn.raised[-1]
     assert fn.calls == 3
     assert breaker.state is State.FORCED_OPEN
@@ -591,10 +606,10 @@ def test_without_recheck_the_retries_go_on(mem: redbreaker.Store) -> None:
     [(2.0, 2000), (2, 2000), (timedelta(seconds=2), 2000), (30.0, 30000), (60, 60000)],
 )
 def test_retry_after_is_slept_exactly_as_given(
-    mem: redbreaker.Store, clock: ManualClock, retry_after: object, expected_ms: int
+    driver: Driver, mem: AnyStore, clock: ManualClock, retry_after: object, expected_ms: int
 ) -> None:
     """An exception's retry_after is slept as given: not jittered, not capped by backoff_max."""
-    guard = Breaker("throttled", store=mem).guard(
+    guard = driver.breaker("throttled", store=mem).guard(
         retry_on=ThrottledError, max_attempts=2, backoff_base=0.1, backoff_max=5
     )
     guard._random = fixed_random(0.25)
@@ -605,10 +620,10 @@ def test_retry_after_is_slept_exactly_as_given(
 
 @pytest.mark.parametrize("retry_after", [-1, True, "2", None, math.nan])
 def test_unusable_retry_after_falls_back_to_jittered_backoff(
-    mem: redbreaker.Store, clock: ManualClock, retry_after: object
+    driver: Driver, mem: AnyStore, clock: ManualClock, retry_after: object
 ) -> None:
     """A retry_after that is not a non-negative number is ignored: the jittered backoff runs."""
-    guard = Breaker("bad-retry-after", store=mem).guard(
+    guard = driver.breaker("bad-retry-after", store=mem).guard(
         retry_on=ThrottledError, max_attempts=2, backoff_base=0.1, backoff_max=5
     )
     guard._random = fixed_random(0.5)
@@ -618,10 +633,10 @@ def test_unusable_retry_after_falls_back_to_jittered_backoff(
 
 
 def test_retry_after_past_the_deadline_gives_up_at_once(
-    mem: redbreaker.Store, clock: ManualClock
+    driver: Driver, mem: AnyStore, clock: ManualClock
 ) -> None:
     """retry_after=2 with deadline=1.5: one attempt, its exception raised, no sleep."""
-    guard = Breaker("throttled-deadline", store=mem).guard(
+    guard = driver.breaker("throttled-deadline", store=mem).guard(
         retry_on=ThrottledError, max_attempts=3, deadline=1.5
     )
     fn = Script(ThrottledError(2.0), "never", clock=clock)
@@ -635,10 +650,10 @@ def test_retry_after_past_the_deadline_gives_up_at_once(
 
 @pytest.mark.parametrize(("retry_after", "max_retry_after"), [(61, 60.0), (5.001, 5)])
 def test_retry_after_above_max_retry_after_gives_up_at_once(
-    mem: redbreaker.Store, clock: ManualClock, retry_after: float, max_retry_after: float
+    driver: Driver, mem: AnyStore, clock: ManualClock, retry_after: float, max_retry_after: float
 ) -> None:
     """retry_after above max_retry_after: one attempt, its exception raised, no sleep."""
-    guard = Breaker("throttled-max", store=mem).guard(
+    guard = driver.breaker("throttled-max", store=mem).guard(
         retry_on=ThrottledError, max_attempts=3, max_retry_after=max_retry_after
     )
     fn = Script(ThrottledError(retry_after), "never", clock=clock)
@@ -654,11 +669,11 @@ def test_retry_after_above_max_retry_after_gives_up_at_once(
 
 
 def test_backoff_is_full_jitter_of_the_capped_exponential(
-    mem: redbreaker.Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
+    driver: Driver, mem: AnyStore, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Each sleep is sample * min(backoff_max, backoff_base * 2**(n-1)), exactly."""
     caplog.set_level(logging.WARNING, logger="redbreaker")
-    guard = Breaker("backoff", store=mem).guard(
+    guard = driver.breaker("backoff", store=mem).guard(
         retry_on=ConnectionError, max_attempts=6, backoff_base=1.0, backoff_max=8.0
     )
     samples = (0.5, 0.999)
@@ -673,10 +688,10 @@ def test_backoff_is_full_jitter_of_the_capped_exponential(
 
 
 def test_many_attempts_do_not_overflow_the_backoff(
-    mem: redbreaker.Store, clock: ManualClock
+    driver: Driver, mem: AnyStore, clock: ManualClock
 ) -> None:
     """2000 attempts: 2**n never overflows, and every sleep stays within backoff_max."""
-    guard = Breaker("many", store=mem).guard(
+    guard = driver.breaker("many", store=mem).guard(
         retry_on=ConnectionError,
         max_attempts=2000,
         backoff_base=0.001,
@@ -728,6 +743,7 @@ class InlineRunner:
         return self.last
 
 
+@pytest.mark.sync_only("replaces the sync guard's attempt runner (InlineRunner)")
 def test_deadline_is_never_overshot() -> None:
     """Property: no sleep ends past the deadline, no attempt starts at it, none runs past it."""
 
@@ -833,10 +849,10 @@ def test_deadline_is_never_overshot() -> None:
 
 
 def test_a_sleep_ending_on_the_deadline_gives_up_with_the_last_error(
-    mem: redbreaker.Store, clock: ManualClock
+    driver: Driver, mem: AnyStore, clock: ManualClock
 ) -> None:
     """A last sleep that lands on the deadline ends the call with fn's own last exception."""
-    guard = Breaker("on-the-deadline", store=mem).guard(
+    guard = driver.breaker("on-the-deadline", store=mem).guard(
         retry_on=ConnectionError,
         max_attempts=2,
         backoff_base=1.0,
@@ -856,6 +872,7 @@ def test_a_sleep_ending_on_the_deadline_gives_up_with_the_last_error(
     assert (failure.reason, failure.attempts, outcome.attempts) == ("error", 1, 1)
 
 
+@pytest.mark.sync_only("replaces the sync guard's attempt runner (InlineRunner)")
 def test_an_attempt_ending_on_the_deadline_is_the_last() -> None:
     """Attempt 2 ends exactly on the deadline: no attempt 3 starts, its error is raised."""
     # At this start time, float seconds put deadline_at 1 ulp after start + 200 ms.
@@ -889,11 +906,11 @@ def test_an_attempt_ending_on_the_deadline_is_the_last() -> None:
 # -- nesting --------------------------------------------------------------------------
 
 
-def test_nested_guarded_calls_do_not_multiply(mem: redbreaker.Store) -> None:
+def test_nested_guarded_calls_do_not_multiply(driver: Driver, mem: AnyStore) -> None:
     """Outer 3 x inner 3 attempts cost 3 calls, not 9; the inner guard alone still retries."""
     fn = Script(ConnectionError)
-    inner = Breaker("nested-db", store=mem)
-    outer = Breaker("nested-api", store=mem)
+    inner = driver.breaker("nested-db", store=mem)
+    outer = driver.breaker("nested-api", store=mem)
     fetch = inner.guard(max_attempts=3, retry_on=ConnectionError)(fn)
     with pytest.raises(ConnectionError):
         outer.guard(max_attempts=3, retry_on=ConnectionError).call(fetch)
@@ -906,11 +923,14 @@ def test_nested_guarded_calls_do_not_multiply(mem: redbreaker.Store) -> None:
     assert inner.snapshot().consecutive_failures == 4
 
 
-def test_nested_guard_in_an_attempt_thread_runs_once(mem: redbreaker.Store) -> None:
-    """The outer attempt runs in a timeout thread: the inner guard still makes 1 attempt."""
+def test_nested_guard_in_an_attempt_thread_runs_once(driver: Driver, mem: AnyStore) -> None:
+    """The outer attempt runs under an attempt timeout (the sync guard: in one of its
+    threads): the inner guard still makes 1 attempt."""
     fn = Script(ConnectionError)
-    fetch = Breaker("nested-db-t", store=mem).guard(max_attempts=3, retry_on=ConnectionError)(fn)
-    guard = Breaker("nested-api-t", store=mem).guard(
+    fetch = driver.breaker("nested-db-t", store=mem).guard(
+        max_attempts=3, retry_on=ConnectionError
+    )(fn)
+    guard = driver.breaker("nested-api-t", store=mem).guard(
         max_attempts=3, retry_on=ConnectionError, attempt_timeout=5
     )
     with pytest.raises(ConnectionError):
@@ -921,23 +941,23 @@ def test_nested_guard_in_an_attempt_thread_runs_once(mem: redbreaker.Store) -> N
 # -- fallback -------------------------------------------------------------------------
 
 
-def test_fallback_exception_is_chained_to_the_original(mem: redbreaker.Store) -> None:
+def test_fallback_exception_is_chained_to_the_original(driver: Driver, mem: AnyStore) -> None:
     """An exception the fallback raises propagates with __cause__ = the original failure."""
 
     def fallback(failure: Failure) -> str:
         raise LookupError("no cache either")
 
     fn = Script(ConnectionError)
-    guard = Breaker("fb-raises", store=mem).guard(fallback=fallback)
+    guard = driver.breaker("fb-raises", store=mem).guard(fallback=fallback)
     with pytest.raises(LookupError, match="no cache either") as info:
         guard.call(fn)
     assert info.value.__cause__ is fn.raised[0]
 
 
-def test_fallback_value_returns_its_value(mem: redbreaker.Store) -> None:
+def test_fallback_value_returns_its_value(driver: Driver, mem: AnyStore) -> None:
     """fallback_value(x) makes every failure return x, flagged degraded with reason error."""
     sentinel = object()
-    guard = Breaker("fb-value", store=mem).guard(fallback=fallback_value(sentinel))
+    guard = driver.breaker("fb-value", store=mem).guard(fallback=fallback_value(sentinel))
     outcome = guard.outcome(Script(RuntimeError))
     assert outcome.value is sentinel
     assert outcome.failure is not None
@@ -945,48 +965,50 @@ def test_fallback_value_returns_its_value(mem: redbreaker.Store) -> None:
     assert guard.outcome(Script(7)) == Outcome(7, False, None, 1)
 
 
-def test_last_good_value_serves_the_last_real_result(mem: redbreaker.Store) -> None:
+def test_last_good_value_serves_the_last_real_result(driver: Driver, mem: AnyStore) -> None:
     """LastGoodValue returns the latest real value after a failure."""
-    guard = Breaker("lgv", store=mem).guard(fallback=LastGoodValue())
+    guard = driver.breaker("lgv", store=mem).guard(fallback=LastGoodValue())
     assert guard.call(Script("v1")) == "v1"
     assert guard.call(Script("v2")) == "v2"
     outcome = guard.outcome(Script(ConnectionError))
     assert (outcome.value, outcome.degraded) == ("v2", True)
 
 
-def test_last_good_value_without_a_value_reraises_the_original(mem: redbreaker.Store) -> None:
+def test_last_good_value_without_a_value_reraises_the_original(
+    driver: Driver, mem: AnyStore
+) -> None:
     """No good value yet and no default: the original exception itself propagates."""
     fn = Script(ConnectionError)
-    guard = Breaker("lgv-empty", store=mem).guard(fallback=LastGoodValue())
+    guard = driver.breaker("lgv-empty", store=mem).guard(fallback=LastGoodValue())
     with pytest.raises(ConnectionError) as info:
         guard.call(fn)
     assert info.value is fn.raised[0]
     assert info.value.__cause__ is None
 
 
-def test_last_good_value_default(mem: redbreaker.Store) -> None:
+def test_last_good_value_default(driver: Driver, mem: AnyStore) -> None:
     """No good value yet: the default is returned (None counts as a default)."""
-    guard = Breaker("lgv-default", store=mem).guard(fallback=LastGoodValue(default=[]))
+    guard = driver.breaker("lgv-default", store=mem).guard(fallback=LastGoodValue(default=[]))
     assert guard.outcome(Script(ConnectionError)).value == []
-    guard = Breaker("lgv-none", store=mem).guard(fallback=LastGoodValue(None))
+    guard = driver.breaker("lgv-none", store=mem).guard(fallback=LastGoodValue(None))
     assert guard.outcome(Script(ConnectionError)).value is None
 
 
 def test_last_good_value_respects_max_age(
-    mem: redbreaker.Store, monkeypatch: pytest.MonkeyPatch
+    driver: Driver, mem: AnyStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A remembered value is served up to max_age seconds old, then the default (or raise)."""
     now = [1000.0]
     monkeypatch.setattr("redbreaker._guard.time", types.SimpleNamespace(monotonic=lambda: now[0]))
     fallback: LastGoodValue[str] = LastGoodValue("default", max_age=10)
-    guard = Breaker("lgv-age", store=mem).guard(fallback=fallback)
+    guard = driver.breaker("lgv-age", store=mem).guard(fallback=fallback)
     assert guard.call(Script("fresh")) == "fresh"
     now[0] = 1010.0
     assert guard.call(Script(ConnectionError)) == "fresh"
     now[0] = 1010.001
     assert guard.call(Script(ConnectionError)) == "default"
     fn = Script(ConnectionError)
-    strict = Breaker("lgv-age-strict", store=mem).guard(
+    strict = driver.breaker("lgv-age-strict", store=mem).guard(
         fallback=LastGoodValue(max_age=timedelta(seconds=1))
     )
     assert strict.call(Script("fresh")) == "fresh"
@@ -996,7 +1018,7 @@ def test_last_good_value_respects_max_age(
     assert info.value is fn.raised[0]
 
 
-def test_remember_sees_only_real_results(mem: redbreaker.Store) -> None:
+def test_remember_sees_only_real_results(driver: Driver, mem: AnyStore) -> None:
     """The fallback's remember() gets every real result and never a degraded one."""
     remembered: list[object] = []
 
@@ -1007,7 +1029,7 @@ def test_remember_sees_only_real_results(mem: redbreaker.Store) -> None:
         def __call__(self, failure: Failure) -> str:
             return "degraded"
 
-    guard = Breaker("remember", store=mem).guard(
+    guard = driver.breaker("remember", store=mem).guard(
         fallback=Fallback(), retry_on=ConnectionError, max_attempts=2
     )
     assert guard.call(Script("a")) == "a"
@@ -1019,9 +1041,9 @@ def test_remember_sees_only_real_results(mem: redbreaker.Store) -> None:
 # -- decorator, reasons -------------------------------------------------------------------
 
 
-def test_decorator_keeps_identity_and_passes_arguments(mem: redbreaker.Store) -> None:
+def test_decorator_keeps_identity_and_passes_arguments(driver: Driver, mem: AnyStore) -> None:
     """@guard keeps __name__/__doc__/__wrapped__, passes args and kwargs, has .outcome()."""
-    guard = Breaker("decorated", store=mem).guard(fallback=fallback_value(-1))
+    guard = driver.breaker("decorated", store=mem).guard(fallback=fallback_value(-1))
 
     def add(a: int, b: int = 0, *, c: int = 0) -> int:
         """Add numbers."""
@@ -1030,13 +1052,14 @@ def test_decorator_keeps_identity_and_passes_arguments(mem: redbreaker.Store) ->
         return a + b + c
 
     guarded = guard(add)
-    assert isinstance(guarded, GuardedFunction)
+    assert isinstance(unwrap(guarded), driver.guarded_function_type)
     assert (guarded.__name__, guarded.__doc__, guarded.__qualname__) == (
         "add",
         "Add numbers.",
         add.__qualname__,
     )
-    assert guarded.__wrapped__ is add
+    # What the guard was given: ``add`` itself (aio: the coroutine function calling it).
+    assert unwrap(guarded).__wrapped__ is driver.as_async(add)
     assert guarded(1, 2, c=3) == 6
     assert guarded.outcome(1, b=1) == Outcome(2, False, None, 1)
     assert guarded(-1) == -1
@@ -1044,9 +1067,9 @@ def test_decorator_keeps_identity_and_passes_arguments(mem: redbreaker.Store) ->
     assert (outcome.value, outcome.degraded) == (-1, True)
 
 
-def test_decorator_works_on_methods(mem: redbreaker.Store) -> None:
+def test_decorator_works_on_methods(driver: Driver, mem: AnyStore) -> None:
     """A decorated method binds its instance like a plain method."""
-    guard = Breaker("method", store=mem).guard()
+    guard = driver.breaker("method", store=mem).guard()
 
     class Client:
         def __init__(self, name: str) -> None:
@@ -1061,16 +1084,16 @@ def test_decorator_works_on_methods(mem: redbreaker.Store) -> None:
     assert a.get("k") == "a:k"
     assert b.get("k", suffix="!") == "b:k!"
     assert a.get.outcome("x") == Outcome("a:x", False, None, 1)
-    assert isinstance(Client.__dict__["get"], GuardedFunction)
+    assert isinstance(unwrap(Client.__dict__["get"]), driver.guarded_function_type)
     assert Client.get is Client.__dict__["get"]
     assert a.get.__doc__ == "Fetch a key."
 
 
-def test_store_unavailable_reason() -> None:
+def test_store_unavailable_reason(driver: Driver) -> None:
     """Redis cannot be asked: fallback reason store_unavailable, the function never runs."""
-    store = redbreaker.connect("redis://127.0.0.1:1/0")
+    store = driver.connect("redis://127.0.0.1:1/0")
     try:
-        breaker = Breaker("unreachable", store=store, on_store_error="reject")
+        breaker = driver.breaker("unreachable", store=store, on_store_error="reject")
         fn = Script("never")
         guard = breaker.guard(fallback=lambda f: f, retry_on=Exception)
         outcome = guard.outcome(fn)
@@ -1094,10 +1117,10 @@ def test_store_unavailable_reason() -> None:
 
 
 def test_set_testing_caps_attempts_and_skips_sleeps(
-    mem: redbreaker.Store, clock: ManualClock
+    driver: Driver, mem: AnyStore, clock: ManualClock
 ) -> None:
     """In testing mode 2 attempts, no sleep; after the block the old mode is back."""
-    guard = Breaker("testing", store=mem).guard(
+    guard = driver.breaker("testing", store=mem).guard(
         max_attempts=5, retry_on=ConnectionError, backoff_base=10, backoff_max=10
     )
     guard._random = fixed_random(0.5)
@@ -1120,9 +1143,11 @@ def test_set_testing_caps_attempts_and_skips_sleeps(
     assert clock.server_ms() - before == 4 * 5000
 
 
-def test_set_testing_as_a_call_and_nested(mem: redbreaker.Store) -> None:
+def test_set_testing_as_a_call_and_nested(driver: Driver, mem: AnyStore) -> None:
     """set_testing() defaults to 1 attempt, set_testing(False) turns it off, blocks nest."""
-    guard = Breaker("testing-call", store=mem).guard(max_attempts=3, retry_on=ConnectionError)
+    guard = driver.breaker("testing-call", store=mem).guard(
+        max_attempts=3, retry_on=ConnectionError
+    )
     redbreaker.set_testing()
     assert redbreaker.is_testing() is True
     fn = Script(ConnectionError)
@@ -1176,18 +1201,20 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("field", "settings"), BAD_SETTINGS)
 def test_guard_config_rejects_bad_values(
-    mem: redbreaker.Store, field: str, settings: dict[str, Any]
+    driver: Driver, mem: AnyStore, field: str, settings: dict[str, Any]
 ) -> None:
     """Every invalid GuardConfig value raises ConfigError naming its field, both ways in."""
     with pytest.raises(ConfigError) as info:
         GuardConfig(**settings)
     assert info.value.field == field
     with pytest.raises(ConfigError) as info:
-        Breaker("config", store=mem).guard(**settings)
+        driver.breaker("config", store=mem).guard(**settings)
     assert info.value.field == field
 
 
-def test_guard_config_accepts_good_values_and_settings_override(mem: redbreaker.Store) -> None:
+def test_guard_config_accepts_good_values_and_settings_override(
+    driver: Driver, mem: AnyStore
+) -> None:
     """Valid values pass; keyword settings override a config; a lone hook becomes a tuple."""
     config = GuardConfig(
         attempt_timeout=timedelta(milliseconds=1),
@@ -1202,7 +1229,7 @@ def test_guard_config_accepts_good_values_and_settings_override(mem: redbreaker.
     )
     assert config.on_attempt == (_hook,)
     assert GuardConfig(on_attempt=[_hook, _hook]).on_attempt == (_hook, _hook)
-    guard = Breaker("config-ok", store=mem).guard(config, max_attempts=4)
+    guard = driver.breaker("config-ok", store=mem).guard(config, max_attempts=4)
     assert (guard.config.max_attempts, guard.config.backoff_base) == (4, 0.5)
     assert config.max_attempts == 1
 
@@ -1216,11 +1243,11 @@ def test_guard_config_accepts_good_values_and_settings_override(mem: redbreaker.
     ],
 )
 def test_guard_rejects_unknown_settings_and_bad_config(
-    mem: redbreaker.Store, kwargs: dict[str, Any], field: str
+    driver: Driver, mem: AnyStore, kwargs: dict[str, Any], field: str
 ) -> None:
     """breaker.guard(foo=1) and a config that is not a GuardConfig raise ConfigError."""
     with pytest.raises(ConfigError) as info:
-        Breaker("config-bad", store=mem).guard(**kwargs)
+        driver.breaker("config-bad", store=mem).guard(**kwargs)
     assert info.value.field == field
 
 
@@ -1236,11 +1263,11 @@ def test_last_good_value_rejects_a_bad_max_age(max_age: object) -> None:
 
 
 def test_each_retry_is_logged_with_its_details(
-    mem: redbreaker.Store, caplog: pytest.LogCaptureFixture
+    driver: Driver, mem: AnyStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A WARNING per retry: event, breaker, attempt, max_attempts, delay, error, a clear text."""
     caplog.set_level(logging.DEBUG, logger="redbreaker")
-    guard = Breaker("logged", store=mem).guard(
+    guard = driver.breaker("logged", store=mem).guard(
         max_attempts=3, retry_on=ConnectionError, backoff_base=0.2, backoff_max=1.0
     )
     guard._random = fixed_random(0.5)
@@ -1267,7 +1294,7 @@ def test_each_retry_is_logged_with_its_details(
 
 
 def test_attempt_hooks_see_every_attempt_and_a_broken_hook_is_contained(
-    mem: redbreaker.Store, caplog: pytest.LogCaptureFixture
+    driver: Driver, mem: AnyStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """on_attempt hooks get each attempt's number and exception; a raising hook is logged."""
     seen: list[tuple[int, int, str]] = []
@@ -1278,7 +1305,7 @@ def test_attempt_hooks_see_every_attempt_and_a_broken_hook_is_contained(
     def broken(info: AttemptInfo) -> None:
         raise RuntimeError("hook bug")
 
-    guard = Breaker("hooks", store=mem).guard(
+    guard = driver.breaker("hooks", store=mem).guard(
         max_attempts=3, retry_on=ConnectionError, on_attempt=(broken, hook)
     )
     assert guard.call(Script(ConnectionError, "ok")) == "ok"

@@ -7,8 +7,9 @@ Lua stack trace), or repairs the breaker: closed, one Transition with reason
 ``"repaired_invalid_fields"``, and the call admitted. A field nothing decides on (``config``,
 a window bucket that does not parse, a counter only shown in snapshots) is ignored.
 
-Every test runs on the embedded store and on a real redis-server (``decode_responses`` off
-and on) through the ``store`` fixture; time moves only through ``clock.advance``. Scripts
+Every test runs on both drivers (``redbreaker`` and ``redbreaker.aio``, through the
+``driver`` fixture), on the embedded store and on a real redis-server (``decode_responses``
+off and on) through the ``store`` fixture; time moves only through ``clock.advance``. Scripts
 run with the ManualClock's ms, so ``clock.server_ms()`` is the scripts' "now".
 
 What ``tests/test_breaker.py`` already covers (one mangled field of a closed breaker, a
@@ -26,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import redbreaker
-from redbreaker import Breaker, BreakerConfig, CircuitOpenError, ConfigError, State, Transition
+from redbreaker import BreakerConfig, CircuitOpenError, ConfigError, State, Transition
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from drivers import AnyBreaker, AnyStore, Driver
 
 CLOSED, OPEN, HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
 FORCED_OPEN, METRICS_ONLY = State.FORCED_OPEN, State.METRICS_ONLY
@@ -55,11 +58,11 @@ def _down() -> None:
     raise DownError("down")
 
 
-def key_of(store: redbreaker.Store, name: str) -> str:
+def key_of(store: AnyStore, name: str) -> str:
     return f"{store.prefix}:{{{name}}}"
 
 
-def probes_of(store: redbreaker.Store, name: str) -> str:
+def probes_of(store: AnyStore, name: str) -> str:
     return key_of(store, name) + ":probes"
 
 
@@ -73,7 +76,7 @@ def moves(seen: list[Transition]) -> list[tuple[State | None, State, str]]:
     return [(t.previous, t.current, t.reason) for t in seen]
 
 
-def fail_times(breaker: Breaker, n: int) -> None:
+def fail_times(breaker: AnyBreaker, n: int) -> None:
     for _ in range(n):
         with pytest.raises(DownError):
             breaker.call(_down)
@@ -118,15 +121,15 @@ STATES = ("closed", "open", "half_open", "forced_open", "metrics_only")
 class Scene:
     """A breaker in one state, with a permit it granted before the garbage arrived."""
 
-    breaker: Breaker
+    breaker: AnyBreaker
     seen: list[Transition]
-    permit: redbreaker.Permit
+    permit: Any
     state: State
     generation: int
 
 
 def prepare(
-    store: redbreaker.Store, clock: redbreaker.ManualClock, state: str, *names: str
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock, state: str, *names: str
 ) -> list[Scene]:
     """Put breakers ``names`` in ``state`` in lockstep (so they share every time and
     generation); each hook list starts empty after that.
@@ -137,30 +140,30 @@ def prepare(
     """
     seen: list[list[Transition]] = [[] for _ in names]
     breakers = [
-        Breaker(name, store=store, on_transition=[s.append], **SETTINGS)
+        driver.breaker(name, store=store, on_transition=[s.append], **SETTINGS)
         for name, s in zip(names, seen, strict=True)
     ]
 
-    def each(step: Callable[[Breaker], Any]) -> list[Any]:
+    def each(step: Callable[[AnyBreaker], Any]) -> list[Any]:
         return [step(b) for b in breakers]
 
     if state == "closed":
         each(lambda b: fail_times(b, 1))
-        permits = each(Breaker.acquire)
+        permits = each(lambda b: b.acquire())
     elif state == "open":
-        permits = each(Breaker.acquire)
+        permits = each(lambda b: b.acquire())
         each(lambda b: fail_times(b, 3))
     elif state == "half_open":
         each(lambda b: fail_times(b, 3))
         clock.advance(10)
-        permits = each(Breaker.acquire)
+        permits = each(lambda b: b.acquire())
         assert all(p.is_probe for p in permits)
     elif state == "forced_open":
-        permits = each(Breaker.acquire)
-        each(Breaker.force_open)
+        permits = each(lambda b: b.acquire())
+        each(lambda b: b.force_open())
     else:
-        each(Breaker.metrics_only)
-        permits = each(Breaker.acquire)
+        each(lambda b: b.metrics_only())
+        permits = each(lambda b: b.acquire())
     scenes = []
     for breaker, hooked, permit in zip(breakers, seen, permits, strict=True):
         snap = breaker.snapshot()
@@ -170,9 +173,11 @@ def prepare(
     return scenes
 
 
-def prepare_one(store: redbreaker.Store, clock: redbreaker.ManualClock, state: str) -> Scene:
+def prepare_one(
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock, state: str
+) -> Scene:
     """Breaker "dep" in ``state`` (see :func:`prepare`)."""
-    return prepare(store, clock, state, "dep")[0]
+    return prepare(driver, store, clock, state, "dep")[0]
 
 
 # -- 1. unreadable fields: the next script repairs the breaker --------------------------------
@@ -215,9 +220,9 @@ def _case(field: str, value: str) -> str:
     return f"{field}={shown!r}"
 
 
-def expected_repair(scene: Scene, field: str, clock: redbreaker.ManualClock) -> tuple[
-    State | None, int
-]:
+def expected_repair(
+    scene: Scene, field: str, clock: redbreaker.ManualClock
+) -> tuple[State | None, int]:
     """(previous state the repair reports, generation after the repair).
 
     An unreadable generation restarts at the server's now in ms + 1, above any generation a
@@ -248,11 +253,16 @@ def check_works_after(scene: Scene) -> None:
 
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize(("field", "value"), UNREADABLE, ids=[_case(*c) for c in UNREADABLE])
-def test_unreadable_field_repaired_at_next_acquire(
-    store: redbreaker.Store, clock: redbreaker.ManualClock, state: str, field: str, value: str
+def test_unreadable_field_repaired_at_next_acquire(  # noqa: PLR0917 (fixtures and parameters)
+    driver: Driver,
+    store: AnyStore,
+    clock: redbreaker.ManualClock,
+    state: str,
+    field: str,
+    value: str,
 ) -> None:
     """An unreadable field: snapshot still reads; the next acquire repairs closed and admits."""
-    scene = prepare_one(store, clock, state)
+    scene = prepare_one(driver, store, clock, state)
     store.client.hset(key_of(store, "dep"), field, value)
     check_snapshot_survives(scene, field)
     previous, generation = expected_repair(scene, field, clock)
@@ -271,11 +281,16 @@ def test_unreadable_field_repaired_at_next_acquire(
 
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize(("field", "value"), ONE_PER_FIELD, ids=[_case(*c) for c in ONE_PER_FIELD])
-def test_unreadable_field_repaired_at_next_record(
-    store: redbreaker.Store, clock: redbreaker.ManualClock, state: str, field: str, value: str
+def test_unreadable_field_repaired_at_next_record(  # noqa: PLR0917 (fixtures and parameters)
+    driver: Driver,
+    store: AnyStore,
+    clock: redbreaker.ManualClock,
+    state: str,
+    field: str,
+    value: str,
 ) -> None:
     """Settling a permit granted before the garbage repairs the breaker; the outcome is stale."""
-    scene = prepare_one(store, clock, state)
+    scene = prepare_one(driver, store, clock, state)
     store.client.hset(key_of(store, "dep"), field, value)
     check_snapshot_survives(scene, field)
     previous, generation = expected_repair(scene, field, clock)
@@ -292,11 +307,16 @@ def test_unreadable_field_repaired_at_next_record(
 
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize(("field", "value"), ONE_PER_FIELD, ids=[_case(*c) for c in ONE_PER_FIELD])
-def test_unreadable_field_repaired_at_next_order(
-    store: redbreaker.Store, clock: redbreaker.ManualClock, state: str, field: str, value: str
+def test_unreadable_field_repaired_at_next_order(  # noqa: PLR0917 (fixtures and parameters)
+    driver: Driver,
+    store: AnyStore,
+    clock: redbreaker.ManualClock,
+    state: str,
+    field: str,
+    value: str,
 ) -> None:
     """An operator order on a mangled breaker repairs it first, then applies the order."""
-    scene = prepare_one(store, clock, state)
+    scene = prepare_one(driver, store, clock, state)
     store.client.hset(key_of(store, "dep"), field, value)
     check_snapshot_survives(scene, field)
     previous, generation = expected_repair(scene, field, clock)
@@ -335,11 +355,16 @@ ABSURD: list[tuple[str, str, str]] = [
 @pytest.mark.parametrize(
     ("state", "field", "value"), ABSURD, ids=[f"{s}-{_case(f, v)}" for s, f, v in ABSURD]
 )
-def test_absurd_number_is_repaired_like_garbage(
-    store: redbreaker.Store, clock: redbreaker.ManualClock, state: str, field: str, value: str
+def test_absurd_number_is_repaired_like_garbage(  # noqa: PLR0917 (fixtures and parameters)
+    driver: Driver,
+    store: AnyStore,
+    clock: redbreaker.ManualClock,
+    state: str,
+    field: str,
+    value: str,
 ) -> None:
     """Infinite or past-2^63 counts and deadlines are unreadable too: repaired, not trusted."""
-    scene = prepare_one(store, clock, state)
+    scene = prepare_one(driver, store, clock, state)
     store.client.hset(key_of(store, "dep"), field, value)
     check_snapshot_survives(scene, field)
     previous, generation = expected_repair(scene, field, clock)
@@ -355,10 +380,10 @@ def test_absurd_number_is_repaired_like_garbage(
 
 
 def test_probe_seq_garbage_in_half_open(
-    store: redbreaker.Store, clock: redbreaker.ManualClock
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock
 ) -> None:
     """A mangled probe_seq: the next probe is admitted, or a clear StoreError names the key."""
-    scene = prepare_one(store, clock, "half_open")
+    scene = prepare_one(driver, store, clock, "half_open")
     scene.permit.success()  # closes it; trip again for an empty probe slot
     fail_times(scene.breaker, 3)
     clock.advance(10)
@@ -429,12 +454,19 @@ def _run_ops(scene: Scene, *, with_window: bool) -> list[object]:
 
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize(("field", "value"), IGNORED, ids=[_case(*c) for c in IGNORED])
-def test_ignored_field_changes_no_decision(
-    store: redbreaker.Store, clock: redbreaker.ManualClock, state: str, field: str, value: str
+def test_ignored_field_changes_no_decision(  # noqa: PLR0917 (fixtures and parameters)
+    driver: Driver,
+    store: AnyStore,
+    clock: redbreaker.ManualClock,
+    state: str,
+    field: str,
+    value: str,
 ) -> None:
     """Garbage in a field no rule reads: no repair, every decision as on a clean twin."""
     # The window counts match too, unless the garbage overwrote the bucket the calls are in.
-    scene, twin = prepare(store, clock, state, "dep", "twin")  # the same generations and times
+    scene, twin = prepare(
+        driver, store, clock, state, "dep", "twin"
+    )  # the same generations and times
     store.client.hset(key_of(store, "dep"), field, value)
     snap = scene.breaker.snapshot()
     assert (snap.state, snap.generation) == (scene.state, scene.generation)
@@ -446,9 +478,11 @@ def test_ignored_field_changes_no_decision(
 
 
 @pytest.mark.parametrize("field", ["w.10", "w.-1", "w.03", "w.x"])
-def test_snapshot_reads_only_the_ten_window_buckets(store: redbreaker.Store, field: str) -> None:
+def test_snapshot_reads_only_the_ten_window_buckets(
+    driver: Driver, store: AnyStore, field: str
+) -> None:
     """A field like a bucket but not w.0..w.9: the rules never read it, nor does snapshot."""
-    breaker = Breaker("dep", store=store, failure_threshold=None, failure_rate=0.5)
+    breaker = driver.breaker("dep", store=store, failure_threshold=None, failure_rate=0.5)
     for _ in range(2):
         breaker.acquire().success()
     store.client.hset(key_of(store, "dep"), field, f"{START_MS} 100 100 100")
@@ -461,11 +495,11 @@ def test_snapshot_reads_only_the_ten_window_buckets(store: redbreaker.Store, fie
 
 
 def test_far_future_bucket_does_not_silence_the_rate_rule(
-    store: redbreaker.Store, clock: redbreaker.ManualClock
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock
 ) -> None:
     """A bucket stamped 1 h ahead in the live slot does not swallow calls: the rate trips."""
     seen: list[Transition] = []
-    breaker = Breaker(
+    breaker = driver.breaker(
         "dep",
         store=store,
         on_transition=[seen.append],
@@ -491,10 +525,10 @@ def test_far_future_bucket_does_not_silence_the_rate_rule(
 
 
 def test_future_bucket_counts_are_not_counted(
-    store: redbreaker.Store, clock: redbreaker.ManualClock
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock
 ) -> None:
     """100 failures stamped 1 h ahead never happened: no snapshot or trip rule counts them."""
-    breaker = Breaker(
+    breaker = driver.breaker(
         "dep", store=store, failure_threshold=None, failure_rate=0.5, minimum_calls=4
     )
     for _ in range(3):
@@ -510,11 +544,11 @@ def test_future_bucket_counts_are_not_counted(
 
 
 def test_failure_of_a_call_whose_bucket_was_overwritten_keeps_the_window_sane(
-    store: redbreaker.Store, clock: redbreaker.ManualClock
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock
 ) -> None:
     """A failure settled after its bucket was overwritten leaves no failures > calls."""
     # record.lua promises "a window never holds more failures than calls".
-    breaker = Breaker("dep", store=store, failure_threshold=None, failure_rate=0.5)
+    breaker = driver.breaker("dep", store=store, failure_threshold=None, failure_rate=0.5)
     permit = breaker.acquire()
     store.client.hset(key_of(store, "dep"), f"w.{LIVE_SLOT}", "x")
     permit.failure()
@@ -538,13 +572,14 @@ def _put_wrong_type(client: Any, key: str, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["string", "list", "set", "zset", "stream"])
 def test_breaker_key_of_wrong_type_is_a_clear_store_error(
-    store: redbreaker.Store,
+    driver: Driver,
+    store: AnyStore,
     clock: redbreaker.ManualClock,
     caplog: pytest.LogCaptureFixture,
     kind: str,
 ) -> None:
     """Another type at the breaker key: StoreError naming it; settling logs it, never raises."""
-    scene = prepare_one(store, clock, "half_open")
+    scene = prepare_one(driver, store, clock, "half_open")
     key = key_of(store, "dep")
     _put_wrong_type(store.client, key, kind)
     calls = 0
@@ -593,11 +628,11 @@ PROBE_KINDS = ["string", "hash", "list", "set"]
 
 @pytest.mark.parametrize("kind", PROBE_KINDS)
 def test_probes_key_of_wrong_type_repaired_at_acquire(
-    store: redbreaker.Store, clock: redbreaker.ManualClock, kind: str
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock, kind: str
 ) -> None:
     """Another type at the probes key: acquire drops it, says so in last_repair, gets a probe."""
     # The lease of the probe already in flight went with the stranger: its slot is free.
-    scene = prepare_one(store, clock, "half_open")
+    scene = prepare_one(driver, store, clock, "half_open")
     probes = probes_of(store, "dep")
     _put_probes_wrong_type(store.client, probes, kind)
     snap = scene.breaker.snapshot()
@@ -617,10 +652,10 @@ def test_probes_key_of_wrong_type_repaired_at_acquire(
 
 @pytest.mark.parametrize("kind", PROBE_KINDS)
 def test_probes_key_of_wrong_type_repaired_at_record(
-    store: redbreaker.Store, clock: redbreaker.ManualClock, kind: str
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock, kind: str
 ) -> None:
     """A probe settled after its lease key was overwritten: stranger dropped, breaker closes."""
-    scene = prepare_one(store, clock, "half_open")
+    scene = prepare_one(driver, store, clock, "half_open")
     probes = probes_of(store, "dep")
     _put_probes_wrong_type(store.client, probes, kind)
 
@@ -638,10 +673,10 @@ def test_probes_key_of_wrong_type_repaired_at_record(
 @pytest.mark.parametrize("kind", PROBE_KINDS)
 @pytest.mark.parametrize("state", ["closed", "half_open", "forced_open"])
 def test_probes_key_of_wrong_type_does_not_block_orders(
-    store: redbreaker.Store, clock: redbreaker.ManualClock, state: str, kind: str
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock, state: str, kind: str
 ) -> None:
     """Orders and closed calls never read the leases: a stranger there blocks none of them."""
-    scene = prepare_one(store, clock, state)
+    scene = prepare_one(driver, store, clock, state)
     _put_probes_wrong_type(store.client, probes_of(store, "dep"), kind)
     if state == "closed":
         scene.breaker.acquire().success()
@@ -654,12 +689,12 @@ def test_probes_key_of_wrong_type_does_not_block_orders(
 
 @pytest.mark.parametrize("expiry", ["4102444800000", "+inf"], ids=["year-2100", "inf"])
 def test_hand_written_lease_cannot_wedge_half_open(
-    store: redbreaker.Store, clock: redbreaker.ManualClock, expiry: str
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock, expiry: str
 ) -> None:
     """A lease no breaker grants (ending in 2100, or never) holds a slot <= probe_lease."""
     # Either the impossible lease is ignored at once, or a rejection says to retry within
     # probe_lease and a probe passes then.
-    breaker = Breaker("dep", store=store, **SETTINGS)
+    breaker = driver.breaker("dep", store=store, **SETTINGS)
     fail_times(breaker, 3)
     clock.advance(10)
     store.client.zadd(probes_of(store, "dep"), {"by-hand": float(expiry)})
@@ -679,7 +714,7 @@ def test_hand_written_lease_cannot_wedge_half_open(
 # -- 6. keys deleted under a permit in flight --------------------------------------------------
 
 
-def _wipe(store: redbreaker.Store, how: str) -> None:
+def _wipe(store: AnyStore, how: str) -> None:
     if how == "del":
         store.client.delete(key_of(store, "dep"), probes_of(store, "dep"))
     else:
@@ -694,12 +729,12 @@ WIPES = ["del", "flushall"]
 
 @pytest.mark.parametrize("how", WIPES)
 def test_wipe_then_record_of_a_generation_1_permit_is_stale(
-    store: redbreaker.Store, how: str
+    driver: Driver, store: AnyStore, how: str
 ) -> None:
     """Permits admitted before a wipe never count: the record does not recreate the breaker,
     and a breaker created again is a new incarnation even at generation 1."""
     seen: list[Transition] = []
-    breaker = Breaker("dep", store=store, on_transition=[seen.append], **SETTINGS)
+    breaker = driver.breaker("dep", store=store, on_transition=[seen.append], **SETTINGS)
     old = [breaker.acquire() for _ in range(3)]
     fail_times(breaker, 3)
     assert breaker.state is OPEN
@@ -717,9 +752,11 @@ def test_wipe_then_record_of_a_generation_1_permit_is_stale(
     assert moves(seen) == [(CLOSED, OPEN, "consecutive_failures")]
 
 
-def test_reset_then_record_of_a_generation_1_permit_is_stale(store: redbreaker.Store) -> None:
+def test_reset_then_record_of_a_generation_1_permit_is_stale(
+    driver: Driver, store: AnyStore
+) -> None:
     """The same story with reset() instead of a wipe: the old permits are fenced off."""
-    breaker = Breaker("dep", store=store, **SETTINGS)
+    breaker = driver.breaker("dep", store=store, **SETTINGS)
     old = [breaker.acquire() for _ in range(3)]
     fail_times(breaker, 3)
     assert breaker.reset() is CLOSED
@@ -732,11 +769,11 @@ def test_reset_then_record_of_a_generation_1_permit_is_stale(store: redbreaker.S
 @pytest.mark.parametrize("how", WIPES)
 @pytest.mark.parametrize("state", STATES)
 def test_wipe_under_a_permit_in_flight(
-    store: redbreaker.Store, clock: redbreaker.ManualClock, state: str, how: str
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock, state: str, how: str
 ) -> None:
     """Keys wiped under a permit: its outcome is stale and creates nothing; the next call
     creates a closed breaker at generation 1 that admits."""
-    scene = prepare_one(store, clock, state)
+    scene = prepare_one(driver, store, clock, state)
     _wipe(store, how)
     snap = scene.breaker.snapshot()
     assert (snap.exists, snap.state, snap.generation) == (False, CLOSED, 1)
@@ -754,9 +791,9 @@ def test_wipe_under_a_permit_in_flight(
 
 
 @pytest.mark.parametrize("how", WIPES)
-def test_wipe_then_failure_keeps_the_window_sane(store: redbreaker.Store, how: str) -> None:
+def test_wipe_then_failure_keeps_the_window_sane(driver: Driver, store: AnyStore, how: str) -> None:
     """A generation-1 failure settled after a wipe leaves no window with failures > calls."""
-    breaker = Breaker("dep", store=store, failure_threshold=None, failure_rate=0.5)
+    breaker = driver.breaker("dep", store=store, failure_threshold=None, failure_rate=0.5)
     permit = breaker.acquire()
     _wipe(store, how)
     permit.failure()
@@ -764,11 +801,11 @@ def test_wipe_then_failure_keeps_the_window_sane(store: redbreaker.Store, how: s
 
 
 def test_wipe_while_cached_rejection_is_local_only(
-    store: redbreaker.Store, clock: redbreaker.ManualClock
+    driver: Driver, store: AnyStore, clock: redbreaker.ManualClock
 ) -> None:
     """A cached open rejection outlives a wipe for max_staleness at most (not until its
     deadline, 10 s away), then a new breaker admits."""
-    breaker = Breaker("dep", store=store, **SETTINGS)
+    breaker = driver.breaker("dep", store=store, **SETTINGS)
     fail_times(breaker, 3)
     with pytest.raises(CircuitOpenError):
         breaker.acquire()
@@ -804,12 +841,12 @@ def test_wipe_while_cached_rejection_is_local_only(
     ],
     ids=lambda n: repr(n)[:20],
 )
-def test_hostile_name_is_a_short_config_error(name: str) -> None:
+def test_hostile_name_is_a_short_config_error(driver: Driver, name: str) -> None:
     """Names the key scheme cannot carry raise ConfigError('name') without echoing 10 KB."""
-    store = redbreaker.connect("memory://")
+    store = driver.connect("memory://")
     try:
         with pytest.raises(ConfigError) as caught:
-            Breaker(name, store=store)
+            driver.breaker(name, store=store)
         assert caught.value.field == "name"
         assert len(str(caught.value)) < 200
         assert store.breaker_names() == []
@@ -831,9 +868,9 @@ TRICKY_NAMES = [
 ]
 
 
-def test_tricky_names_get_separate_keys_end_to_end(store: redbreaker.Store) -> None:
+def test_tricky_names_get_separate_keys_end_to_end(driver: Driver, store: AnyStore) -> None:
     """Names with colons, unicode, quotes: own keys, listed back exactly, no shared state."""
-    breakers = [Breaker(n, store=store, failure_threshold=1) for n in TRICKY_NAMES]
+    breakers = [driver.breaker(n, store=store, failure_threshold=1) for n in TRICKY_NAMES]
     for b in breakers:
         b.acquire().success()
     assert store.breaker_names() == sorted(TRICKY_NAMES)
@@ -891,10 +928,12 @@ HUGE = 1e15  # seconds: 31 million years; finite, so no rule refuses it today
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_huge_duration_is_refused_or_works(
-    store: redbreaker.Store, field: str, settings: dict[str, Any]
+    driver: Driver, store: AnyStore, field: str, settings: dict[str, Any]
 ) -> None:
     """A finite, absurd duration is a ConfigError naming it, or works: never a Lua error."""
-    breaker, refused = attempt(lambda: Breaker("dep", store=store, failure_threshold=1, **settings))
+    breaker, refused = attempt(
+        lambda: driver.breaker("dep", store=store, failure_threshold=1, **settings)
+    )
     if refused is not None:
         assert isinstance(refused, ConfigError), repr(refused)
         assert refused.field in (field, "key_ttl")
@@ -905,9 +944,11 @@ def test_huge_duration_is_refused_or_works(
 
 
 @pytest.mark.parametrize("order", ["force_open", "force_close", "metrics_only"])
-def test_huge_operator_duration_is_refused_or_works(store: redbreaker.Store, order: str) -> None:
+def test_huge_operator_duration_is_refused_or_works(
+    driver: Driver, store: AnyStore, order: str
+) -> None:
     """An order held for 31 million years is a ConfigError('duration') or simply holds."""
-    breaker = Breaker("dep", store=store)
+    breaker = driver.breaker("dep", store=store)
     state, error = attempt(lambda: getattr(breaker, order)(HUGE))
     if isinstance(error, ConfigError):
         assert error.field == "duration"
@@ -918,9 +959,9 @@ def test_huge_operator_duration_is_refused_or_works(store: redbreaker.Store, ord
     )
 
 
-def test_huge_counts_work(store: redbreaker.Store) -> None:
+def test_huge_counts_work(driver: Driver, store: AnyStore) -> None:
     """Counts far past 2^53 are accepted and simply never reached: the breaker admits."""
-    breaker = Breaker(
+    breaker = driver.breaker(
         "dep",
         store=store,
         failure_threshold=10**30,
