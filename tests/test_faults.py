@@ -89,30 +89,7 @@ QUIET = 1.0
 taken to have never talked to Redis during it (a call in flight then has ended by now)."""
 
 
-LOCAL_FEED_LEAK = pytest.mark.xfail(
-    strict=True,
-    raises=TasksLeftPendingError,
-    reason=(
-        "aio defect: Store.aclose() leaves the transition-feed task of the embedded store "
-        "that on_store_error='local' falls back to running (nothing closes that store)"
-    ),
-)
-KNOWN_AIO_DEFECTS = {
-    "test_kill_9_then_restart_empty[aio-local-cached]": LOCAL_FEED_LEAK,
-    "test_local_breakers_trip_alone_while_redis_is_down[aio-cached]": LOCAL_FEED_LEAK,
-}
-"""Runs that fail only by a defect of ``redbreaker.aio`` (every other check of theirs
-holds): expected to fail with that defect's exception, until it is fixed."""
-
-
 # ------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(autouse=True)
-def _known_aio_defect(request: pytest.FixtureRequest) -> None:
-    mark = KNOWN_AIO_DEFECTS.get(request.node.name)
-    if mark is not None:
-        request.applymarker(mark)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from ._exceptions import ConfigError, PermitError
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from contextlib import AbstractContextManager
-    from types import TracebackType
 
     from typing_extensions import Self, Unpack
 
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
     from ._core import PermitState, TransitionHook
     from ._view import FleetView
 
-__all__ = ["BreakerBase", "FreeSlotIfInterrupted", "PermitBase", "StoreLike"]
+__all__ = ["BreakerBase", "PermitBase", "StoreLike"]
 
 
 class StoreLike(Protocol):
@@ -153,28 +152,3 @@ class PermitBase(Generic[B]):
             raise PermitError(f"this permit of circuit {self._breaker.name!r} is already settled")
         self._state.settled = True
 
-
-class FreeSlotIfInterrupted:
-    """Around an acquire's round trip: interrupted (KeyboardInterrupt, a cancellation)
-    before the caller holds its permit, the probe slot the script may have granted under
-    the token chosen for ``acquire_args`` is freed at once, not at its lease's end. An
-    ``Exception`` is Redis saying no, or a rejection: nothing was granted."""
-
-    __slots__ = ("_acquire_args", "_breaker")
-
-    def __init__(self, breaker: BreakerBase[Any], acquire_args: list[str]) -> None:
-        self._breaker = breaker
-        self._acquire_args = acquire_args
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is not None and not issubclass(exc_type, Exception):
-            breaker = self._breaker
-            breaker._free_slot(breaker._core.interrupted_acquire_args(self._acquire_args))

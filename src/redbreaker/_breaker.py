@@ -21,13 +21,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import os
 import threading
 import weakref
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from . import _fork
-from ._bases import BreakerBase, FreeSlotIfInterrupted
+from ._bases import BreakerBase
 from ._callables import ASYNC_CODE, require_sync
 from ._core import Outcome, PermitState, TransitionHook
 from ._exceptions import (
@@ -37,7 +36,7 @@ from ._exceptions import (
 )
 from ._guard import BreakerLink, Guard, GuardConfig, build_guard
 from ._permit import LeaseHold, Permit
-from ._store import Store, connect
+from ._store import Store
 from ._timeout import AttemptRunner
 
 if TYPE_CHECKING:
@@ -98,7 +97,7 @@ class Breaker(BreakerBase[Store]):
             _flush_at_exit.add(self)
 
     def _embedded_store(self) -> Store:
-        return _embedded_store(self.store)
+        return self.store.local_fallback()
 
     def _after_fork_in_child(self) -> None:
         self._core._forget_local_knowledge()
@@ -122,13 +121,20 @@ class Breaker(BreakerBase[Store]):
         heard = core.heard()
         started = core.now()
         args = core.acquire_args()
+        # Interrupted (KeyboardInterrupt, a cancellation) before the caller holds its
+        # permit: the slot the script may have granted under the token chosen here is
+        # freed at once. No line runs after the permit is made, so none can lose it.
         try:
-            with FreeSlotIfInterrupted(self, args):
-                raw = self.store.run("acquire", self._keys, args)
-                self._local = None  # Redis answers: the shared breaker decides again
-                return Permit(self, core.on_acquire_reply(raw, heard, started))
+            raw = self.store.run("acquire", self._keys, args)
+            self._local = None  # Redis answers: the shared breaker decides again
+            return Permit(self, core.on_acquire_reply(raw, heard, started))
         except StoreUnavailableError as exc:
             return self._acquire_without_store(exc, started)
+        except Exception:
+            raise  # Redis said no, or rejected the call: nothing was granted
+        except BaseException:
+            self._free_slot(core.interrupted_acquire_args(args))
+            raise
 
     def _free_slot(self, args: list[str]) -> None:
         """Send a release for a probe slot an interrupted caller may hold (best effort)."""
@@ -334,19 +340,3 @@ def _flush_all() -> None:
     for breaker in list(_flush_at_exit):
         with contextlib.suppress(Exception):
             breaker.flush()
-
-
-_embedded_stores: dict[int, Store] = {}
-_embedded_lock = threading.Lock()
-os.register_at_fork(after_in_child=lambda: _fork.reinit_lock(_embedded_lock))
-
-
-def _embedded_store(shared: Store) -> Store:
-    """The in-process store that ``on_store_error="local"`` breakers of ``shared`` fall
-    back to: one per shared store, created on first need."""
-    with _embedded_lock:
-        store = _embedded_stores.get(id(shared))
-        if store is None:
-            store = connect("memory://", prefix=shared.prefix, clock=shared.clock)
-            _embedded_stores[id(shared)] = store
-        return store

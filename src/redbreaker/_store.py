@@ -112,6 +112,8 @@ class Store:
         self.health = StoreHealth(self.prefix, self.clock, hooks)
         # Connections connect() opened beside the client (a Sentinel's), closed with it.
         self._also_close: list[Callable[[], None]] = []
+        self._fallback: Store | None = None
+        self._fallback_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<redbreaker.Store prefix={self.prefix!r} client={self.client!r}>"
@@ -202,10 +204,20 @@ class Store:
         """Start hearing every transition under this prefix (once; cached breakers do)."""
         self._feed.start()
 
+    def local_fallback(self) -> Store:
+        """The in-process store that ``on_store_error="local"`` breakers of this store
+        fall back to while Redis is unreachable: one, made on first need (an embedded
+        Redis with this prefix and clock), closed with this store."""
+        with self._fallback_lock:
+            if self._fallback is None:
+                self._fallback = connect("memory://", prefix=self.prefix, clock=self.clock)
+            return self._fallback
+
     def _after_fork_in_child(self) -> None:
         """In a forked child: the feed starts afresh, and locks a parent thread held at the
         fork (the client's pools' included) are released."""
         self.health.after_fork()
+        _fork.reinit_lock(self._fallback_lock)
         _release_client_locks(self.client)
         self._feed.after_fork_in_child()
 
@@ -246,6 +258,8 @@ class Store:
         self.client.close()
         for close in self._also_close:
             close()
+        if self._fallback is not None:
+            self._fallback.close()
 
 
 def _release_client_locks(client: RedisClient) -> None:

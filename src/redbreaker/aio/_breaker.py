@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import weakref
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .._bases import BreakerBase, FreeSlotIfInterrupted, PermitBase
+from .._bases import BreakerBase, PermitBase
 from .._callables import require_async
 from .._exceptions import (
     StoreError,
     StoreUnavailableError,
 )
 from ._guard import BreakerLink, Guard, build_guard
-from ._store import Store, connect
+from ._store import Store
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Generator
@@ -161,7 +160,7 @@ class Breaker(BreakerBase[Store]):
     _batch_lock = contextlib.nullcontext
 
     def _embedded_store(self) -> Store:
-        return _embedded_store(self.store)
+        return self.store.local_fallback()
 
     # -- admission -----------------------------------------------------------------------
 
@@ -187,13 +186,20 @@ class Breaker(BreakerBase[Store]):
         heard = core.heard()
         started = core.now()
         args = core.acquire_args()
+        # Interrupted (KeyboardInterrupt, a cancellation) before the caller holds its
+        # permit: the slot the script may have granted under the token chosen here is
+        # freed at once. No line runs after the permit is made, so none can lose it.
         try:
-            with FreeSlotIfInterrupted(self, args):
-                raw = await self.store.run("acquire", self._keys, args)
-                self._local = None  # Redis answers: the shared breaker decides again
-                return Permit(self, core.on_acquire_reply(raw, heard, started))
+            raw = await self.store.run("acquire", self._keys, args)
+            self._local = None  # Redis answers: the shared breaker decides again
+            return Permit(self, core.on_acquire_reply(raw, heard, started))
         except StoreUnavailableError as exc:
             return await self._acquire_without_store(exc, started)
+        except Exception:
+            raise  # Redis said no, or rejected the call: nothing was granted
+        except BaseException:
+            self._free_slot(core.interrupted_acquire_args(args))
+            raise
 
     def _free_slot(self, args: list[str]) -> None:
         """Release a probe slot a cancelled caller may hold, in a task of its own."""
@@ -342,17 +348,3 @@ class Breaker(BreakerBase[Store]):
     async def reset(self) -> State:
         """Back to closed with empty counts and no open backoff, fleet-wide."""
         return await self._order("reset", None)
-
-
-_embedded_stores: weakref.WeakKeyDictionary[Store, Store] = weakref.WeakKeyDictionary()
-
-
-def _embedded_store(shared: Store) -> Store:
-    """The in-process store that ``on_store_error="local"`` breakers of ``shared`` fall
-    back to: one per shared store, created on first need."""
-    store = _embedded_stores.get(shared)
-    if store is None:
-        store = _embedded_stores[shared] = connect(
-            "memory://", prefix=shared.prefix, clock=shared.clock
-        )
-    return store

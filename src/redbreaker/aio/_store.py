@@ -126,6 +126,7 @@ class Store:
         self.health = StoreHealth(self.prefix, self.clock, hooks)
         # Clients connect() opened beside the client (a Sentinel's), closed with it.
         self._also_close: list[Callable[[], Awaitable[object]]] = []
+        self._fallback: Store | None = None
         _fork.after_fork_in_child(self)
 
     def __repr__(self) -> str:
@@ -219,6 +220,14 @@ class Store:
         if self._feed.due():
             await self._feed.read()
 
+    def local_fallback(self) -> Store:
+        """The in-process store that ``on_store_error="local"`` breakers of this store
+        fall back to while Redis is unreachable: one, made on first need (an embedded
+        Redis with this prefix and clock), closed with this store."""
+        if self._fallback is None:
+            self._fallback = connect("memory://", prefix=self.prefix, clock=self.clock)
+        return self._fallback
+
     def _after_fork_in_child(self) -> None:
         """In a forked child: the parent's loop, task and sockets are not the child's. The
         feed starts afresh, and the pool forgets the parent's connections (without closing
@@ -274,6 +283,8 @@ class Store:
         also_close, self._also_close = self._also_close, []
         for close in also_close:
             await close()
+        if self._fallback is not None:
+            await self._fallback.aclose()
 
     close = aclose
     """An alias of :meth:`aclose`, as redis.asyncio has one."""
