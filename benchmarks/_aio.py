@@ -83,6 +83,9 @@ SPECS = (
     Spec("cached_fail", "redbreaker.aio cached, failure", needs="cached"),
     Spec("guard", "async guard: cached breaker, attempt_timeout=1", needs="cached"),
     Spec("guard_strict", "async guard: strict breaker, attempt_timeout=1"),
+    Spec("timeout_suspends", "asyncio.timeout(1) around a coroutine that suspends once",
+         needs="timeout"),
+    Spec("guard_suspends", "async guard (cached) around that coroutine", needs="cached"),
     Spec("purgatory", "purgatory + AsyncRedisUnitOfWork, success", needs="purgatory",
          throughput=True),
     Spec("purgatory_fail", "purgatory + AsyncRedisUnitOfWork, failure", needs="purgatory"),
@@ -92,6 +95,12 @@ SPECS = (
 
 async def anoop() -> None:
     return None
+
+
+async def asuspend() -> None:
+    """A coroutine that suspends once (``asyncio.sleep(0)``), as any real I/O does: the
+    guard's timer is set for it, not skipped."""
+    await asyncio.sleep(0)
 
 
 async def afail() -> None:
@@ -185,8 +194,14 @@ async def build(url: str, prefix: str) -> Built:
                 return await anoop()
 
         built.fns["timeout"] = in_timeout
+
+        async def suspends_in_timeout() -> object:
+            async with timeout(1):
+                return await asuspend()
+
+        built.fns["timeout_suspends"] = suspends_in_timeout
     else:
-        built.missing["timeout"] = TIMEOUT_NA
+        built.missing["timeout"] = built.missing["timeout_suspends"] = TIMEOUT_NA
 
     store = rb_aio.connect(async_client(url), prefix=prefix)
     built.closers.append(store.aclose)
@@ -206,8 +221,9 @@ async def build(url: str, prefix: str) -> Built:
         built.fns["cached_fail"] = _swallow(lambda: cached_fail.call(afail),
                                             _variants.DependencyError)
         built.fns["guard"] = lambda: guard.call(anoop)
+        built.fns["guard_suspends"] = lambda: guard.call(asuspend)
     else:
-        for key in ("cached", "cached_fail", "guard"):
+        for key in ("cached", "cached_fail", "guard", "guard_suspends"):
             built.missing[key] = CACHED_NA
 
     if purgatory is not None:

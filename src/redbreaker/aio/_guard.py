@@ -28,7 +28,7 @@ from .._guard_config import GuardConfig, Outcome, guard_config
 from .._guard_core import IN_RETRY_LOOP, GuardCall, GuardCore, ReplayedFirst
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Generator
 
     from ._breaker import Breaker, Permit
 
@@ -180,16 +180,21 @@ class Guard(GuardCore):
             if budget is None:
                 result = await fn()
             elif _TIMEOUT is not None:
-                timeout = _TIMEOUT(budget)
-                try:
-                    async with timeout:
-                        result = await fn()
-                except TimeoutError:
-                    if not timeout.expired():
-                        raise  # the dependency's own TimeoutError
-                    raise AttemptTimeoutError(
-                        self._name, budget, started=True, cancelled=True
-                    ) from None
+                # A timeout can cancel an attempt only where it suspends: the attempt runs
+                # here up to its first suspension, and only then is the timer set, with
+                # what is left of the budget. One that never suspends (a cache hit) needs
+                # no timer at all.
+                attempt = fn()
+                if type(attempt) is types.CoroutineType:
+                    try:
+                        suspended_on = attempt.send(None)
+                    except StopIteration as done:
+                        result = done.value
+                    else:
+                        resumed = _Resumed(attempt, suspended_on)
+                        result = await self._within(resumed, budget, started)
+                else:
+                    result = await self._within(attempt, budget, started)
             else:  # pragma: no cover (Python 3.10)
                 result = await _within(budget, fn, self._name)
         except BaseException as exc:
@@ -202,6 +207,20 @@ class Guard(GuardCore):
                 IN_RETRY_LOOP.reset(nested)
         self._attempted(call, self._clock.monotonic() - started, None)
         return result
+
+    async def _within(self, attempt: Awaitable[R], budget: float, started: float) -> R:
+        """``await attempt`` under ``asyncio.timeout``, cancelled once ``budget`` seconds
+        have passed since ``started`` (AttemptTimeoutError then); the dependency's own
+        TimeoutError passes through as it is."""
+        assert _TIMEOUT is not None
+        timeout = _TIMEOUT(budget - (self._clock.monotonic() - started))
+        try:
+            async with timeout:
+                return await attempt
+        except TimeoutError:
+            if not timeout.expired():
+                raise  # the dependency's own TimeoutError
+            raise AttemptTimeoutError(self._name, budget, started=True, cancelled=True) from None
 
     async def _recheck(self) -> None:
         """Stop retrying if the shared breaker opened meanwhile (by any process)."""
@@ -216,6 +235,38 @@ class Guard(GuardCore):
 
 # asyncio.timeout (3.11+) cancels the attempt at its deadline; 3.10 waits on a task.
 _TIMEOUT = getattr(asyncio, "timeout", None)
+
+
+class _Resumed(Generic[R]):
+    """A coroutine that already ran to its first suspension (it is waiting on
+    ``suspended_on``), awaited from there: what ``await`` would have done had it started
+    the coroutine itself. What the task sends or throws in (a result, a cancellation)
+    goes to the coroutine; what it yields goes to the task."""
+
+    __slots__ = ("_coroutine", "_suspended_on")
+
+    def __init__(self, coroutine: types.CoroutineType[Any, Any, R], suspended_on: object) -> None:
+        self._coroutine = coroutine
+        self._suspended_on = suspended_on
+
+    def __await__(self) -> Generator[Any, Any, R]:
+        coroutine, yielded = self._coroutine, self._suspended_on
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # a cancellation, or what the task threw in
+                try:
+                    yielded = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    yielded = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
 
 
 async def _within(
