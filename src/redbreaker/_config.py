@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, Literal, NamedTuple, TypedDict, Union
@@ -97,6 +97,22 @@ def plain_callable_setting(name: str, value: object, *, what: str = "callable") 
             name, f"must be a plain function, not the coroutine function {value!r}: it runs "
             "inline, in the sync and the async driver alike"
         )
+
+
+def hooks_setting(
+    name: str, value: Callable[..., object] | Iterable[Callable[..., object]]
+) -> tuple[Any, ...]:
+    """``value`` (one callable or several) as a tuple of plain callables.
+
+    Raises:
+        ConfigError: an item is not callable, or is a coroutine function.
+    """
+    hooks = (value,) if callable(value) else tuple(value)
+    for hook in hooks:
+        if not callable(hook):
+            raise ConfigError(name, f"{hook!r} is not callable")
+        plain_callable_setting(name, hook)
+    return hooks
 
 
 def matcher_setting(name: str, value: object, *, optional: bool = False) -> None:

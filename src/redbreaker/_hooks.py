@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from ._config import plain_callable_setting
-from ._exceptions import ConfigError
+from ._config import hooks_setting
 from ._state import State, Transition
 
 __all__ = ["LOUD", "TransitionHook", "announce", "logger", "transition_hooks"]
@@ -31,12 +30,7 @@ def transition_hooks(
     Raises:
         ConfigError: an item is not callable, or is a coroutine function.
     """
-    hooks = (on_transition,) if callable(on_transition) else tuple(on_transition)
-    for hook in hooks:
-        if not callable(hook):
-            raise ConfigError("on_transition", f"{hook!r} is not callable")
-        plain_callable_setting("on_transition", hook)
-    return hooks
+    return hooks_setting("on_transition", on_transition)
 
 
 def announce(transition: Transition, hooks: Iterable[TransitionHook]) -> None:

@@ -16,7 +16,7 @@ from redis.retry import Retry
 
 from . import _fork
 from ._clock import Clock, SystemClock
-from ._config import plain_callable_setting, seconds_setting
+from ._config import hooks_setting, seconds_setting
 from ._exceptions import ConfigError
 from ._feed import TransitionFeed, watch
 from ._health import (
@@ -104,11 +104,7 @@ class Store:
         # read less than a ms ago); bound once, as every cached call makes it.
         self.poll_feed: Callable[[], None] = self._feed.poll
         _fork.after_fork_in_child(self)
-        hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
-        for hook in hooks:
-            if not callable(hook):
-                raise ConfigError("on_store_event", f"{hook!r} is not callable")
-            plain_callable_setting("on_store_event", hook)
+        hooks = hooks_setting("on_store_event", on_store_event)
         self.health = StoreHealth(self.prefix, self.clock, hooks)
         # Connections connect() opened beside the client (a Sentinel's), closed with it.
         self._also_close: list[Callable[[], None]] = []

@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 
 from .. import _fork
 from .._clock import Clock, SystemClock
-from .._config import plain_callable_setting, seconds_setting
+from .._config import hooks_setting, seconds_setting
 from .._exceptions import ConfigError
 from .._health import (
     SCRIPT_CALL_ERRORS,
@@ -52,15 +52,6 @@ StoreHook = Callable[[StoreEvent], None]
 
 AsyncRedisClient = Union[redis.asyncio.Redis, RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
 """An asyncio redis-py client: standalone, from a Sentinel, or a cluster client."""
-
-
-def _hooks(on_store_event: StoreHook | Iterable[StoreHook]) -> tuple[StoreHook, ...]:
-    hooks = (on_store_event,) if callable(on_store_event) else tuple(on_store_event)
-    for hook in hooks:
-        if not callable(hook):
-            raise ConfigError("on_store_event", f"{hook!r} is not callable")
-        plain_callable_setting("on_store_event", hook)
-    return hooks
 
 
 def _check_client(client: object) -> None:
@@ -101,7 +92,7 @@ class Store:
         self.client = client
         self.prefix = check_prefix(prefix)
         self.clock: Clock = clock if clock is not None else SystemClock()
-        hooks = _hooks(on_store_event)
+        hooks = hooks_setting("on_store_event", on_store_event)
         # Read (and cached) now, so that no call reads a file on the event loop later.
         self._library = library_source()
         self._functions = {name: function_name(name) for name in SCRIPT_NAMES}
@@ -345,7 +336,7 @@ def connect(
         return Store(target, prefix=prefix, clock=clock, on_store_event=on_store_event)
     # Checked before a client exists, so that a bad setting leaves nothing to close.
     check_prefix(prefix)
-    _hooks(on_store_event)
+    hooks_setting("on_store_event", on_store_event)
     # Short, single tries: the breaker's own policy decides what a failed call means, and
     # redis-py's default retries would multiply every stall.
     socket: dict[str, Any] = {
