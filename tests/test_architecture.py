@@ -26,6 +26,7 @@ CORE = (
     "_guard_core",
     "_hooks",
     "_keys",
+    "_permit_state",
     "_state",
     "_url",
     "_view",

@@ -39,6 +39,7 @@ from ._exceptions import (
 )
 from ._hooks import LOUD, TransitionHook, announce, logger, transition_hooks
 from ._keys import breaker_keys, check_name
+from ._permit_state import PermitState
 from ._state import (
     RecordReply,
     Snapshot,
@@ -58,47 +59,6 @@ if TYPE_CHECKING:
     from ._view import FleetView
 
 __all__ = ["BreakerCore", "Outcome", "PermitState", "TransitionHook"]
-
-class PermitState:
-    """What a permit remembers between admission and its outcome."""
-
-    __slots__ = (
-        "admitted_at_ms",
-        "consecutive_failures_at_admission",
-        "counted",
-        "generation",
-        "incarnation",
-        "offline",
-        "probe_token",
-        "settled",
-        "started",
-    )
-
-    def __init__(
-        self,
-        generation: int,
-        probe_token: str,
-        admitted_at_ms: int | None,
-        consecutive_failures: int,
-        started: float,
-        *,
-        incarnation: str = "",
-        offline: bool = False,
-        counted: bool = True,
-    ) -> None:
-        # counted: Redis counted the call when it admitted it; a cached breaker's local
-        # admission was not counted yet, so its outcome (or a batch) must carry it.
-        self.counted = counted
-        self.incarnation = incarnation
-        # offline: admitted without Redis (on_store_error="allow"); its outcome goes nowhere.
-        self.offline = offline
-        self.generation = generation
-        self.probe_token = probe_token
-        self.admitted_at_ms = admitted_at_ms
-        self.consecutive_failures_at_admission = consecutive_failures
-        self.started = started
-        self.settled = False
-
 
 class BreakerCore:
     """Everything a breaker decides. Strictly private: drivers subclass it.
