@@ -32,6 +32,10 @@ class StoreLike(Protocol):
     clock: Clock
     view: FleetView
 
+    def local_fallback(self) -> Self:
+        """The embedded store breakers of this one fall back to during an outage."""
+        ...
+
 
 S = TypeVar("S", bound=StoreLike)
 
@@ -93,16 +97,12 @@ class BreakerBase(Generic[S]):
             )
         return local
 
-    def _free_slot(self, args: list[str]) -> None:
-        """Release a probe slot an interrupted caller may hold (best effort)."""
-        raise NotImplementedError
-
     def _built(self) -> None:
         """What a driver's breaker sets up once the common parts are in place."""
 
     def _embedded_store(self) -> S:
         """The in-process store this breaker falls back to with on_store_error="local"."""
-        raise NotImplementedError
+        return self.store.local_fallback()
 
     def __repr__(self) -> str:
         module = type(self).__module__.replace("._breaker", "")

@@ -96,9 +96,6 @@ class Breaker(BreakerBase[Store]):
         if self._cached:
             _flush_at_exit.add(self)
 
-    def _embedded_store(self) -> Store:
-        return self.store.local_fallback()
-
     def _after_fork_in_child(self) -> None:
         self._core._forget_local_knowledge()
         self._runner_lock = threading.Lock()

@@ -31,7 +31,7 @@ from ._memory import fakeredis_module, memory_server
 from ._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from ._url import StoreURL, parse_store_url
 from ._view import FleetView
-from ._wire import CommandHead
+from ._wire import ScriptPacker
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -95,7 +95,9 @@ class Store:
         # checkout, retry wrapper, instrumentation): a third of a round trip's client CPU.
         self._direct_pool: Any = client.connection_pool if _plain(client) else None
         self._held = threading.local()
-        self._heads: dict[tuple[str, str], CommandHead] = {}
+        self._packer = (
+            ScriptPacker(self._direct_pool.connection_kwargs) if self._direct_pool else None
+        )
         self._closed = False
         # What this process knows without asking: rejections it repeats, transitions heard.
         self.view = FleetView(self.prefix, self.clock)
@@ -147,28 +149,17 @@ class Store:
         return self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
 
     def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
-        if self._direct_pool is None:
+        if self._packer is None:
             return self.client.execute_command(  # type: ignore[no-untyped-call]
                 "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
             )
-        head = self._heads.get((script, keys.state))
-        if head is None:
-            head = self._heads[script, keys.state] = self._head(
-                "FCALL", self._functions[script], "2", keys.state, keys.probes
-            )
-        return self._send(head.pack(args))
-
-    def _head(self, *leading: str) -> CommandHead:
-        options = self._direct_pool.connection_kwargs
-        return CommandHead(
-            *leading,
-            encoding=options.get("encoding", "utf-8"),
-            errors=options.get("encoding_errors", "strict"),
+        return self._send(
+            self._packer.fcall(self._functions[script], keys.state, keys.probes, args)
         )
 
     def _load_library(self) -> None:
-        if self._direct_pool is not None:
-            self._send(self._head("FUNCTION", "LOAD", "REPLACE").pack([library_source()]))
+        if self._packer is not None:
+            self._send(self._packer.function_load(library_source()))
         else:
             self.client.function_load(library_source(), replace=True)
 

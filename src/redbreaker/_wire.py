@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
-__all__ = ["CommandHead"]
+__all__ = ["CommandHead", "ScriptPacker"]
 
 
 class CommandHead:
@@ -44,3 +44,33 @@ class CommandHead:
         return b"".join(
             (b"*%d\r\n" % (self._count + len(args)), self._encoded, *[bulk(arg) for arg in args])
         )
+
+
+class ScriptPacker:
+    """The script calls of one client, packed in its encoding (read from the pool's
+    ``connection_kwargs``, as redis-py reads them): each breaker's FCALL head is encoded
+    once and kept."""
+
+    __slots__ = ("_encoding", "_errors", "_heads")
+
+    def __init__(self, connection_kwargs: Mapping[str, object]) -> None:
+        self._encoding = str(connection_kwargs.get("encoding", "utf-8"))
+        self._errors = str(connection_kwargs.get("encoding_errors", "strict"))
+        self._heads: dict[tuple[str, str], CommandHead] = {}
+
+    def fcall(self, function: str, state_key: str, probes_key: str, args: Sequence[str]) -> bytes:
+        """``FCALL function 2 state_key probes_key *args``."""
+        head = self._heads.get((function, state_key))
+        if head is None:
+            head = self._heads[function, state_key] = CommandHead(
+                "FCALL", function, "2", state_key, probes_key,
+                encoding=self._encoding, errors=self._errors,
+            )  # fmt: skip
+        return head.pack(args)
+
+    def function_load(self, library: str) -> bytes:
+        """``FUNCTION LOAD REPLACE library``."""
+        head = CommandHead(
+            "FUNCTION", "LOAD", "REPLACE", encoding=self._encoding, errors=self._errors
+        )
+        return head.pack([library])

@@ -159,9 +159,6 @@ class Breaker(BreakerBase[Store]):
     # One event loop runs every call: the batch needs no lock.
     _batch_lock = contextlib.nullcontext
 
-    def _embedded_store(self) -> Store:
-        return self.store.local_fallback()
-
     # -- admission -----------------------------------------------------------------------
 
     def acquire(self) -> _Acquiring:

@@ -17,6 +17,8 @@ from typing import Any, TypeGuard
 import redis
 import redis.asyncio
 
+from .._wire import ScriptPacker
+
 __all__ = ["DirectPath", "is_plain"]
 
 _EXECUTE = redis.asyncio.Redis.execute_command
@@ -36,13 +38,12 @@ class DirectPath:
     """Connections kept out of one pool between calls, each used by one call at a time:
     as many as there were calls in flight at once, closed with the client."""
 
-    __slots__ = ("_idle", "_keep", "_loop", "_pool", "encoding", "errors")
+    __slots__ = ("_idle", "_keep", "_loop", "_pool", "packer")
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._pool: Any = client.connection_pool
-        options = self._pool.connection_kwargs
-        self.encoding: str = options.get("encoding", "utf-8")
-        self.errors: str = options.get("encoding_errors", "strict")
+        # Script calls packed in the client's encoding, each breaker's head once.
+        self.packer = ScriptPacker(self._pool.connection_kwargs)
         self._idle: list[Any] = []
         # At most half the pool is kept here, so that the client's other users (the
         # transition feed, the application's own commands) always find connections.
@@ -78,7 +79,8 @@ class DirectPath:
                 writer.write(packed)
             reply = await connection.read_response()
         except redis.ResponseError:
-            await self._done_with(connection)  # an error reply, read in full: in step
+            if not self._kept(connection):  # an error reply, read in full: in step
+                await self._release(connection)
             raise
         except BaseException:
             # A timeout or a cancellation may leave a reply on its way, which the next
@@ -87,20 +89,23 @@ class DirectPath:
             if connection.is_connected:
                 with contextlib.suppress(Exception):
                     await connection.disconnect(nowait=True)
-            await self._done_with(connection)
+            if not self._kept(connection):
+                await self._release(connection)
             raise
-        if len(idle) < self._keep:
-            idle.append(connection)  # inlined _done_with: the common case awaits nothing
-        else:
-            await self._done_with(connection)
+        if not self._kept(connection):  # kept: the common case awaits nothing
+            await self._release(connection)
         return reply
 
-    async def _done_with(self, connection: Any) -> None:  # noqa: ANN401
+    def _kept(self, connection: Any) -> bool:  # noqa: ANN401
+        """Keep ``connection`` for the next call if fewer than half the pool are kept."""
         if len(self._idle) < self._keep:
             self._idle.append(connection)
-        else:
-            with contextlib.suppress(Exception):
-                await self._pool.release(connection)
+            return True
+        return False
+
+    async def _release(self, connection: Any) -> None:  # noqa: ANN401
+        with contextlib.suppress(Exception):
+            await self._pool.release(connection)
 
     def _moved_to_running_loop(self) -> None:
         """First use, or the store is used from a new event loop (``asyncio.run`` called

@@ -35,7 +35,6 @@ from .._memory import fakeredis_module, memory_server
 from .._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from .._url import StoreURL, parse_store_url
 from .._view import FleetView
-from .._wire import CommandHead
 from ._direct import DirectPath, is_plain
 from ._feed import TransitionFeed, TransitionStream
 
@@ -107,7 +106,6 @@ class Store:
         # A plain client is driven a level lower (see _direct), each breaker's FCALL head
         # encoded once.
         self._direct = DirectPath(client) if is_plain(client) else None
-        self._heads: dict[tuple[str, str], CommandHead] = {}
         self._closed = False
         self.view = FleetView(self.prefix, self.clock)
         self._feed = TransitionFeed(client, self.prefix, self.view, self._is_closed)
@@ -178,20 +176,15 @@ class Store:
             return await self.client.execute_command(
                 "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
             )
-        head = self._heads.get((script, keys.state))
-        if head is None:
-            head = self._heads[script, keys.state] = CommandHead(
-                "FCALL", self._functions[script], "2", keys.state, keys.probes,
-                encoding=direct.encoding, errors=direct.errors,
-            )  # fmt: skip
-        return await direct.execute(head.pack(args))
+        return await direct.execute(
+            direct.packer.fcall(self._functions[script], keys.state, keys.probes, args)
+        )
 
     async def _load_library(self) -> None:
         if self._direct is None:
             await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", self._library)
         else:
-            load = CommandHead("FUNCTION", "LOAD", "REPLACE", encoding=self._direct.encoding)
-            await self._direct.execute(load.pack([self._library]))
+            await self._direct.execute(self._direct.packer.function_load(self._library))
 
     # -- the transition feed (cached consistency) ---------------------------------------
 
