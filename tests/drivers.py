@@ -408,8 +408,12 @@ class AioBreaker(_Facade):
     def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return self._run(self.raw.call(self._driver.as_async(fn), *args, **kwargs))
 
-    def acquire(self) -> AioPermit:
-        return AioPermit(self._driver, self._run(self.raw.acquire()))
+    def acquire(self, **kwargs: Any) -> AioPermit:
+        return AioPermit(self._driver, self._run(self.raw.acquire(**kwargs)))
+
+    def wait_admitting(self, *args: Any, **kwargs: Any) -> bool:
+        admitting: bool = self._run(self.raw.wait_admitting(*args, **kwargs))
+        return admitting
 
     def snapshot(self) -> redbreaker.Snapshot:
         snap: redbreaker.Snapshot = self._run(self.raw.snapshot())

@@ -15,6 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "redbreaker"
 CORE = (
     "_bases",
+    "_brokers",
     "_cache",
     "_callables",
     "_classify",
@@ -30,6 +31,7 @@ CORE = (
     "_state",
     "_url",
     "_view",
+    "_waiting",
     "_wire",
 )
 IO_MODULES = frozenset({"redis", "threading", "asyncio", "time"})

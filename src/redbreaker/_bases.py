@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._core import BreakerCore
-from ._exceptions import ConfigError, PermitError
+from ._exceptions import CircuitOpenError, ConfigError, PermitError
+from ._waiting import AdmissionWait, defer_delay, max_wait_setting, wake_spread
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -18,8 +19,9 @@ if TYPE_CHECKING:
 
     from ._classify import Outcome
     from ._clock import Clock
-    from ._config import BreakerConfig, BreakerSettings
+    from ._config import BreakerConfig, BreakerSettings, Seconds
     from ._core import PermitState, TransitionHook
+    from ._state import Snapshot
     from ._view import FleetView
 
 __all__ = ["BreakerBase", "PermitBase", "StoreLike"]
@@ -78,6 +80,7 @@ class BreakerBase(Generic[S]):
         self._keys = self._core.keys
         self._cached = self.config.consistency == "cached"
         self._hooks = on_transition
+        self._wake_spread = wake_spread(self.config)
         # This process's own breaker while Redis is unreachable (on_store_error="local").
         self._local: Self | None = None
         if self.config.on_store_error == "local":
@@ -103,6 +106,50 @@ class BreakerBase(Generic[S]):
     def _embedded_store(self) -> S:
         """The in-process store this breaker falls back to with on_store_error="local"."""
         return self.store.local_fallback()
+
+    def defer_delay(self, rejection: CircuitOpenError) -> float:
+        """Seconds to put away a message this breaker rejected (a queue's countdown,
+        defer or delay): until its deadline, plus a jitter over a tenth of
+        ``recovery_timeout`` (50 ms to 1 s), so a fleet's deferred messages do not all
+        come back in one millisecond. No deadline (forced open without a duration): 5 s.
+
+        Raises:
+            TypeError: ``rejection`` is not a :class:`CircuitOpenError`.
+        """
+        if not isinstance(rejection, CircuitOpenError):
+            raise TypeError(f"expected a CircuitOpenError, got {rejection!r}")
+        return defer_delay(rejection, self._wake_spread)
+
+    # -- waiting for admission (the loops are the drivers'; every decision is here) ------
+
+    def _admission_wait(self, max_wait: Seconds | None) -> AdmissionWait:
+        """A wait of ``max_wait`` seconds from now (None: unbounded).
+
+        Raises:
+            ConfigError: ``max_wait`` is not 0, None or a duration.
+        """
+        return AdmissionWait(max_wait_setting(max_wait), self._core.now(), self._wake_spread)
+
+    def _held_rejection(self, feed_live: bool) -> CircuitOpenError | None:
+        """A rejection this process knows of without asking Redis. While the feed is live
+        a deadline Redis gave holds until it passes: anything that would end it sooner
+        (an order, a DEL) is pushed, and a missed push starts a new epoch that drops it."""
+        max_age = float("inf") if feed_live else self._core._max_staleness
+        cached = self.store.view.cached_rejection(self._keys.state, max_age)
+        return None if cached is None else CircuitOpenError(self.name, cached[1], cached[0])
+
+    def _snapshot_rejection(self, snapshot: Snapshot) -> CircuitOpenError | None:
+        """The rejection a call would meet in ``snapshot``'s breaker; None: it would be
+        admitted (closed, an operator's admitting state, open past its deadline, or
+        half-open with a probe slot free)."""
+        state = snapshot.state.value
+        if state in ("open", "forced_open"):
+            if snapshot.retry_after is None or snapshot.retry_after > 0:
+                return CircuitOpenError(self.name, state, snapshot.retry_after)
+            return None
+        if state == "half_open" and snapshot.probes_in_flight >= self.config.half_open_max_calls:
+            return CircuitOpenError(self.name, state, None)
+        return None
 
     def __repr__(self) -> str:
         module = type(self).__module__.replace("._breaker", "")

@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import functools
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -31,6 +32,7 @@ from ._callables import ASYNC_CODE, require_sync
 from ._core import Outcome, PermitState, TransitionHook
 from ._exceptions import (
     AsyncCallError,
+    CircuitOpenError,
     StoreError,
     StoreUnavailableError,
 )
@@ -100,13 +102,23 @@ class Breaker(BreakerBase[Store]):
         self._core._forget_local_knowledge()
         self._runner_lock = threading.Lock()
 
-    def acquire(self) -> Permit:
+    def acquire(self, *, max_wait: Seconds | None = 0) -> Permit:
         """Ask for leave to make one call.
 
+        Args:
+            max_wait: how long to wait for the breaker to admit the call: 0 asks once,
+                None waits as long as it takes. A waiting caller sleeps until the
+                breaker's deadline or a transition heard on the feed, plus a jitter
+                (see :meth:`wait_admitting`); while half-open only callers granted a
+                probe slot go on.
+
         Raises:
-            CircuitOpenError: the breaker rejects the call; ``retry_after`` says when to
-                try again.
+            CircuitOpenError: the breaker rejects the call (still, after ``max_wait``);
+                ``retry_after`` says when to try again.
+            ConfigError: ``max_wait`` is not 0, None or a duration.
         """
+        if max_wait != 0:
+            return self._acquire_waiting(max_wait)
         core = self._core
         if self._cached:
             self.store.poll_feed()  # a transition published meanwhile counts from now on
@@ -132,6 +144,57 @@ class Breaker(BreakerBase[Store]):
         except BaseException:
             self._free_slot(core.interrupted_acquire_args(args))
             raise
+
+    def _acquire_waiting(self, max_wait: Seconds | None) -> Permit:
+        return self._waiting(max_wait, self.acquire)
+
+    def _waiting(self, max_wait: Seconds | None, ask: Callable[[], R]) -> R:
+        """``ask()`` again after each rejection it raises, sleeping as the core says,
+        until it answers or ``max_wait`` is spent (the last rejection is raised then)."""
+        wait = self._admission_wait(max_wait)
+        store = self.store
+        store.start_feed()
+        while True:
+            heard = store.view.heard(self.name)
+            rejection = self._held_rejection(store.feed_live)
+            if rejection is None:
+                try:
+                    return ask()
+                except CircuitOpenError as exc:
+                    rejection = exc
+            nap = wait.nap(rejection, self._core.now(), store.feed_live)
+            if nap is None:
+                raise rejection
+            if store.await_news(self.name, heard, nap):
+                time.sleep(wait.settle(self._core.now()))
+
+    def wait_admitting(self, max_wait: Seconds | None = None) -> bool:
+        """Wait until the breaker would admit a call, taking no permit: for a consumer
+        that pauses fetching while its breaker is open.
+
+        Woken by the breaker's deadline or by a transition heard on the store's feed
+        (started by the first wait), never by polling; every wake-up is jittered over a
+        tenth of ``recovery_timeout`` (50 ms to 1 s) so a fleet does not ask at once.
+        One round trip per wake-up at most.
+
+        Args:
+            max_wait: the longest wait in seconds; None waits as long as it takes.
+
+        Returns:
+            True once a call would be admitted (closed, half-open with a probe slot free,
+            open past its deadline, forced closed, metrics only); False when ``max_wait``
+            passed first.
+        """
+        try:
+            return self._waiting(max_wait, self._would_admit)
+        except CircuitOpenError:
+            return False
+
+    def _would_admit(self) -> bool:
+        rejection = self._snapshot_rejection(self.snapshot())
+        if rejection is not None:
+            raise rejection
+        return True
 
     def _free_slot(self, args: list[str]) -> None:
         """Send a release for a probe slot an interrupted caller may hold (best effort)."""

@@ -96,12 +96,26 @@ class TransitionFeed(core.FeedCore):
     ) -> None:
         self._client = client
         super().__init__(prefix, view, closed)
+        view.on_news = self._wake_waiters
 
     def _start_afresh(self) -> None:
         self._lock = threading.Lock()
         self._reader = threading.Lock()
         self._thread: threading.Thread | None = None
+        # Callers waiting for admission sleep on it until a transition is heard.
+        self._news = threading.Condition(threading.Lock())
         super()._start_afresh()
+
+    def _wake_waiters(self) -> None:
+        with self._news:
+            self._news.notify_all()
+
+    def await_news(self, name: str, heard: int, seconds: float) -> bool:
+        """Sleep up to ``seconds``, or until a transition of breaker ``name`` is heard
+        after the view's count ``heard`` (or events may have been missed): True then."""
+        view = self._view
+        with self._news:
+            return self._news.wait_for(lambda: view.heard(name) != heard, seconds)
 
     def start(self) -> None:
         """Start the thread that subscribes and keeps the feed read (once)."""

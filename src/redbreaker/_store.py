@@ -188,8 +188,14 @@ class Store:
         return self._feed.live
 
     def start_feed(self) -> None:
-        """Start hearing every transition under this prefix (once; cached breakers do)."""
+        """Start hearing every transition under this prefix (once; cached breakers and
+        callers waiting for admission do)."""
         self._feed.start()
+
+    def await_news(self, name: str, heard: int, seconds: float) -> bool:
+        """Sleep up to ``seconds`` or until a transition of ``name`` is heard after the
+        view's count ``heard``: True then."""
+        return self._feed.await_news(name, heard, seconds)
 
     def local_fallback(self) -> Store:
         """The in-process store that ``on_store_error="local"`` breakers of this store

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from ._keys import breaker_keys, check_name
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._clock import Clock
 
 __all__ = ["FleetView", "LastEvent"]
@@ -41,6 +43,9 @@ class FleetView:
         self._last_event: dict[str, LastEvent] = {}
         # Bumped at every (re)subscription, which may have missed events, and at a fork.
         self._epoch = 0
+        # Called after every transition heard and every new epoch: how the drivers wake
+        # the callers waiting for admission (a Condition, futures), with no I/O here.
+        self.on_news: Callable[[], None] = _nothing
 
     def _local_ms(self) -> int:
         return round(self.clock.monotonic() * 1000)
@@ -87,8 +92,11 @@ class FleetView:
 
     def new_epoch(self) -> None:
         """Events may have been missed (a new subscription, a fork): every copy taken
-        before now is stale."""
+        before now is stale, and so is every rejection cached (an order that ended one
+        may have been missed; waiters trust them only while nothing was missed)."""
         self._epoch += 1
+        self._rejections.clear()
+        self.on_news()
 
     def heard_event(self, payload: bytes | str) -> None:
         """Take in one payload from ``<prefix>:events``; anything not ours is skipped."""
@@ -108,3 +116,8 @@ class FleetView:
             self.cache_rejection(key, retry_after_ms, to_state)
         else:
             self.forget_rejection(key)
+        self.on_news()
+
+
+def _nothing() -> None:
+    """No driver is waiting for news."""

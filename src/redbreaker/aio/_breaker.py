@@ -15,14 +15,16 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from .._bases import BreakerBase, PermitBase
 from .._callables import require_async
 from .._exceptions import (
+    CircuitOpenError,
     StoreError,
     StoreUnavailableError,
 )
+from .._waiting import max_wait_setting
 from ._guard import BreakerLink, Guard, build_guard
 from ._store import Store
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Generator
+    from collections.abc import Awaitable, Callable, Coroutine, Generator
     from types import TracebackType
 
     from typing_extensions import Unpack
@@ -109,17 +111,23 @@ class _Acquiring:
     """What ``breaker.acquire()`` returns: await it for a :class:`Permit`, or enter it with
     ``async with`` to have the permit settled by how the block ends."""
 
-    __slots__ = ("_breaker", "_permit")
+    __slots__ = ("_breaker", "_max_wait", "_permit")
 
-    def __init__(self, breaker: Breaker) -> None:
+    def __init__(self, breaker: Breaker, max_wait: Seconds | None) -> None:
         self._breaker = breaker
+        self._max_wait = max_wait
         self._permit: Permit | None = None
 
+    def _acquire(self) -> Coroutine[Any, Any, Permit]:
+        if self._max_wait == 0:
+            return self._breaker._acquire()
+        return self._breaker._waiting(self._max_wait, self._breaker._acquire)
+
     def __await__(self) -> Generator[Any, None, Permit]:
-        return self._breaker._acquire().__await__()
+        return self._acquire().__await__()
 
     async def __aenter__(self) -> Permit:
-        self._permit = await self._breaker._acquire()
+        self._permit = await self._acquire()
         return self._permit
 
     async def __aexit__(
@@ -161,15 +169,64 @@ class Breaker(BreakerBase[Store]):
 
     # -- admission -----------------------------------------------------------------------
 
-    def acquire(self) -> _Acquiring:
+    def acquire(self, *, max_wait: Seconds | None = 0) -> _Acquiring:
         """Ask for leave to make one call: ``permit = await breaker.acquire()``, or
         ``async with breaker.acquire() as permit:``.
 
+        Args:
+            max_wait: how long to wait for the breaker to admit the call: 0 asks once,
+                None waits as long as it takes (see :meth:`wait_admitting`); while
+                half-open only callers granted a probe slot go on.
+
         Raises:
-            CircuitOpenError: the breaker rejects the call; ``retry_after`` says when to
-                try again.
+            CircuitOpenError: the breaker rejects the call (still, after ``max_wait``);
+                ``retry_after`` says when to try again.
+            ConfigError: ``max_wait`` is not 0, None or a duration (raised at once).
         """
-        return _Acquiring(self)
+        if max_wait != 0:
+            max_wait_setting(max_wait)
+        return _Acquiring(self, max_wait)
+
+    async def _waiting(
+        self, max_wait: Seconds | None, ask: Callable[[], Awaitable[R]]
+    ) -> R:
+        """``await ask()`` again after each rejection it raises, sleeping as the core
+        says, until it answers or ``max_wait`` is spent (the last rejection is raised)."""
+        wait = self._admission_wait(max_wait)
+        store = self.store
+        store.start_feed()
+        while True:
+            heard = store.view.heard(self.name)
+            rejection = self._held_rejection(store.feed_live)
+            if rejection is None:
+                try:
+                    return await ask()
+                except CircuitOpenError as exc:
+                    rejection = exc
+            nap = wait.nap(rejection, self._core.now(), store.feed_live)
+            if nap is None:
+                raise rejection
+            if await store.await_news(self.name, heard, nap):
+                await asyncio.sleep(wait.settle(self._core.now()))
+
+    async def wait_admitting(self, max_wait: Seconds | None = None) -> bool:
+        """Wait until the breaker would admit a call, taking no permit: the twin of
+        :meth:`redbreaker.Breaker.wait_admitting` (woken by the deadline or the feed,
+        jittered, never polling).
+
+        Returns:
+            True once a call would be admitted; False when ``max_wait`` passed first.
+        """
+        try:
+            return await self._waiting(max_wait, self._would_admit)
+        except CircuitOpenError:
+            return False
+
+    async def _would_admit(self) -> bool:
+        rejection = self._snapshot_rejection(await self.snapshot())
+        if rejection is not None:
+            raise rejection
+        return True
 
     async def _acquire(self) -> Permit:
         core = self._core

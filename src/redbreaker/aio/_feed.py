@@ -98,11 +98,39 @@ class TransitionFeed(core.FeedCore):
     ) -> None:
         self._client = client
         self._task: asyncio.Task[None] | None = None
+        # Callers waiting for admission: each awaits one of these until news comes.
+        self._waiters: set[asyncio.Future[None]] = set()
         super().__init__(prefix, view, closed)
+        view.on_news = self._wake_waiters
 
     def _start_afresh(self) -> None:
         self._reading = False
         super()._start_afresh()
+
+    def _wake_waiters(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def await_news(self, name: str, heard: int, seconds: float) -> bool:
+        """Sleep up to ``seconds``, or until a transition of breaker ``name`` is heard
+        after the view's count ``heard`` (or events may have been missed): True then."""
+        view = self._view
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while view.heard(name) == heard:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            waiter = loop.create_future()
+            self._waiters.add(waiter)
+            try:
+                # wait(), not wait_for(): news for another breaker ends it with nothing
+                # to cancel, and this caller's own cancellation still propagates.
+                await asyncio.wait((waiter,), timeout=left)
+            finally:
+                self._waiters.discard(waiter)
+        return True
 
     def start(self) -> None:
         """Start the task that subscribes and keeps the feed read, on the running loop

@@ -198,6 +198,11 @@ class Store:
         (once; cached breakers do; nothing once the store is closed)."""
         self._feed.start()
 
+    async def await_news(self, name: str, heard: int, seconds: float) -> bool:
+        """Sleep up to ``seconds`` or until a transition of ``name`` is heard after the
+        view's count ``heard``: True then."""
+        return await self._feed.await_news(name, heard, seconds)
+
     async def poll_feed(self) -> None:
         """Read the transitions published since the feed was last read (no I/O, and no
         await, when it was read less than a ms ago or is being read)."""
