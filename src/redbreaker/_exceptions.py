@@ -23,6 +23,8 @@ Exceptions raised by the guarded function itself always pass through unchanged.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AsyncCallError",
     "AttemptRejectedError",
@@ -51,6 +53,11 @@ class ConfigError(RedbreakerError, ValueError):
         self.field = field
         self.problem = problem
 
+    # Pickled by arguments, not by message: celery, rq and multiprocessing carry
+    # exceptions between processes, and the receiver must get the same exception back.
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.field, self.problem))
+
 
 class CircuitOpenError(RedbreakerError):
     """The breaker rejected the call; the guarded function did not run.
@@ -69,6 +76,9 @@ class CircuitOpenError(RedbreakerError):
         self.name = name
         self.state = state
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.state, self.retry_after))
 
 
 class AttemptTimeoutError(RedbreakerError, TimeoutError):
@@ -101,6 +111,9 @@ class AttemptTimeoutError(RedbreakerError, TimeoutError):
         self.started = started
         self.cancelled = cancelled
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_attempt_timeout, (self.name, self.budget, self.started, self.cancelled))
+
 
 class AttemptRejectedError(RedbreakerError):
     """The breaker's timed-out attempts still running reached ``max_abandoned_attempts``.
@@ -120,6 +133,9 @@ class AttemptRejectedError(RedbreakerError):
         self.name = name
         self.abandoned = abandoned
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.abandoned))
+
 
 class PermitError(RedbreakerError, RuntimeError):
     """A permit was settled (success, failure or release) more than once."""
@@ -131,10 +147,14 @@ class AsyncCallError(RedbreakerError, TypeError):
     the API for coroutines."""
 
     def __init__(self, what: str) -> None:
+        self.what = what
         super().__init__(
             f"{what}: the sync API cannot run it (it would never be awaited, and count as "
             "a success); use redbreaker.aio"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what,))
 
 
 class StoreError(RedbreakerError):
@@ -155,3 +175,13 @@ class StoreUnavailableError(CircuitOpenError):
         super().__init__(name, "store_unavailable", retry_after)
         self.args = (f"circuit {name!r}: the store is unavailable ({detail})",)
         self.detail = detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.retry_after, self.detail))
+
+
+def _attempt_timeout(
+    name: str, budget: float, started: bool, cancelled: bool
+) -> AttemptTimeoutError:
+    """An unpickled AttemptTimeoutError (its flags are keyword-only)."""
+    return AttemptTimeoutError(name, budget, started=started, cancelled=cancelled)
