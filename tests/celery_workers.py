@@ -20,7 +20,12 @@ Tasks:
 
 Signals count, in the ``celery:counts`` hash of the dependency's Redis: ``failed``,
 ``succeeded``, ``deferrals`` and ``retries`` (real ones); ``celery:deferred`` holds the
-deferrals per task id, ``celery:deferred_at`` the ``retries`` each deferral carried.
+deferrals per task id, ``celery:deferred_at`` the ``retries`` each deferral carried, and
+``celery:deferral_states`` how many deferrals the task_retry signal saw per rejection
+(``<state>:<deadline|no deadline>``): a deferral is one whose reason is the
+CircuitOpenError itself, which crossed no process boundary as a stand-in.
+``celery:on_retry:<id>`` lists what always_fails' ``on_retry`` was handed
+(``CircuitOpenError:<state>:<breaker>`` or the exception's type).
 """
 
 from __future__ import annotations
@@ -101,8 +106,18 @@ def handle(self: Any, message_id: str) -> str:
     return message_id
 
 
+class RecordsRetries(GuardedTask):
+    """Records what ``on_retry`` is handed (an intermediate base: no ``run``)."""
+
+    def on_retry(self, exc: BaseException, task_id: str, *_: Any) -> None:
+        seen = type(exc).__name__
+        if isinstance(exc, redbreaker.CircuitOpenError):
+            seen = f"{seen}:{exc.state}:{exc.name}"
+        counters.rpush(f"celery:on_retry:{task_id}", seen)
+
+
 @app.task(
-    base=GuardedTask,
+    base=RecordsRetries,
     breaker=retry_breaker,
     bind=True,
     name="celery_workers.always_fails",
@@ -117,15 +132,13 @@ def always_fails(self: Any, message_id: str) -> None:
     raise ValueError(f"{message_id} fails every time")
 
 
-def _deferral(reason: Any) -> bool:
-    # The rejection reaches the signal as a pickleable copy: a RedbreakerError at least.
-    return isinstance(getattr(reason, "exc", None), redbreaker.RedbreakerError)
-
-
 @signals.task_retry.connect
 def _count_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
-    if _deferral(reason):
+    rejection = getattr(reason, "exc", None)
+    if isinstance(rejection, redbreaker.CircuitOpenError):
+        deadline = "no deadline" if rejection.retry_after is None else "deadline"
         pipe = counters.pipeline(transaction=False)
+        pipe.hincrby("celery:deferral_states", f"{rejection.state}:{deadline}", 1)
         pipe.hincrby(COUNTS, "deferrals", 1)
         pipe.hincrby("celery:deferred", request.id, 1)
         pipe.rpush(f"celery:deferred_at:{request.id}", request.retries)

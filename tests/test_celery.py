@@ -160,6 +160,11 @@ def counts(client: redis.Redis) -> dict[str, int]:
     return got
 
 
+def deferral_states(client: redis.Redis) -> dict[str, int]:
+    """The rejections the task_retry signal saw, by ``<state>:<deadline|no deadline>``."""
+    return {k.decode(): int(v) for k, v in client.hgetall("celery:deferral_states").items()}
+
+
 def states(client: redis.Redis, ids: list[str]) -> dict[str, int]:
     """How many of ``ids`` the result backend holds in each state."""
     tally: dict[str, int] = {}
@@ -246,14 +251,21 @@ def test_called_directly_or_eagerly_a_rejection_is_raised() -> None:
     with pytest.raises(ConnectionError):
         double(-1)  # one failure trips it (failure_threshold=1)
     assert breaker.state == redbreaker.State.OPEN
-    with pytest.raises(redbreaker.CircuitOpenError):
+    with pytest.raises(redbreaker.CircuitOpenError) as direct:
         double(2)
-    eager = double.apply(args=[2])
-    assert eager.state == "FAILURE"
-    # celery keeps a pickleable stand-in of an exception that does not pickle: a
-    # RedbreakerError of the same message until CircuitOpenError pickles itself.
-    assert isinstance(eager.result, redbreaker.RedbreakerError)
-    assert "is open" in str(eager.result)
+    assert direct.value.state == "open"
+    assert (direct.value.retry_after or 0) > 0
+    # Eagerly, celery keeps the exception if it pickles (else a stand-in of another
+    # class): the rejection itself comes back, state and deadline included.
+    app.conf.task_always_eager = True
+    for eager in (double.apply(args=[2]), double.delay(2)):
+        assert eager.state == "FAILURE"
+        rejection = eager.result
+        assert type(rejection) is redbreaker.CircuitOpenError
+        assert (rejection.name, rejection.state) == ("direct", "open")
+        assert (rejection.retry_after or 0) > 0
+        with pytest.raises(redbreaker.CircuitOpenError):
+            eager.get()
 
 
 # ------------------------------------------------------------------------------ real workers
@@ -268,20 +280,28 @@ def test_deferrals_never_spend_max_retries(tmp_path: Path, redis_url: str) -> No
     attempt it postpones, and the only FAILURE is the real one at the end."""
     client = redis.Redis.from_url(redis_url)
     queue = f"rb-retries-{uuid.uuid4().hex[:8]}"
-    with running(tmp_path, scenario(redis_url, redis_url, queue, pause=False)):
+    env = scenario(redis_url, redis_url, queue, pause=False)
+    with running(tmp_path, env):
         send(redis_url, queue, "celery_workers.always_fails", ["r-1"])
         wait_until(lambda: counts(client)["failed"] >= 1, 30, "the task's final failure")
         time.sleep(0.3)  # anything that would come after it
         attempts = [int(x) for x in client.lrange("celery:attempts:r-1", 0, -1)]
         deferred_at = [int(x) for x in client.lrange("celery:deferred_at:r-1", 0, -1)]
+        on_retry = [x.decode() for x in client.lrange("celery:on_retry:r-1", 0, -1)]
         got = counts(client)
+        seen = deferral_states(client)
         meta = json.loads(client.get("celery-task-meta-r-1") or b"{}")
     print(f"\n[celery retries] attempts={attempts} deferrals={len(deferred_at)} "
-          f"deferred_at={deferred_at} counts={got}")
+          f"deferred_at={deferred_at} counts={got} signal_saw={seen}")
     assert attempts == [0, 1, 2, 3]
     assert got["retries"] == 3
     assert got["failed"] == 1
     assert len(deferred_at) > 3, "deferrals outnumber max_retries"
+    # on_retry and the task_retry signal are handed the rejection itself (it pickles by
+    # its arguments), so a deferral is told from a real retry by its class.
+    assert seen == {"forced_open:deadline": len(deferred_at)}
+    rejected = f"CircuitOpenError:forced_open:{env['RB_CELERY_BREAKER']}-retries"
+    assert sorted(on_retry) == sorted([rejected] * len(deferred_at) + ["ValueError"] * 3)
     assert deferred_at == sorted(deferred_at)
     assert set(deferred_at) <= {1, 2, 3}, "a deferral kept its attempt's retries"
     assert meta["status"] == "FAILURE"
@@ -390,6 +410,7 @@ def proof(
         "resume_seconds": resume,
         "wall_seconds": round(wall, 2),
         "deferrals": got["deferrals"],
+        "deferral_states": deferral_states(client),
         "max_deferrals_one_task": max(per_task, default=0),
         "real_retries": got["retries"],
         "retries_at_success": got["retries_at_success"],
@@ -412,6 +433,10 @@ def proof(
     assert figures["calls_down"] <= bound
     # Every retry a successful task carried was a real one: deferrals added none.
     assert figures["retries_at_success"] == figures["real_retries"]
+    # Each deferral's task_retry signal saw the CircuitOpenError itself: open with the
+    # server's deadline, or half-open with its probe slot taken (until the probe ends).
+    assert sum(figures["deferral_states"].values()) == figures["deferrals"]
+    assert set(figures["deferral_states"]) <= {"open:deadline", "half_open:deadline"}
     assert resume is not None
     assert resume <= PROOF["recovery_timeout"] + 0.05 + RESUME_SLACK
     if pause:

@@ -29,3 +29,11 @@ def test_an_exception_comes_back_the_same(exc: Exception) -> None:
     assert type(back) is type(exc)
     assert str(back) == str(exc)
     assert vars(back) == vars(exc)
+
+
+@pytest.mark.parametrize("exc", CASES[1:4], ids=lambda e: f"{type(e).__name__}-{e.state}")
+def test_a_rejection_is_rebuilt_from_its_args(exc: redbreaker.CircuitOpenError) -> None:
+    # What celery's JSON result backend does with a stored exception: cls(*args).
+    back = type(exc)(*exc.args)
+    assert vars(back) == vars(exc)
+    assert str(back) == str(exc)

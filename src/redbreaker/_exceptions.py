@@ -71,11 +71,17 @@ class CircuitOpenError(RedbreakerError):
     """
 
     def __init__(self, name: str, state: str, retry_after: float | None) -> None:
-        when = "no deadline" if retry_after is None else f"retry after {retry_after:.3f}s"
-        super().__init__(f"circuit {name!r} is {state}; {when}")
+        # The arguments, not the message, in args: whatever rebuilds an exception as
+        # cls(*args) (celery's JSON results) gets the rejection back, state and deadline.
+        super().__init__(name, state, retry_after)
         self.name = name
         self.state = state
         self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        retry_after = self.retry_after
+        when = "no deadline" if retry_after is None else f"retry after {retry_after:.3f}s"
+        return f"circuit {self.name!r} is {self.state}; {when}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.state, self.retry_after))
@@ -173,8 +179,11 @@ class StoreUnavailableError(CircuitOpenError):
 
     def __init__(self, name: str, retry_after: float | None, detail: str) -> None:
         super().__init__(name, "store_unavailable", retry_after)
-        self.args = (f"circuit {name!r}: the store is unavailable ({detail})",)
+        self.args = (name, retry_after, detail)
         self.detail = detail
+
+    def __str__(self) -> str:
+        return f"circuit {self.name!r}: the store is unavailable ({self.detail})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.retry_after, self.detail))

@@ -33,13 +33,14 @@ What it guarantees:
   the task started, as it always does: at-most-once until the copy is stored.
 - Called directly or eagerly (``apply()``, ``task_always_eager``) there is no queue to
   defer to: the rejection is raised (:class:`redbreaker.CircuitOpenError`).
-- :func:`pause_queues` adds a consumer bootstep: while a queue's breaker is open or forced
-  open, the worker cancels its consumer of that queue (messages stay in the broker; those
-  already prefetched are deferred as above) and consumes again when the breaker would
-  admit a call: at its deadline plus a jitter (so a fleet does not resume in one
-  millisecond) or as soon as the transition feed says it closed. It is driven by
-  ``store.transitions()`` in a thread and one snapshot per transition or deadline, never
-  by polling. A queue the worker was not consuming at start-up is never added.
+- :func:`pause_queues` adds a consumer bootstep: while a queue's breaker would reject a
+  call (open, forced open, half-open with every probe slot taken), the worker cancels its
+  consumer of that queue (messages stay in the broker; those already prefetched are
+  deferred as above) and consumes again when it would admit one: at its deadline plus a
+  jitter (so a fleet does not resume in one millisecond) or as soon as the transition
+  feed says it changed. It is driven by ``store.transitions()`` in a thread and one
+  snapshot per transition or deadline, never by polling. A queue the worker was not
+  consuming at start-up is never added.
 - At start-up the worker warns loudly (WARNING on the ``redbreaker`` logger) for every
   guarded task or paused queue whose broker is the breaker's own Redis.
 
@@ -50,9 +51,9 @@ worker's main process.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
-import random
 import threading
 import time
 import weakref
@@ -69,11 +70,11 @@ except ImportError as exc:  # pragma: no cover (the extra is missing)
 from .._breaker import Breaker
 from .._brokers import check_broker
 from .._exceptions import CircuitOpenError, ConfigError
-from .._state import Snapshot, State
-from .._waiting import NO_DEADLINE_BACKSTOP, wake_spread
+from .._state import State
+from .._waiting import AdmissionWait, wake_spread
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Mapping
 
     from .._store import Store
 
@@ -104,11 +105,9 @@ class GuardedTask(Task):  # type: ignore[misc]  # celery is untyped
             what = "no breaker" if breaker is None else f"{breaker!r}"
             aio = type(breaker).__module__.startswith("redbreaker.aio")
             hint = " (celery runs tasks synchronously: use redbreaker.Breaker)" if aio else ""
-            raise ConfigError(
-                "breaker",
-                f"task {cls.__name__!r} has {what}; GuardedTask needs a redbreaker.Breaker: "
-                f"@app.task(base=GuardedTask, breaker=...){hint}",
-            )
+            raise ConfigError("breaker", f"task {cls.__name__!r} has {what}; GuardedTask "
+                              "needs a redbreaker.Breaker: @app.task(base=GuardedTask, "
+                              f"breaker=...){hint}")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
         breaker = self.breaker
@@ -170,8 +169,8 @@ _PAUSED: weakref.WeakKeyDictionary[Any, dict[str, Breaker]] = weakref.WeakKeyDic
 
 def pause_queues(app: Celery, queues: Mapping[str, Breaker]) -> None:
     """Make ``app``'s workers stop consuming each queue of ``queues`` while its breaker
-    is open or forced open, and consume again when it would admit a call. Call it where
-    the app is built (the worker imports it); calling it again adds queues.
+    would reject a call, and consume again when it would admit one. Call it where the
+    app is built (the worker imports it); calling it again adds queues.
 
     Raises:
         ConfigError: ``queues`` is empty, a name is not a non-empty string, or a breaker
@@ -185,38 +184,25 @@ def pause_queues(app: Celery, queues: Mapping[str, Breaker]) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError("queues", f"a queue name must be a non-empty str, got {name!r}")
         if not isinstance(breaker, Breaker):
-            raise ConfigError(
-                "queues", f"queue {name!r}: expected a redbreaker.Breaker, got {breaker!r}"
-            )
+            raise ConfigError("queues", f"queue {name!r}: expected a redbreaker.Breaker, "
+                              f"got {breaker!r}")
     if app not in _PAUSED:
         _PAUSED[app] = {}
         app.steps["consumer"].add(PauseWhileOpen)
     _PAUSED[app].update(queues)
 
 
+@dataclasses.dataclass(eq=False)
 class _Gate:
     """One paused-or-not queue; ``paused`` is written by the gatekeeper's thread and read
-    by the worker's loop."""
+    by the worker's loop. ``wait`` is unbounded: as long as the breaker rejects."""
 
-    __slots__ = ("breaker", "paused", "queue", "state", "wake_at")
-
-    def __init__(self, queue_name: str, breaker: Breaker) -> None:
-        self.queue = queue_name
-        self.breaker = breaker
-        self.paused = False
-        self.state = "unknown"
-        self.wake_at: float | None = None
-
-
-def _closed_for(snapshot: Snapshot) -> float | None:
-    """Seconds until a breaker in this snapshot would admit a call; None: it would now."""
-    if snapshot.state not in (State.OPEN, State.FORCED_OPEN):
-        return None
-    if snapshot.retry_after is None:
-        # Forced open without a deadline: the order that ends it is pushed; this is the
-        # backstop in case the feed lost it.
-        return NO_DEADLINE_BACKSTOP
-    return snapshot.retry_after if snapshot.retry_after > 0 else None
+    queue: str
+    breaker: Breaker
+    wait: AdmissionWait
+    paused: bool = False
+    state: str = "unknown"
+    wake_at: float | None = None
 
 
 _STOP = object()
@@ -224,21 +210,23 @@ _ALL = None
 
 
 class _Gatekeeper:
-    """Decides, in a thread of its own, which queues are paused: re-reads a breaker when
-    the feed announces one of its transitions or its deadline passes, and hands each
-    change to the worker's event loop (``consumer.call_soon``)."""
+    """Pauses, in a thread of its own, the queues whose breaker would reject a call:
+    re-reads a breaker when the feed announces one of its transitions or the wait the
+    core set for it ends, and hands each change to the worker's event loop
+    (``consumer.call_soon``). What rejects and how long to wait are the core's decisions
+    (``_snapshot_rejection``, :class:`AdmissionWait`)."""
 
     def __init__(self, consumer: Any, gates: list[_Gate]) -> None:  # noqa: ANN401
         self._consumer = consumer
         self._gates = gates
         self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._stopped = threading.Event()
+        self._live: set[int] = set()  # the stores whose feed is subscribed
 
     def start(self) -> None:
         stores: dict[int, Store] = {id(g.breaker.store): g.breaker.store for g in self._gates}
         for key, store in stores.items():
-            watch = threading.Thread(target=self._watch, args=(key, store), daemon=True)
-            watch.start()
+            threading.Thread(target=self._watch, args=(key, store), daemon=True).start()
         threading.Thread(target=self._run, name="redbreaker-celery-gates", daemon=True).start()
 
     def stop(self) -> None:
@@ -250,6 +238,7 @@ class _Gatekeeper:
         while not self._stopped.is_set():
             try:
                 events = store.transitions()
+                self._live.add(key)
                 self._events.put((key, _ALL))  # subscribed: re-read every gate once
                 failures = 0
                 for transition in events:
@@ -258,6 +247,7 @@ class _Gatekeeper:
                     self._events.put((key, transition.name))
                 return  # the store was closed
             except Exception as exc:  # retried: the gates need the feed
+                self._live.discard(key)
                 failures += 1
                 logger.warning("celery queue pause: transition feed lost (%r)", exc)
                 if self._stopped.wait(min(5.0, 0.25 * 2**failures)):
@@ -277,26 +267,31 @@ class _Gatekeeper:
                 return
             now = time.monotonic()
             for gate in self._gates:
-                if (gate.wake_at is not None and gate.wake_at <= now) or _heard(gate, items):
+                key = id(gate.breaker.store)
+                heard = (key, _ALL) in items or (key, gate.breaker.name) in items
+                if heard or (gate.wake_at is not None and gate.wake_at <= now):
                     self._check(gate)
 
     def _check(self, gate: _Gate) -> None:
+        breaker = gate.breaker
         try:
-            snapshot = gate.breaker.snapshot()
+            snapshot = breaker.snapshot()
         except Exception as exc:  # this thread must outlive any error
             # Cannot tell: consume, and let each task's breaker apply its on_store_error.
             logger.warning("celery queue %r: circuit %r unreadable (%r)", gate.queue,
-                           gate.breaker.name, exc)
-            paused, wait, gate.state = False, None, "unreadable"
+                           breaker.name, exc)
+            rejection, gate.state = None, "unreadable"
         else:
-            wait = _closed_for(snapshot)
-            paused, gate.state = wait is not None, snapshot.state.value
-            if not paused and snapshot.state in (State.OPEN, State.FORCED_OPEN):
+            rejection = breaker._snapshot_rejection(snapshot)
+            gate.state = snapshot.state.value
+            if rejection is None and snapshot.state in (State.OPEN, State.FORCED_OPEN):
                 gate.state += ", deadline passed"
-        spread = wake_spread(gate.breaker.config)
-        gate.wake_at = None if wait is None else time.monotonic() + wait + random.random() * spread
-        if paused != gate.paused:
-            gate.paused = paused
+        now = time.monotonic()
+        live = id(breaker.store) in self._live
+        nap = None if rejection is None else gate.wait.nap(rejection, now, feed_live=live)
+        gate.wake_at = None if nap is None else now + nap
+        if (rejection is not None) != gate.paused:
+            gate.paused = rejection is not None
             # Callbacks may run out of order: each applies the gate's state at that time.
             self._consumer.call_soon(self.apply, gate)
 
@@ -318,14 +313,9 @@ class _Gatekeeper:
                         gate.breaker.name, gate.state, extra={**extra, "event": "resumed"})
 
 
-def _heard(gate: _Gate, items: Iterable[object]) -> bool:
-    key = id(gate.breaker.store)
-    return any(item in ((key, _ALL), (key, gate.breaker.name)) for item in items)
-
-
 class PauseWhileOpen(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped
     """The consumer bootstep :func:`pause_queues` adds: stops consuming a queue while its
-    breaker is open or forced open."""
+    breaker would reject a call."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
@@ -342,15 +332,15 @@ class PauseWhileOpen(bootsteps.StartStopStep):  # type: ignore[misc]  # celery i
             return
         consumed = set(parent.app.amqp.queues.consume_from or ())
         mapping = _PAUSED.get(parent.app, {})
-        gates = [_Gate(name, b) for name, b in mapping.items() if name in consumed]
+        now = time.monotonic()
+        gates = [_Gate(name, b, AdmissionWait(None, now, wake_spread(b.config)))
+                 for name, b in mapping.items() if name in consumed]
         if not gates:
             return
         self._keeper = _Gatekeeper(parent, gates)
         self._keeper.start()
-        logger.info(
-            "celery: pausing %s while their circuits are open",
-            ", ".join(f"queue {g.queue!r} (circuit {g.breaker.name!r})" for g in gates),
-        )
+        names = ", ".join(f"queue {g.queue!r} (circuit {g.breaker.name!r})" for g in gates)
+        logger.info("celery: pausing %s while their circuits reject calls", names)
 
     def stop(self, parent: Any) -> None:  # noqa: ANN401
         pass  # a restart: the gatekeeper lives on and start() re-applies its decisions
@@ -364,21 +354,16 @@ class PauseWhileOpen(bootsteps.StartStopStep):  # type: ignore[misc]  # celery i
 # -- the start-up check -------------------------------------------------------------------
 
 
-def _guarded(app: Celery) -> Iterable[tuple[str, Breaker]]:
-    for task in list(app.tasks.values()):
-        if isinstance(task, GuardedTask) and task.breaker is not None:
-            yield f"celery task {task.name}", task.breaker
-    for name, breaker in _PAUSED.get(app, {}).items():
-        yield f"celery queue {name!r}", breaker
-
-
 def _check_brokers(app: Celery) -> None:
     """Warn for each breaker of ``app``'s tasks and paused queues that lives on the
     broker's Redis server (once per breaker and store)."""
-    seen: set[tuple[int, str]] = set()
     urls = app.conf.broker_read_url or app.conf.broker_url or []
     urls = urls.split(";") if isinstance(urls, str) else urls  # failover URLs
-    for label, breaker in _guarded(app):
+    guarded = [(f"celery task {t.name}", t.breaker) for t in list(app.tasks.values())
+               if isinstance(t, GuardedTask) and t.breaker is not None]
+    guarded += [(f"celery queue {q!r}", b) for q, b in _PAUSED.get(app, {}).items()]
+    seen: set[tuple[int, str]] = set()
+    for label, breaker in guarded:
         key = (id(breaker.store), breaker.name)
         if key in seen:
             continue
@@ -398,5 +383,4 @@ def _on_worker_setup(sender: Any = None, instance: Any = None, **_: Any) -> None
 
 # Sent in the worker's main process once the app is finalized and logging is set up,
 # before the pool starts: the warning lands in the worker's log once, not per child.
-_connect: Callable[..., Any] = signals.celeryd_after_setup.connect
-_connect(_on_worker_setup, weak=False)
+signals.celeryd_after_setup.connect(_on_worker_setup, weak=False)
