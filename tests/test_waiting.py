@@ -249,3 +249,15 @@ def test_a_fleet_woken_by_one_order_asks_over_a_spread_not_in_one_ms(
     times = sorted(ms for _, ms in reports)
     assert len(set(times)) >= 4, times
     assert times[-1] - times[0] >= 10, times
+
+
+@pytest.mark.parametrize(
+    ("policy", "admitting"), [("allow", True), ("local", True), ("reject", False)]
+)
+def test_waiting_while_redis_is_unreachable_follows_on_store_error(
+    driver: Driver, policy: str, admitting: bool
+) -> None:
+    # Nothing listens on port 1: what acquire() would do then is what on_store_error says.
+    store = driver.connect("redis://127.0.0.1:1/0")
+    breaker = driver.breaker("dep", store=store, on_store_error=policy)
+    assert breaker.wait_admitting(max_wait=0.3) is admitting

@@ -56,23 +56,24 @@ def store_endpoint(client: Any) -> Endpoint | None:  # noqa: ANN401 (any redis-p
     return (_host(str(settings["host"])), str(settings.get("port", 6379)))
 
 
-def same_server(broker_url: str, client: Any) -> bool:  # noqa: ANN401
-    """Whether ``broker_url`` names the server the store ``client`` talks to."""
-    broker = redis_endpoint(broker_url)
-    return broker is not None and broker == store_endpoint(client)
+def same_server(broker: object, client: Any) -> bool:  # noqa: ANN401
+    """Whether ``broker`` (a URL, or the queue's own redis-py client) names the server
+    the store ``client`` talks to."""
+    endpoint = redis_endpoint(broker) if isinstance(broker, str) else store_endpoint(broker)
+    return endpoint is not None and endpoint == store_endpoint(client)
 
 
 def check_broker(
-    broker_url: str,
+    broker: object,
     client: Any,  # noqa: ANN401
     *,
     breaker: str,
     on_store_error: str,
     queue: str,
 ) -> bool:
-    """Warn (a WARNING on the ``redbreaker`` logger) when ``broker_url`` is the server
-    that holds breaker ``breaker``; True when it is."""
-    if not same_server(broker_url, client):
+    """Warn (a WARNING on the ``redbreaker`` logger) when ``broker`` (a URL, or the
+    queue's redis-py client) is the server that holds breaker ``breaker``; True then."""
+    if not same_server(broker, client):
         return False
     advice = (
         "on_store_error='local' keeps each process counting while it is down"

@@ -223,7 +223,14 @@ class Breaker(BreakerBase[Store]):
             return False
 
     async def _would_admit(self) -> bool:
-        rejection = self._snapshot_rejection(await self.snapshot())
+        try:
+            snapshot = await self.snapshot()
+        except StoreUnavailableError as exc:
+            # What acquire() would do while Redis is unreachable: on_store_error decides.
+            if self._core.without_store(exc, 0.0) is not None:
+                return True  # "allow": calls run unguarded
+            return await self._local_breaker()._would_admit()  # "local"
+        rejection = self._snapshot_rejection(snapshot)
         if rejection is not None:
             raise rejection
         return True
