@@ -29,6 +29,8 @@ CORE = (
     "_keys",
     "_permit_state",
     "_state",
+    "_streams_base",
+    "_streams_core",
     "_url",
     "_view",
     "_waiting",

@@ -36,6 +36,8 @@ from ._health import StoreEvent
 from ._keys import check_name
 from ._state import Snapshot, State, Transition
 from ._store import Store, StoreHook, connect
+from ._streams import StreamConsumer
+from ._streams_core import StreamConfig, StreamMessage, StreamStats
 from ._testing import is_testing, set_testing
 
 __all__ = [
@@ -69,6 +71,10 @@ __all__ = [
     "StoreEvent",
     "StoreHook",
     "StoreUnavailableError",
+    "StreamConfig",
+    "StreamConsumer",
+    "StreamMessage",
+    "StreamStats",
     "SystemClock",
     "Transition",
     "TransitionHook",

@@ -29,8 +29,10 @@ from .._exceptions import (
     StoreUnavailableError,
 )
 from .._state import Snapshot, State, Transition
+from .._streams_core import StreamConfig, StreamMessage, StreamStats
 from ._breaker import Breaker, Permit
 from ._store import Store, connect
+from ._streams import StreamConsumer
 
 __all__ = [
     "AsyncCallError",
@@ -48,6 +50,10 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailableError",
+    "StreamConfig",
+    "StreamConsumer",
+    "StreamMessage",
+    "StreamStats",
     "Transition",
     "TransitionHook",
     "connect",
