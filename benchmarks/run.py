@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import _aio
+import _consumers
 import _counts
 import _latency
 import _memory
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
 
     import redbreaker
 
-SECTIONS = ("latency", "throughput", "roundtrips", "propagation", "leak", "memory", "aio")
+SECTIONS = ("latency", "throughput", "roundtrips", "propagation", "leak", "memory", "aio",
+            "consumers")
 WORKERS = 8
 THRESHOLD = 5
 
@@ -63,15 +65,21 @@ class Plan:
     lead: float  # seconds workers call before the dependency fails (leak)
     memory_n: int
     recovery: float  # recovery_timeout of the round-trip breakers
+    stream_messages: int  # backlog per consumer run (consumers)
+    stream_rounds: int
+    idle_window: float  # seconds idle consumers are counted
+    adapter_rounds: int  # rounds of plan.calls jobs per adapter
 
 
 FULL = Plan(
     calls=600, rounds=50, warmup=300, duration=1.0, reps=5, counts=(1, 2, 4, 8),
     trials=20, settle=0.15, lead=0.3, memory_n=1000, recovery=1.0,
+    stream_messages=2000, stream_rounds=10, idle_window=5.0, adapter_rounds=20,
 )  # fmt: skip
 SMOKE = Plan(
     calls=150, rounds=3, warmup=30, duration=0.2, reps=1, counts=(1, 2, 4, 8),
     trials=3, settle=0.1, lead=0.25, memory_n=50, recovery=1.0,
+    stream_messages=150, stream_rounds=2, idle_window=0.5, adapter_rounds=2,
 )  # fmt: skip
 
 
@@ -760,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
                 memory(report, plan, server)
             if "aio" in sections:
                 aio(report, plan, server)
+            if "consumers" in sections:
+                _consumers.section(report, plan, server)
         finally:
             store.close()
             if fleet is not None:
