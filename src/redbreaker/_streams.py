@@ -81,6 +81,12 @@ class _StopFlag:
 class StreamConsumer(ConsumerBase):
     """Consume one stream through a consumer group while ``breaker`` admits.
 
+    While the breaker admits as far as this process knows (its store's transition feed is
+    live: a trip anywhere is pushed within ms), the consumer reads first and takes a permit
+    per message once it has one, so an idle consumer costs the breakers' Redis nothing.
+    Otherwise (a rejection known, a refusal, a half-open breaker's slots taken, no feed)
+    it waits up to ``max_block`` for a permit before it reads, and reads under it.
+
     Args:
         breaker: the breaker of the dependency the handler calls.
         client: the stream's Redis: a redis-py client or a URL (``redis://``,
@@ -104,6 +110,7 @@ class StreamConsumer(ConsumerBase):
     _breaker_type = Breaker
     _client_hint = "a synchronous redis-py client"
     client: redis.Redis
+    breaker: Breaker
 
     def __init__(
         self,
@@ -141,7 +148,8 @@ class StreamConsumer(ConsumerBase):
 
     def run(self, *, install_signal_handlers: bool = False) -> StreamStats:
         """Consume until :meth:`stop` (or, with ``install_signal_handlers``, SIGTERM or
-        SIGINT: the first one stops cleanly, a second acts as it did before).
+        SIGINT: the first one stops cleanly, a second acts as it did before). Starts the
+        breaker's store's transition feed (one pub/sub connection per store).
 
         Returns:
             The counts, as :attr:`stats`.
@@ -151,6 +159,7 @@ class StreamConsumer(ConsumerBase):
         """
         restore = self._install_signal_handlers() if install_signal_handlers else None
         try:
+            self._start_feed()
             while not self._stopping.is_set():
                 self._step_safely()
         finally:
@@ -205,14 +214,34 @@ class StreamConsumer(ConsumerBase):
                 raise
         self._group_ready = True
 
+    def _start_feed(self) -> None:
+        """Hear the breaker's transitions (what lets an idle consumer read first), and give
+        the subscription up to ``max_block`` to be made: a first ask answered before it
+        would be stale at once, and asked again."""
+        store = self.breaker.store
+        heard = self._heard()
+        store.start_feed()
+        if not store.feed_live:
+            store.await_news(self.breaker.name, heard, self._max_block)
+
     def _step(self) -> None:
-        """Wait for a permit (at most ``max_block``), read, handle what came."""
+        """Read, then take a permit per message, while the breaker admits as far as this
+        process knows; otherwise wait for a permit (at most ``max_block``) and read under
+        it. Either way, handle what came."""
         if not self._group_ready:
             self._ensure_group()
+        if self._reads_first():
+            read, messages = self._read_some(block=True)
+            if messages:
+                self._handle_batch(read, messages, None)
+            return
+        heard = self._heard()
         try:
             permit = self.breaker.acquire(max_wait=self._max_block)
         except CircuitOpenError:
+            self._admission.refused(self._heard())
             return  # still refused: look at stop(), then wait again
+        self._admission.admitted(heard)
         try:
             read, messages = self._read_some(block=not permit.is_probe)
         except BaseException:
@@ -246,25 +275,26 @@ class StreamConsumer(ConsumerBase):
             c.group, c.consumer, {c.stream: read.start}, count=read.batch, block=read.block_ms
         )
 
-    def _handle_batch(self, read: Read, messages: list[StreamMessage], permit: Permit) -> None:
-        """Each message under a permit of its own: ``permit`` for the first, then one
-        asked for each (without waiting); the first refusal leaves the rest pending."""
-        held: Permit | None = permit
+    def _handle_batch(
+        self, read: Read, messages: list[StreamMessage], permit: Permit | None
+    ) -> None:
+        """Each message under a permit of its own: ``permit`` (if any) for the first, then
+        one asked for each (without waiting); the first refusal leaves the rest pending."""
+        held = permit
         try:
             for index, message in enumerate(messages):
                 if self._stopping.is_set():
                     self._put_back(read, messages[index:])
                     return
-                if held is None:
-                    try:
-                        held = self.breaker.acquire()
-                    except CircuitOpenError:
-                        self._core.on_deferred(read, len(messages) - index)
-                        return
                 if message.deleted:
                     self._send_ack(message)  # deleted from the stream: nothing to handle
                     self._core.on_skipped(read, message)
-                    continue  # the permit goes to the next message
+                    continue  # a permit held goes to the next message
+                if held is None:
+                    held = self._ask()
+                    if held is None:
+                        self._core.on_deferred(read, len(messages) - index)
+                        return
                 current, held = held, None
                 rejection = self._handle(read, message, current)
                 if rejection is not None:
@@ -274,6 +304,17 @@ class StreamConsumer(ConsumerBase):
         finally:
             if held is not None:
                 held.release()  # unused: a probe's slot must not wait for its lease
+
+    def _ask(self) -> Permit | None:
+        """A permit for the next message, asked once; None when the breaker refuses."""
+        heard = self._heard()
+        try:
+            permit = self.breaker.acquire()
+        except CircuitOpenError:
+            self._admission.refused(self._heard())
+            return None
+        self._admission.admitted(heard)
+        return permit
 
     def _handle(
         self, read: Read, message: StreamMessage, permit: Permit

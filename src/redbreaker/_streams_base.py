@@ -1,7 +1,18 @@
 """What the sync and the asyncio stream consumers share, with no I/O: their keyword
 settings, the checks of the stream client or URL they are given, the warning when that is
-the breakers' own server, and the parts of a consumer built from all of it. The drivers
-add the sending (``_streams.py``, ``aio/_streams.py``).
+the breakers' own server, whether to read before taking a permit, and the parts of a
+consumer built from all of it. The drivers add the sending (``_streams.py``,
+``aio/_streams.py``).
+
+Which comes first, the read or the permit (:class:`Admission`): a consumer reads first,
+taking a permit per message only once it holds one, while its store's feed is live and
+the latest thing this process learned of the breaker since the feed (re)subscribed says
+it admits: a permit this consumer was granted, or a transition heard to ``closed``,
+``half_open``, ``forced_closed`` or ``metrics_only``. Any trip anywhere is pushed on the
+feed within ms and turns it back to permit first, as does a refusal, a rejection held
+locally, a feed that is not (or no longer) live, or no news since it subscribed. So an
+idle consumer on an empty stream sends the breakers' Redis nothing, and a half-open
+breaker's probe goes to a consumer that has a message to try it with.
 """
 
 from __future__ import annotations
@@ -20,8 +31,9 @@ from ._url import parse_store_url
 
 if TYPE_CHECKING:
     from ._config import Seconds
+    from ._view import LastEvent
 
-__all__ = ["LOGS", "SOCKET_SLACK", "ConsumerBase", "StreamSettings", "url_spec"]
+__all__ = ["LOGS", "SOCKET_SLACK", "Admission", "ConsumerBase", "StreamSettings", "url_spec"]
 
 SOCKET_SLACK = 10.0
 """Seconds a stream client opened from a URL waits for a reply beyond one blocking read
@@ -39,6 +51,52 @@ LOGS = {
     "stream_stopping": (logging.INFO, "%s, stopping after the message in hand"),
 }
 """What a consumer logs: event -> (level, message after ``stream consumer <name>: ``)."""
+
+
+ADMITTING = frozenset({"closed", "half_open", "forced_closed", "metrics_only"})
+"""States a transition heard on the feed may leave a consumer reading first in. Half-open
+is one: its probe is taken by the consumer that read a message to try it with; a consumer
+refused one (every slot taken) waits for a permit until the probe's outcome is pushed."""
+
+
+class Admission:
+    """What one consumer knows of its breaker's admission without asking Redis: its own
+    latest ask, stamped with the view's count of transitions heard (:meth:`FleetView.heard`,
+    which also moves at every (re)subscription), so that any news makes it stale."""
+
+    __slots__ = ("_admitted", "_heard")
+
+    def __init__(self) -> None:
+        self._heard: int | None = None
+        self._admitted = False
+
+    def admitted(self, heard: int) -> None:
+        """The breaker granted a permit; ``heard`` is the count read before asking, so
+        that news heard while it asked (a trip) makes this word stale."""
+        self._heard = heard
+        self._admitted = True
+
+    def refused(self, heard: int) -> None:
+        """The breaker refused a permit; ``heard`` is the count read after the refusal, so
+        that it outweighs news heard before it (a half-open breaker whose probe slots are
+        taken: no read until the probe's outcome is pushed)."""
+        self._heard = heard
+        self._admitted = False
+
+    def reads_first(
+        self, *, feed_live: bool, held: bool, heard: int, last_event: LastEvent | None
+    ) -> bool:
+        """Whether to read before taking a permit: the feed is live, no rejection is
+        ``held`` locally, and the latest of this consumer's own ask and the transition
+        heard last (both of the current count ``heard``) says the breaker admits. Nothing
+        learned since the feed subscribed: a permit first (it tells)."""
+        if not feed_live or held:
+            return False
+        if self._heard == heard:
+            return self._admitted  # asked after the latest news: the freshest word
+        if last_event is not None and last_event[0] == heard:
+            return last_event[1] in ADMITTING
+        return False
 
 
 class StreamSettings(TypedDict, total=False):
@@ -150,6 +208,7 @@ class ConsumerBase:
         self._fail = self.client.register_script(FAIL_SCRIPT)
         self._group_ready = False
         self._stream_down = False
+        self._admission = Admission()
         if shared:
             check_broker(
                 shared,
@@ -173,6 +232,23 @@ class ConsumerBase:
         logger.log(
             level, "stream consumer %r: " + text, config.consumer, *args,
             extra={"event": event, "stream": config.stream, "consumer": config.consumer},
+        )
+
+    def _heard(self) -> int:
+        """The store's count of transitions of this breaker heard (see :class:`Admission`)."""
+        return int(self.breaker.store.view.heard(self.breaker.name))
+
+    def _reads_first(self) -> bool:
+        """Read before taking a permit (see :class:`Admission`); no I/O."""
+        breaker = self.breaker
+        store = breaker.store
+        live = bool(store.feed_live)
+        view = store.view
+        return self._admission.reads_first(
+            feed_live=live,
+            held=breaker._held_rejection(live) is not None,
+            heard=view.heard(breaker.name),
+            last_event=view.last_event(breaker.name),
         )
 
     @property

@@ -2,7 +2,8 @@
 which read to make next, what a reply holds, when a message is dead-lettered, key names.
 No I/O here: the drivers send what this module decides and hand back what Redis replied.
 
-The order of reads, every time the consumer holds a permit:
+The order of reads, every time the consumer reads (under a permit, or before taking one
+while the breaker admits as far as the process knows: see :mod:`._streams_base`):
 
 1. its own pending messages (``XREADGROUP ... 0``, then from the last one handled): the
    ones it failed, was refused a permit for, or read before a restart under the same
@@ -10,7 +11,8 @@ The order of reads, every time the consumer holds a permit:
    failed messages are retried before anything new is read.
 2. when ``min_idle`` has passed since the last sweep, ``XAUTOCLAIM`` of messages left
    pending that long by any consumer (one that died mid-message, say).
-3. new messages (``XREADGROUP ... >``, blocking up to ``max_block``).
+3. new messages (``XREADGROUP ... >``, blocking up to ``max_block``; not at all under a
+   half-open breaker's probe permit, whose slot is not held while idle).
 
 Failures are counted per message in a hash (``<stream>:<group>:failures``), not taken
 from XPENDING's delivery counter, which also counts reads that were refused a permit and
@@ -109,10 +111,15 @@ class StreamConfig:
             may take it over (XAUTOCLAIM), and how often each consumer sweeps for such
             messages. Make it longer than the slowest handler run: a message held longer
             may be handled twice.
-        batch_size: messages per read (COUNT); each is handled under a permit of its own.
+        batch_size: messages per read (COUNT); each is handled under a permit of its own,
+            taken once the message is in hand.
         max_block: the longest one wait lasts: an XREADGROUP blocking for new messages,
             or one stretch of waiting for the breaker to admit. It bounds how long an idle
-            or waiting consumer takes to notice ``stop()``.
+            or waiting consumer takes to notice ``stop()``. An idle consumer of a breaker
+            that admits sends one blocking read per ``max_block`` to the stream's Redis
+            and nothing to the breakers' (it reads before taking a permit while its store's
+            feed is live and says the breaker admits); one of a breaker known to reject
+            waits for admission, reading nothing, sending nothing until the deadline.
 
     With Redis Cluster, ``stream`` and ``dead_letter`` must share a hash tag (e.g.
     ``{orders}`` and ``{orders}:dead``): the failure script touches both, and the

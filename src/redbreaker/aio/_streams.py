@@ -69,6 +69,7 @@ class StreamConsumer(ConsumerBase):
     _breaker_type = Breaker
     _client_hint = "a redis.asyncio client"
     client: redis.asyncio.Redis
+    breaker: Breaker
 
     def __init__(
         self,
@@ -126,7 +127,8 @@ class StreamConsumer(ConsumerBase):
 
     async def run(self, *, install_signal_handlers: bool = False) -> StreamStats:
         """Consume until :meth:`stop` (or, with ``install_signal_handlers``, SIGTERM or
-        SIGINT: the first one stops cleanly, a second acts as it did before).
+        SIGINT: the first one stops cleanly, a second acts as it did before). Starts the
+        breaker's store's transition feed (one pub/sub connection per store).
 
         Returns:
             The counts, as :attr:`stats`.
@@ -140,6 +142,7 @@ class StreamConsumer(ConsumerBase):
             self._stopped.set()
         restore = self._install_signal_handlers() if install_signal_handlers else None
         try:
+            await self._start_feed()
             while not self._stop_requested:
                 await self._step_safely()
         finally:
@@ -203,14 +206,34 @@ class StreamConsumer(ConsumerBase):
                 raise
         self._group_ready = True
 
+    async def _start_feed(self) -> None:
+        """Hear the breaker's transitions (what lets an idle consumer read first), and give
+        the subscription up to ``max_block`` to be made: a first ask answered before it
+        would be stale at once, and asked again."""
+        store = self.breaker.store
+        heard = self._heard()
+        store.start_feed()
+        if not store.feed_live:
+            await store.await_news(self.breaker.name, heard, self._max_block)
+
     async def _step(self) -> None:
-        """Wait for a permit (at most ``max_block``), read, handle what came."""
+        """Read, then take a permit per message, while the breaker admits as far as this
+        process knows; otherwise wait for a permit (at most ``max_block``) and read under
+        it. Either way, handle what came."""
         if not self._group_ready:
             await self._ensure_group()
+        if self._reads_first():
+            read, messages = await self._read_some(block=True)
+            if messages:
+                await self._handle_batch(read, messages, None)
+            return
+        heard = self._heard()
         try:
             permit = await self.breaker.acquire(max_wait=self._max_block)
         except CircuitOpenError:
+            self._admission.refused(self._heard())
             return  # still refused: look at stop(), then wait again
+        self._admission.admitted(heard)
         try:
             read, messages = await self._read_some(block=not permit.is_probe)
         except BaseException:
@@ -245,26 +268,25 @@ class StreamConsumer(ConsumerBase):
         )
 
     async def _handle_batch(
-        self, read: Read, messages: list[StreamMessage], permit: Permit
+        self, read: Read, messages: list[StreamMessage], permit: Permit | None
     ) -> None:
-        """Each message under a permit of its own: ``permit`` for the first, then one
-        asked for each (without waiting); the first refusal leaves the rest pending."""
-        held: Permit | None = permit
+        """Each message under a permit of its own: ``permit`` (if any) for the first, then
+        one asked for each (without waiting); the first refusal leaves the rest pending."""
+        held = permit
         try:
             for index, message in enumerate(messages):
                 if self._stop_requested:
                     await self._put_back(read, messages[index:])
                     break
-                if held is None:
-                    try:
-                        held = await self.breaker.acquire()
-                    except CircuitOpenError:
-                        self._core.on_deferred(read, len(messages) - index)
-                        break
                 if message.deleted:
                     await self._send_ack(message)  # deleted from the stream: nothing to handle
                     self._core.on_skipped(read, message)
-                    continue  # the permit goes to the next message
+                    continue  # a permit held goes to the next message
+                if held is None:
+                    held = await self._ask()
+                    if held is None:
+                        self._core.on_deferred(read, len(messages) - index)
+                        break
                 current, held = held, None
                 rejection = await self._handle(read, message, current)
                 if rejection is not None:
@@ -277,6 +299,17 @@ class StreamConsumer(ConsumerBase):
             raise
         if held is not None:
             await held.release()  # unused: a probe's slot must not wait for its lease
+
+    async def _ask(self) -> Permit | None:
+        """A permit for the next message, asked once; None when the breaker refuses."""
+        heard = self._heard()
+        try:
+            permit = await self.breaker.acquire()
+        except CircuitOpenError:
+            self._admission.refused(self._heard())
+            return None
+        self._admission.admitted(heard)
+        return permit
 
     async def _handle(
         self, read: Read, message: StreamMessage, permit: Permit
