@@ -17,9 +17,43 @@ The set ``<name>:handled`` holds every id handled successfully at least once.
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
 import redis
 
-__all__ = ["Dependency", "DependencyDown"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["PROOFS", "Dependency", "DependencyDown", "wait_for_proof", "write_proof"]
+
+PROOFS = Path("/tmp/redbreaker-proofs")
+"""Where every proof writes its figures, one JSON line per ``<name>.json``."""
+
+
+def write_proof(name: str, figures: dict[str, object]) -> None:
+    """Write a proof's figures to ``PROOFS/<name>.json`` (for the closing note)."""
+    PROOFS.mkdir(parents=True, exist_ok=True)
+    (PROOFS / f"{name}.json").write_text(json.dumps(figures) + "\n")
+
+
+def wait_for_proof(
+    proof: str, what: str, done: Callable[[], bool], seconds: float, logs: Path
+) -> None:
+    """Poll ``done`` until true; past ``seconds``, fail with the tail of every worker log
+    under ``logs`` (a proof that stalls says where)."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            tails = "\n".join(
+                f"--- {p.name}\n" + p.read_text(errors="replace")[-2000:]
+                for p in sorted(logs.glob("*.log"))
+            )
+            pytest.fail(f"{proof} proof: {what} did not happen within {seconds} s\n{tails}")
+        time.sleep(0.01)
 
 _CALL = """
 local counts, handled, down = KEYS[1], KEYS[2], KEYS[3]

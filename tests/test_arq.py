@@ -31,7 +31,7 @@ from arq.worker import Retry, Worker, func
 
 import redbreaker
 import redbreaker.aio
-from dependency import Dependency
+from dependency import Dependency, wait_for_proof, write_proof
 from redbreaker.contrib.arq import check_arq_broker, defer, guarded_job
 from redis_servers import RedisServer
 
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
 
 TESTS = Path(__file__).resolve().parent
-PROOFS = Path("/tmp/redbreaker-proofs")
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -452,17 +451,9 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
-def _wait_for(what: str, done: Callable[[], bool], seconds: float, logs: Path) -> None:
-    deadline = time.monotonic() + seconds
-    while not done():
-        if time.monotonic() > deadline:
-            tails = "\n".join(
-                f"--- {p.name}\n" + p.read_text(errors="replace")[-2000:]
-                for p in sorted(logs.glob("*.log"))
-            )
-            pytest.fail(f"arq proof: {what} did not happen within {seconds} s\n{tails}")
-        time.sleep(0.02)
 
+def _wait_for(what: str, done: Callable[[], bool], seconds: float, logs: Path) -> None:
+    wait_for_proof("arq", what, done, seconds, logs)
 
 @pytest.fixture
 def broker_server() -> Iterator[RedisServer]:
@@ -560,8 +551,7 @@ def test_proof_500_jobs_across_an_outage_none_lost_none_failed_no_try_spent(
         "max_jobs": MAX_JOBS,
     }
     print("\n[arq] " + json.dumps(figures))
-    PROOFS.mkdir(parents=True, exist_ok=True)
-    (PROOFS / f"{figures['queue']}.json").write_text(json.dumps(figures) + "\n")
+    write_proof(str(figures["queue"]), figures)
 
     logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("*.log"))
     assert "holds circuit" not in logs  # arq's broker is a server of its own here

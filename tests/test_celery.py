@@ -33,14 +33,13 @@ import redis
 
 import redbreaker
 import redbreaker.aio
-from dependency import Dependency
+from dependency import Dependency, write_proof
 from redis_servers import RedisServer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 TESTS = Path(__file__).resolve().parent
-PROOFS = Path("/tmp/redbreaker-proofs")
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 CONCURRENCY = 4
 PROOF = {"failure_threshold": 5, "recovery_timeout": 0.5, "half_open_max_calls": 1}
@@ -422,8 +421,7 @@ def proof(
         "pool": "prefork",
     }
     print(f"\n[{label}] " + json.dumps(figures))
-    PROOFS.mkdir(parents=True, exist_ok=True)
-    (PROOFS / f"{label}.json").write_text(json.dumps(figures) + "\n")
+    write_proof(label, figures)
 
     assert figures["lost"] == 0
     assert figures["handled"] == messages

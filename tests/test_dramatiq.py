@@ -33,7 +33,7 @@ from dramatiq.middleware import CurrentMessage
 
 import dramatiq_workers
 import redbreaker
-from dependency import Dependency
+from dependency import Dependency, write_proof
 from redbreaker.contrib.dramatiq import DEFERRALS, BreakerMiddleware
 from redis_servers import RedisServer
 
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 TESTS = Path(__file__).resolve().parent
-PROOFS = Path("/tmp/redbreaker-proofs")
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 BROKERS = ["redis", "rabbitmq"]
 
@@ -531,8 +530,7 @@ def _proof(queue: Queue, redis_url: str, tmp_path: Path, *, max_wait: float) -> 
         "exit_code": exit_code,
     }
     print(f"\n[dramatiq proof] {json.dumps(figures)}")
-    PROOFS.mkdir(parents=True, exist_ok=True)
-    (PROOFS / f"{figures['queue']}.json").write_text(json.dumps(figures) + "\n")
+    write_proof(str(figures["queue"]), figures)
 
     assert counts["handled"] == messages, figures
     assert figures["dead_lettered"] == 0, figures

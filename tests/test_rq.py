@@ -28,7 +28,7 @@ from rq.job import Job, JobStatus
 
 import redbreaker
 import rq_workers
-from dependency import Dependency
+from dependency import Dependency, write_proof
 from redbreaker.contrib.rq import DEFERRALS, GuardedSimpleWorker, GuardedWorker, guard
 from redis_servers import RedisServer
 
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 TESTS = Path(__file__).resolve().parent
-PROOFS = Path("/tmp/redbreaker-proofs")
 QUEUE = "guarded"
 
 
@@ -447,8 +446,7 @@ def test_proof_500_jobs_across_an_outage_none_lost_none_failed(
         "worker_exits": exits,
     }
     print(f"\n[rq proof] {json.dumps(figures)}")
-    PROOFS.mkdir(parents=True, exist_ok=True)
-    (PROOFS / "rq.json").write_text(json.dumps(figures) + "\n")
+    write_proof("rq", figures)
 
     assert counts["handled"] == MESSAGES, figures
     assert failed == 0, figures

@@ -27,7 +27,7 @@ import pytest
 import redis
 
 import redbreaker
-from dependency import Dependency
+from dependency import Dependency, wait_for_proof, write_proof
 from redis_servers import RedisServer
 from stream_workers import ARM, INSIDE_VICTIM, STATS
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 TESTS = Path(__file__).resolve().parent
-PROOFS = Path("/tmp/redbreaker-proofs")
 STREAM = "{proof}:orders"
 GROUP = "proof"
 DOWN_SECONDS = 2.0
@@ -61,17 +60,9 @@ def stream_server() -> Iterator[RedisServer]:
         yield server
 
 
-def _wait_for(what: str, done: Callable[[], bool], seconds: float, logs: Path) -> None:
-    deadline = time.monotonic() + seconds
-    while not done():
-        if time.monotonic() > deadline:
-            tails = "\n".join(
-                f"--- {p.name}\n" + p.read_text(errors="replace")[-2000:]
-                for p in sorted(logs.glob("*.log"))
-            )
-            pytest.fail(f"streams proof: {what} did not happen within {seconds} s\n{tails}")
-        time.sleep(0.01)
 
+def _wait_for(what: str, done: Callable[[], bool], seconds: float, logs: Path) -> None:
+    wait_for_proof("streams", what, done, seconds, logs)
 
 def _start(params: dict[str, Any], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
@@ -215,8 +206,7 @@ def test_proof_no_message_lost_across_an_outage_and_a_sigkill(
         "final_state": str(snapshot.state),
     }
     print(f"\n[{figures['queue']}] " + json.dumps(figures))
-    PROOFS.mkdir(parents=True, exist_ok=True)
-    (PROOFS / f"{figures['queue']}.json").write_text(json.dumps(figures) + "\n")
+    write_proof(str(figures["queue"]), figures)
 
     assert handled_ids == set(ids), "a message was lost"
     assert pending == 0

@@ -61,7 +61,7 @@ import pytest
 import redis
 
 import redbreaker
-from dependency import Dependency
+from dependency import Dependency, write_proof
 from pool_apps import PATH_COUNTS
 from redis_servers import find_free_port
 
@@ -87,7 +87,6 @@ UVICORN_WORKERS = 2
 RESUME_SLACK = 2.5
 BREAKER = "pool-dependency"
 READY_WITHIN = 30.0
-PROOFS = Path("/tmp/redbreaker-proofs")
 TESTS = Path(__file__).resolve().parent
 
 
@@ -352,8 +351,7 @@ def _run_outage(
         "answers": dict(by_kind),
     }
     print(f"\n[{name}] " + json.dumps(figures))
-    PROOFS.mkdir(parents=True, exist_ok=True)
-    (PROOFS / f"{name}.json").write_text(json.dumps(figures) + "\n")
+    write_proof(name, figures)
     return figures, answers
 
 
