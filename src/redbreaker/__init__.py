@@ -19,6 +19,7 @@ from ._exceptions import (
     PermitError,
     RedbreakerError,
     StoreError,
+    StoreOutageWarning,
     StoreUnavailableError,
 )
 from ._guard import (
@@ -70,6 +71,7 @@ __all__ = [
     "StoreErrorPolicy",
     "StoreEvent",
     "StoreHook",
+    "StoreOutageWarning",
     "StoreUnavailableError",
     "StreamConfig",
     "StreamConsumer",

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._config import BreakerConfig, BreakerSettings, Seconds
     from ._core import PermitState, TransitionHook
+    from ._health import StoreHealth
     from ._state import Snapshot
     from ._view import FleetView
 
@@ -33,6 +34,7 @@ class StoreLike(Protocol):
     prefix: str
     clock: Clock
     view: FleetView
+    health: StoreHealth
 
     def local_fallback(self) -> Self:
         """The embedded store breakers of this one fall back to during an outage."""
@@ -73,6 +75,7 @@ class BreakerBase(Generic[S]):
             on_transition=on_transition,
             settings=dict(settings),
             batch_lock=type(self)._batch_lock,
+            on_unguarded=store.health.unguarded,
         )
         self.name = self._core.name
         self.config = self._core.config

@@ -70,6 +70,8 @@ class BreakerCore:
         view: the store's :class:`FleetView` (cached rejections, the feed's counters).
         batch_lock: a factory of the lock that guards the cached mode's batch (a real lock
             in the threaded driver, a no-op on an event loop).
+        on_unguarded: told ``(name, policy)`` when a call runs without the shared breaker
+            because Redis cannot be reached (the store warns once per outage).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class BreakerCore:
         on_transition: TransitionHook | Iterable[TransitionHook],
         settings: dict[str, Any],
         batch_lock: Callable[[], AbstractContextManager[Any]],
+        on_unguarded: Callable[[str, str], None] = lambda name, policy: None,
     ) -> None:
         self.name = check_name(name)
         unknown = set(settings) - BreakerConfig.setting_names()
@@ -109,6 +112,7 @@ class BreakerCore:
             seconds_setting("flush_interval", self.config.flush_interval) or 0.0
         )
         self._batch_lock = batch_lock
+        self._on_unguarded = on_unguarded
         # Local monotonic seconds, from the injected clock (bound once: the cached hot
         # path reads it twice per call).
         self.now: Callable[[], float] = clock.monotonic
@@ -213,6 +217,7 @@ class BreakerCore:
         policy = self.config.on_store_error
         if policy == "reject":
             raise exc
+        self._on_unguarded(self.name, policy)
         if policy == "allow":
             return PermitState(0, "", 0, 0, started, offline=True)
         return None

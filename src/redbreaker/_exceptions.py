@@ -19,6 +19,12 @@
                                the wrong type, a script error); chained to the redis-py error
 
 Exceptions raised by the guarded function itself always pass through unchanged.
+
+One warning category, shown by Python's default filters with no logging configured::
+
+    UserWarning
+    └── StoreOutageWarning     this process runs calls without the shared breaker because
+                               its Redis cannot be reached (once per outage, per store)
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "PermitError",
     "RedbreakerError",
     "StoreError",
+    "StoreOutageWarning",
     "StoreUnavailableError",
 ]
 
@@ -194,3 +201,14 @@ def _attempt_timeout(
 ) -> AttemptTimeoutError:
     """An unpickled AttemptTimeoutError (its flags are keyword-only)."""
     return AttemptTimeoutError(name, budget, started=started, cancelled=cancelled)
+
+
+class StoreOutageWarning(UserWarning):
+    """This process is running calls without the shared breaker: its store's Redis cannot
+    be reached and the breaker's ``on_store_error`` is ``"allow"`` (calls run unguarded)
+    or ``"local"`` (guarded by this process's own breaker only).
+
+    Issued once per store per outage, at the first call that runs this way, so that a
+    mistyped URL is visible even where no logging was configured. Silence it with
+    ``warnings.filterwarnings("ignore", category=redbreaker.StoreOutageWarning)``.
+    """

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,7 +27,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from ._exceptions import StoreError, StoreUnavailableError
+from ._exceptions import StoreError, StoreOutageWarning, StoreUnavailableError
 
 # What a script call may raise that the library maps (RedisClusterException is not a
 # RedisError: a cluster client raises it for a cluster it cannot use).
@@ -123,6 +125,8 @@ class StoreHealth:
         self._next_try = 0.0
         self._failures = 0
         self._backoff = STORE_BACKOFF
+        self._outage_error = ""
+        self._warned = False  # a StoreOutageWarning went out for this outage
 
     def after_fork(self) -> None:
         """In a forked child: a lock another thread of the parent held stays held here."""
@@ -163,7 +167,8 @@ class StoreHealth:
             if self._degraded_since is not None:
                 return
             self._degraded_since = now
-        detail = f"{type(exc).__name__}: {exc}"
+            detail = f"{type(exc).__name__}: {exc}"
+            self._outage_error = detail
         logger.warning(
             "store %r degraded: %s; breakers follow their on_store_error policy",
             self._prefix,
@@ -204,6 +209,7 @@ class StoreHealth:
                 return
             self._degraded_since = None
             self._failures = 0
+            self._warned = False
             outage = self._clock.monotonic() - since
         logger.warning(
             "store %r recovered after %.3fs; shared breaker state is used again",
@@ -212,6 +218,30 @@ class StoreHealth:
             extra={"event": "store_recovered", "prefix": self._prefix, "outage": outage},
         )
         self._emit(StoreEvent("store_recovered", self._prefix, None, outage))
+
+    def unguarded(self, name: str, policy: str) -> None:
+        """A call of breaker ``name`` runs without the shared breaker (its
+        ``on_store_error`` is ``policy``): the first time in an outage, warn.
+
+        A warning, not only a log record: a library's log is silent until the application
+        configures logging, and a mistyped URL must not quietly leave every call unguarded.
+        """
+        with self._lock:
+            if self._warned:
+                return
+            self._warned = True
+            error = self._outage_error or "not reachable"
+        how = (
+            "run UNGUARDED (on_store_error='allow')"
+            if policy == "allow"
+            else "are guarded by this process's own breaker only (on_store_error='local')"
+        )
+        message = (
+            f"redbreaker: the Redis of store {self._prefix!r} cannot be reached ({error}); "
+            f"calls of breaker {name!r} and of every other breaker on this store {how} "
+            "until it answers. `redbreaker doctor --url URL` checks a connection."
+        )
+        _warn_at_caller(message)
 
     def script_error(self, exc: BaseException, script: str, name: str) -> Exception:
         """The library's exception for a script call that raised ``exc`` (one of
@@ -239,6 +269,27 @@ class StoreHealth:
                 hook(event)
             except Exception:
                 logger.exception("redbreaker store hook %r failed", hook)
+
+
+def _warn_at_caller(message: str) -> None:
+    """Warn as from the first frame outside redbreaker: the application's call site.
+
+    ``warn_explicit`` with a registry of its own: Python's default filter shows a warning
+    once per text and place, and the next outage, with the same text, must be shown too.
+    """
+    frame = sys._getframe(1)
+    while frame.f_back is not None and str(frame.f_globals.get("__name__", "")).startswith(
+        "redbreaker"
+    ):
+        frame = frame.f_back
+    warnings.warn_explicit(
+        message,
+        StoreOutageWarning,
+        frame.f_code.co_filename,
+        frame.f_lineno,
+        module=str(frame.f_globals.get("__name__", "")),
+        registry={},
+    )
 
 
 @contextlib.contextmanager
