@@ -776,6 +776,18 @@ def test_deadline_is_never_overshot() -> None:
         samples=[0.9996],
         succeed_at=None,
     )
+    # 2.011 s is 2011.0000000000002 ms in floats: a plain ceiling gave a 2012 ms budget.
+    @example(
+        start_ms=1_700_000_000_000,
+        base_ms=1,
+        extra_cap_ms=0,
+        deadline_ms=2011,
+        attempt_timeout_ms=None,
+        max_attempts=1,
+        durations_ms=[0],
+        samples=[0.0],
+        succeed_at=None,
+    )
     # Attempt 2 ends exactly on the deadline; in float seconds deadline_at is 1 ulp later.
     @example(
         start_ms=1_700_000_000_002,

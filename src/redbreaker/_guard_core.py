@@ -175,7 +175,9 @@ class GuardCore:
         """A call was admitted: how many attempts it may make, and its deadline."""
         call.max_attempts = self._attempts_allowed(is_probe)
         if self._deadline is not None:
-            call.deadline_ms = self._now_ms() + math.ceil(self._deadline * 1000)
+            # Whole ms, rounded up, but of the decimal the user wrote: 2.011 * 1000 is
+            # 2011.0000000000002 in floats, and its ceiling would overshoot by a ms.
+            call.deadline_ms = self._now_ms() + math.ceil(round(self._deadline * 1000, 6))
 
     def _recheck_unavailable(self, exc: StoreUnavailableError, on_store_error: str) -> None:
         """Redis could not be asked before a retry: the outage is the breaker's policy's
