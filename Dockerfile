@@ -1,4 +1,6 @@
-# Image for the docker-compose `demo` service: redbreaker installed from this checkout.
+# Image for the docker-compose `demo` and `dashboard` services: redbreaker installed from
+# this checkout, with the dashboard's web stack and the embedded Redis (so that
+# `docker run <image>` alone runs the demo with no Redis server).
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -8,6 +10,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . /app
-RUN pip install '.[embedded]'
+RUN pip install '.[embedded,dashboard]'
 
-CMD ["python", "-m", "redbreaker", "demo", "--url", "redis://redis:6379/0"]
+CMD ["python", "-m", "redbreaker", "demo"]

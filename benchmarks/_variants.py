@@ -36,6 +36,7 @@ return redis.call('HINCRBY', KEYS[1], 'calls', 1)
 STORE_TIMEOUT = 5.0  # generous: a busy 2-core box must not look like a Redis outage
 CACHED_NA = "n/a (cached mode not available)"
 PYBREAKER_NA = "n/a (pybreaker not installed: pip install -e '.[bench]')"
+PROMETHEUS_NA = "n/a (prometheus-client not installed: pip install -e '.[prometheus]')"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ SPECS = (
     Spec("strict_fail", "redbreaker strict, failure", throughput=False),
     Spec("cached", "redbreaker cached, success", needs="cached"),
     Spec("cached_fail", "redbreaker cached, failure", needs="cached", throughput=False),
+    Spec("strict_prom", "redbreaker strict, success, PrometheusMetrics observing",
+         needs="prometheus", throughput=False),
+    Spec("cached_prom", "redbreaker cached, success, PrometheusMetrics observing",
+         needs="cached", throughput=False),
     Spec("guard", "guard: cached breaker + retry + thread timeout", needs="cached"),
     Spec("guard_strict", "guard: strict breaker + retry + thread timeout"),
     Spec("tpe", "ThreadPoolExecutor submit + result"),
@@ -148,6 +153,28 @@ def _swallow(fn: Callable[[], object], exc_type: type[BaseException]) -> Callabl
     return call
 
 
+def _observed(built: Built, url: str, prefix: str) -> None:
+    """The strict and cached successes again, on a store with PrometheusMetrics observing
+    (a registry of its own): what the observer costs per call."""
+    try:
+        from prometheus_client import CollectorRegistry
+
+        from redbreaker.contrib.prometheus import PrometheusMetrics
+    except ImportError:
+        built.missing["strict_prom"] = built.missing["cached_prom"] = PROMETHEUS_NA
+        return
+    store = open_store(url, prefix, observers=[PrometheusMetrics(CollectorRegistry())])
+    built.closers.append(store.close)
+    strict = make_breaker(store, "strict-prom", "strict")
+    built.fns["strict_prom"] = lambda: strict.call(noop)
+    if not cached_mode_available(store):
+        built.missing["cached_prom"] = CACHED_NA
+        return
+    cached = make_breaker(store, "cached-prom", "cached")
+    built.closers.append(lambda: close_breaker(cached))
+    built.fns["cached_prom"] = lambda: cached.call(noop)
+
+
 def build(url: str, prefix: str) -> Built:
     """Every variant of :data:`SPECS` that this install can run."""
     built = Built()
@@ -184,6 +211,8 @@ def build(url: str, prefix: str) -> Built:
     else:
         for key in ("cached", "cached_fail", "guard"):
             built.missing[key] = CACHED_NA
+
+    _observed(built, url, prefix)
 
     if pybreaker is not None:
         # pybreaker's Redis storage decodes bytes itself: it needs decode_responses off.

@@ -1,7 +1,7 @@
 """redbreaker benchmarks: one interleaved run, every figure a ratio to the same run's EVALSHA.
 
     pip install -e '.[bench]'
-    python benchmarks/run.py            # the full run (~10 min on 2 cores), for the README
+    python benchmarks/run.py            # the full run (~10 min on 2 cores), for docs/performance.md
     python benchmarks/run.py --smoke    # tiny samples (< 1 min), for CI: never fails on noise
     python benchmarks/run.py --only aio # one section (here: the asyncio rows)
 
@@ -190,6 +190,11 @@ def latency(report: Report, plan: Plan, url: str) -> None:
                   "≥ 1.6x", lambda v: v >= 1.6)
     report.target("pybreaker+Redis ÷ cached (speed-up per call)", ratio("pyb_redis", "cached"),
                   "≥ 20x", lambda v: v >= 20, missing=_variants.CACHED_NA)
+    for mode in ("strict", "cached"):
+        report.target(f"{mode} success with PrometheusMetrics ÷ without",
+                      ratio(f"{mode}_prom", mode), "≤ 1.1x" if mode == "strict" else "≤ 2x",
+                      (lambda v: v <= 1.1) if mode == "strict" else (lambda v: v <= 2.0),
+                      missing=built.missing.get(f"{mode}_prom", _variants.PROMETHEUS_NA))
     guard_strict = ratio("guard_strict", "tpe")
     if guard_strict is not None:
         report.notes.append(

@@ -212,14 +212,23 @@ def test_force_close_and_metrics_only(
     assert (snapshot.state, snapshot.forced_until_ms) == (redbreaker.State.METRICS_ONLY, None)
 
 
-def test_order_on_an_unknown_breaker_says_it_created_it(
+def test_order_on_an_unknown_breaker_refuses_without_create(
     capsys: pytest.CaptureFixture[str], breakers: redbreaker.Store, redis_url: str
 ) -> None:
-    """force-open of a name that did not exist works, and says so on stderr."""
-    code, out, err = _run(capsys, "force-open", "newdep", "--url", redis_url, "--prefix", PREFIX)
+    """force-open of a name Redis does not hold: exit 1 and nothing created; with --create
+    it is created, and stderr says so."""
+    where = ("--url", redis_url, "--prefix", PREFIX)
+    code, out, err = _run(capsys, "force-open", "newdep", *where)
+    assert (code, out) == (1, "")
+    assert err == (
+        "redbreaker: no breaker 'newdep' under prefix 'clitest'; check the name with "
+        "`redbreaker list`, or pass --create to create it with this order\n"
+    )
+    assert breakers.breaker_names() == ["alpha", "payments"]
+    code, out, err = _run(capsys, "force-open", "newdep", *where, "--create")
     assert code == 0
     assert out == "newdep: closed -> forced_open (operator:force_open, generation 2)\n"
-    assert err == "note: there was no breaker 'newdep' under prefix 'clitest'; it now exists\n"
+    assert err == "note: created breaker 'newdep' under prefix 'clitest'\n"
     assert _snapshot(breakers, "newdep").state is redbreaker.State.FORCED_OPEN
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._breaker import Breaker, Permit, TransitionHook
 from ._clock import Clock, ManualClock, SystemClock
 from ._config import BreakerConfig, ExceptionMatcher, Seconds, StoreErrorPolicy
+from ._doctor_core import DoctorReport, Finding
 from ._exceptions import (
     AsyncCallError,
     AttemptRejectedError,
@@ -35,6 +36,7 @@ from ._guard import (
 )
 from ._health import StoreEvent
 from ._keys import check_name
+from ._observe import BreakerObserver, CallRecord
 from ._state import Snapshot, State, Transition
 from ._store import Store, StoreHook, connect
 from ._streams import StreamConsumer
@@ -48,12 +50,16 @@ __all__ = [
     "AttemptTimeoutError",
     "Breaker",
     "BreakerConfig",
+    "BreakerObserver",
+    "CallRecord",
     "CircuitOpenError",
     "Clock",
     "ConfigError",
+    "DoctorReport",
     "ExceptionMatcher",
     "Failure",
     "FailureReason",
+    "Finding",
     "Guard",
     "GuardConfig",
     "GuardedFunction",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._config import BreakerConfig, BreakerSettings, Seconds
     from ._core import PermitState, TransitionHook
     from ._health import StoreHealth
+    from ._observe import BreakerObserver
     from ._state import Snapshot
     from ._view import FleetView
 
@@ -34,6 +35,7 @@ class StoreLike(Protocol):
     prefix: str
     clock: Clock
     view: FleetView
+    observers: tuple[BreakerObserver, ...]
     health: StoreHealth
 
     def local_fallback(self) -> Self:
@@ -76,6 +78,7 @@ class BreakerBase(Generic[S]):
             settings=dict(settings),
             batch_lock=type(self)._batch_lock,
             on_unguarded=store.health.unguarded,
+            observers=store.observers,
         )
         self.name = self._core.name
         self.config = self._core.config

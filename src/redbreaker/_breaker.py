@@ -37,6 +37,7 @@ from ._exceptions import (
     StoreUnavailableError,
 )
 from ._guard import BreakerLink, Guard, GuardConfig, build_guard
+from ._observe import quiet_rejections
 from ._permit import LeaseHold, Permit
 from ._store import Store
 from ._timeout import AttemptRunner
@@ -146,7 +147,11 @@ class Breaker(BreakerBase[Store]):
             raise
 
     def _acquire_waiting(self, max_wait: Seconds | None) -> Permit:
-        return self._waiting(max_wait, self.acquire)
+        try:
+            return self._waiting(max_wait, self.acquire)
+        except CircuitOpenError as exc:
+            self._core.reports.wait_gave_up(exc.state)  # one refused call, however long
+            raise
 
     def _waiting(self, max_wait: Seconds | None, ask: Callable[[], R]) -> R:
         """``ask()`` again after each rejection it raises, sleeping as the core says,
@@ -159,7 +164,8 @@ class Breaker(BreakerBase[Store]):
             rejection = self._held_rejection(store.feed_live)
             if rejection is None:
                 try:
-                    return ask()
+                    with quiet_rejections():
+                        return ask()
                 except CircuitOpenError as exc:
                     rejection = exc
             nap = wait.nap(rejection, self._core.now(), store.feed_live)

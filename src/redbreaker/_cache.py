@@ -31,7 +31,9 @@ class PermitKey(Protocol):
 class LocalCopy:
     """What a cached breaker knows of the shared one, and since when."""
 
-    __slots__ = ("consecutive_failures", "generation", "heard", "incarnation", "taken_at")
+    __slots__ = (
+        "consecutive_failures", "generation", "heard", "incarnation", "state", "taken_at",
+    )
 
     def __init__(
         self,
@@ -40,7 +42,10 @@ class LocalCopy:
         consecutive_failures: int,
         heard: int,
         taken_at: float,
+        *,
+        state: str = "closed",
     ) -> None:
+        self.state = state  # one of LOCAL_STATES: what the calls it admits run in
         self.generation = generation
         self.incarnation = incarnation
         self.consecutive_failures = consecutive_failures
@@ -179,7 +184,8 @@ class LocalKnowledge:
             self._held_open = HeldOpen(heard, taken_at)
         if reply.verdict == "admit" and reply.state in LOCAL_STATES and not reply.transitions:
             self.copy = LocalCopy(
-                reply.generation, reply.incarnation, reply.consecutive_failures, heard, taken_at
+                reply.generation, reply.incarnation, reply.consecutive_failures, heard, taken_at,
+                state=reply.state.value,
             )
         else:
             self.copy = None

@@ -1,46 +1,59 @@
-"""The ``redbreaker`` command: the demo, and an operator's view of the breakers in a Redis.
+"""The ``redbreaker`` command: the demo, the dashboard, doctor, and an operator's view of
+the breakers in a Redis.
 
 ::
 
-    redbreaker demo [--url URL] [--workers N] [--duration S] [--probes N]
-    redbreaker list --url URL [--prefix P]
+    redbreaker demo [--url URL] [--workers N] [--duration S] [--probes N] [--forever] [--json]
+    redbreaker list --url URL [--prefix P] [--json]
     redbreaker show NAME --url URL [--prefix P] [--json]
     redbreaker force-open|force-close|metrics-only NAME --url URL [--prefix P] [--duration S]
-    redbreaker reset NAME --url URL [--prefix P]
-    redbreaker watch --url URL [--prefix P]
+        [--create] [--json]
+    redbreaker reset NAME --url URL [--prefix P] [--create] [--json]
+    redbreaker watch --url URL [--prefix P] [--json]
+    redbreaker doctor --url URL [--prefix P] [--json]
+    redbreaker dashboard --url URL [--prefix P] [--host H] [--port N] [--naming N]
 
-``--url`` defaults to ``$REDBREAKER_URL``. Exit codes: 0 done, 1 the thing asked about is
-not there (``show`` of an unknown breaker, a demo whose claims failed), 2 a usage error, a
-bad URL or an unreachable Redis (one line on stderr, never a traceback), 130 interrupted.
+``--url`` defaults to ``$REDBREAKER_URL``. ``--json`` prints JSON on stdout (``watch``: one
+object per line); errors stay one line on stderr, with stdout empty. Shapes: docs/cli.md.
+
+Exit codes: 0 done (``doctor``: no check failed, warnings allowed); 1 the thing asked about
+is not there (``show`` or an order on an unknown breaker without ``--create``), a
+``doctor`` check failed, or the demo's claims failed; 2 a usage or configuration error (a
+bad option or URL, refused credentials, a missing extra) or an unreachable Redis (one line
+on stderr, never a traceback); 130 interrupted (Ctrl-C; ``watch`` and ``dashboard`` exit 0
+on Ctrl-C or SIGTERM, their normal way to stop); 141 stdout closed by its reader (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import logging
 import os
 import sys
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 
-from ._breaker import Breaker
-from ._demo import DemoError, DemoOptions, redact_url, run_demo
+from ._demo import DemoError, redact_url
 from ._exceptions import RedbreakerError, StoreUnavailableError
 from ._store import connect
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ._state import Snapshot, State, Transition
     from ._store import Store
 
-__all__ = ["main"]
+__all__ = ["EXIT_CODES", "main"]
 
 URL_ENV_VAR = "REDBREAKER_URL"
+EXIT_CODES = {
+    0: "done; doctor: no check failed (warnings allowed)",
+    1: "the breaker asked about is not there (show; an order without --create), "
+    "a doctor check failed, or the demo's claims failed",
+    2: "a usage or configuration error (bad option or URL, refused credentials, missing "
+    "extra), or Redis unreachable",
+    130: "interrupted (Ctrl-C); watch and dashboard exit 0 on Ctrl-C or SIGTERM",
+    141: "stdout was closed by its reader (a pipe such as `| head -1`)",
+}
 _ORDERS = {
     "force-open": ("force_open", "reject every call, fleet-wide"),
     "force-close": ("force_close", "admit every call and count nothing, fleet-wide"),
@@ -68,28 +81,38 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="redbreaker",
-        description="One shared circuit breaker per dependency for a fleet of processes, "
-        "kept in Redis.",
-        epilog=f"--url defaults to ${URL_ENV_VAR}. Try: redbreaker demo",
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {text!r}")
+    return value
+
+
+def _epilog() -> str:
+    codes = "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
+    return f"--url defaults to ${URL_ENV_VAR}. Exit codes: {codes}. Try: redbreaker demo"
+
+
+def _store_options(sub: argparse.ArgumentParser, *, json: bool = True) -> None:
+    sub.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV_VAR) or None,
+        help="the Redis that holds the breakers, e.g. redis://localhost:6379/0 "
+        f"(default: ${URL_ENV_VAR})",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def store_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--prefix", default="redbreaker", help="key prefix of the breakers (default: %(default)s)"
+    )
+    if json:
         sub.add_argument(
-            "--url",
-            default=os.environ.get(URL_ENV_VAR) or None,
-            help="the Redis that holds the breakers, e.g. redis://localhost:6379/0 "
-            f"(default: ${URL_ENV_VAR})",
-        )
-        sub.add_argument(
-            "--prefix",
-            default="redbreaker",
-            help="key prefix of the breakers (default: %(default)s)",
+            "--json", action="store_true", help="print JSON on stdout (shapes: docs/cli.md)"
         )
 
+
+def _demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = commands.add_parser(
         "demo",
         help="several worker processes share one breaker (no Redis needed)",
@@ -120,184 +143,161 @@ def _build_parser() -> argparse.ArgumentParser:
         default=1,
         help="half_open_max_calls: probes in flight at once, fleet-wide (default: 1)",
     )
-    demo.set_defaults(handler=_demo)
+    demo.add_argument(
+        "--forever",
+        action="store_true",
+        help="repeat the outage cycle until Ctrl-C or SIGTERM (not with --json)",
+    )
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON summary of the run on stdout; the report goes to stderr",
+    )
+    demo.set_defaults(handler=_demo, store=False)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="redbreaker",
+        description="One shared circuit breaker per dependency for a fleet of processes, "
+        "kept in Redis.",
+        epilog=_epilog(),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _demo_parser(commands)
 
     listing = commands.add_parser("list", help="names of the breakers under a prefix")
-    store_options(listing)
-    listing.set_defaults(handler=_list)
+    _store_options(listing)
+    listing.set_defaults(handler=_listing)
 
     show = commands.add_parser("show", help="one breaker's state and counts")
     show.add_argument("name", help="the breaker's name")
-    store_options(show)
-    show.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    _store_options(show)
     show.set_defaults(handler=_show)
 
+    create_help = "create the breaker if Redis holds none of that name (else: refused, exit 1)"
     for command, (order, summary) in _ORDERS.items():
         sub = commands.add_parser(command, help=summary)
         sub.add_argument("name", help="the breaker's name")
-        store_options(sub)
+        _store_options(sub)
         sub.add_argument(
             "--duration",
             type=_positive_float,
             metavar="S",
             help="seconds until the breaker returns to closed (default: until another order)",
         )
+        sub.add_argument("--create", action="store_true", help=create_help)
         sub.set_defaults(handler=_order, order=order)
 
     reset = commands.add_parser("reset", help="back to closed with empty counts, fleet-wide")
     reset.add_argument("name", help="the breaker's name")
-    store_options(reset)
+    _store_options(reset)
+    reset.add_argument("--create", action="store_true", help=create_help)
     reset.set_defaults(handler=_order, order="reset", duration=None)
 
-    watch = commands.add_parser("watch", help="print every transition as it happens (Ctrl-C)")
-    store_options(watch)
+    watch = commands.add_parser(
+        "watch",
+        help="print every transition as it happens; survives Redis restarts (Ctrl-C)",
+        description="Print every transition under the prefix. When Redis goes away, say so, "
+        "reconnect with backoff, and report the breakers that changed meanwhile. Ends on "
+        "Ctrl-C or SIGTERM (exit 0) or a configuration error (exit 2).",
+    )
+    _store_options(watch)
     watch.set_defaults(handler=_watch)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check a Redis for the library and explain what is wrong",
+        description="One line per check (ok, WARN, FAIL) with advice: reachable, credentials, "
+        "version, round trip, ACL permissions, Functions or scripts, persistence, eviction, "
+        "keys under the prefix. Exit 1 when a check fails; warnings alone exit 0.",
+    )
+    _store_options(doctor)
+    doctor.set_defaults(handler=_doctor)
+
+    board = commands.add_parser(
+        "dashboard",
+        help="serve a live page of every breaker, /metrics and /api/breakers",
+        description="Serve the dashboard until Ctrl-C or SIGTERM. Operator buttons only with "
+        "$REDBREAKER_ADMIN_TOKEN set. No --json: it serves JSON at /api/breakers instead. "
+        "Needs: pip install 'redbreaker[dashboard]'.",
+    )
+    _store_options(board, json=False)
+    board.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    board.add_argument("--port", type=_port, default=8077, help="port (default: %(default)s)")
+    board.add_argument(
+        "--naming",
+        choices=("redbreaker", "resilience4j"),
+        default="redbreaker",
+        help="metric names on /metrics (default: %(default)s)",
+    )
+    board.set_defaults(handler=_dashboard, store=False, json=False)
     return parser
 
 
-# -- commands ----------------------------------------------------------------------------
+# -- commands (their bodies live in _cli_ops, _cli_watch and _cli_demo) ------------------
 
 
-def _open(args: argparse.Namespace) -> Store:
+def _url(args: argparse.Namespace) -> str:
     if args.url is None:
         raise _UsageError(f"--url is required (or set ${URL_ENV_VAR})")
-    return connect(args.url, prefix=args.prefix)
+    url: str = args.url
+    return url
+
+
+def _with_store(args: argparse.Namespace, run: Callable[[Store], int]) -> int:
+    store = connect(_url(args), prefix=args.prefix)
+    try:
+        return run(store)
+    finally:
+        store.close()
 
 
 def _demo(args: argparse.Namespace) -> int:
-    options = DemoOptions(
-        url=args.url, workers=args.workers, duration=args.duration, probes=args.probes
-    )
-    return run_demo(options, sys.stdout)
+    from ._cli_demo import demo  # noqa: PLC0415 (only this command needs it)
+
+    if args.forever and args.json:
+        raise _UsageError("--json summarises a run that ends: not with --forever")
+    return demo(args)
 
 
-def _list(args: argparse.Namespace) -> int:
-    store = _open(args)
-    try:
-        names = store.breaker_names()
-    finally:
-        store.close()
-    for name in names:
-        print(name)
-    if not names:
-        print(f"no breakers under prefix {args.prefix!r}", file=sys.stderr)
-    return 0
+def _listing(args: argparse.Namespace) -> int:
+    from ._cli_ops import listing  # noqa: PLC0415
 
-
-def _when(at_ms: int, now_ms: int) -> str:
-    stamp = datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
-    delta = (at_ms - now_ms) / 1000
-    relative = f"in {delta:.1f} s" if delta >= 0 else f"{-delta:.1f} s ago"
-    return f"{at_ms} ({stamp}, {relative})"
-
-
-def _show_text(snapshot: Snapshot) -> list[str]:
-    lines = []
-    for item in dataclasses.fields(snapshot):
-        value: object = getattr(snapshot, item.name)
-        if value is None:
-            text = "-"
-        elif item.name.endswith("_ms") and item.name != "now_ms" and isinstance(value, int):
-            text = _when(value, snapshot.now_ms)
-        elif isinstance(value, float):
-            text = f"{value:g}"
-        else:
-            text = str(value)
-        lines.append(f"{item.name:<21} {text}")
-    return lines
-
-
-def _jsonable(snapshot: Snapshot) -> dict[str, Any]:
-    data = dataclasses.asdict(snapshot)
-    data["state"] = snapshot.state.value
-    return data
+    return _with_store(args, lambda store: listing(args, store))
 
 
 def _show(args: argparse.Namespace) -> int:
-    store = _open(args)
-    try:
-        snapshot = Breaker(args.name, store=store).snapshot()
-    finally:
-        store.close()
-    if not snapshot.exists:
-        print(
-            f"redbreaker: no breaker {args.name!r} under prefix {args.prefix!r} "
-            "(`redbreaker list` shows the names)",
-            file=sys.stderr,
-        )
-        return 1
-    if args.json:
-        print(json.dumps(_jsonable(snapshot), indent=2))
-    else:
-        for line in _show_text(snapshot):
-            print(line)
-    return 0
+    from ._cli_ops import show  # noqa: PLC0415
 
-
-def _quiet_library_log() -> None:
-    """Keep the library's transition log lines (WARNING for opens) off this command's
-    stderr when nothing configured logging: the command prints the transitions itself."""
-    logger = logging.getLogger("redbreaker")
-    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
-        logger.addHandler(logging.NullHandler())
-
-
-def _describe(transition: Transition) -> str:
-    previous = transition.previous.value if transition.previous is not None else "?"
-    return (
-        f"{transition.name}: {previous} -> {transition.current.value} "
-        f"({transition.reason}, generation {transition.generation})"
-    )
+    return _with_store(args, lambda store: show(args, store))
 
 
 def _order(args: argparse.Namespace) -> int:
-    _quiet_library_log()  # this command prints the transitions it made itself
-    store = _open(args)
-    made: list[Transition] = []
-    try:
-        # An order goes through a Breaker. Built with the default config, it refreshes the
-        # keys' TTL with the default key_ttl and writes the default settings text into the
-        # hash when it makes a transition; the breaker's own processes rewrite both.
-        breaker = Breaker(args.name, store=store, on_transition=[made.append])
-        existed = breaker.snapshot().exists
-        if args.order == "reset":
-            state = breaker.reset()
-        else:
-            orders: dict[str, Callable[[float | None], State]] = {
-                "force_open": breaker.force_open,
-                "force_close": breaker.force_close,
-                "metrics_only": breaker.metrics_only,
-            }
-            state = orders[args.order](args.duration)
-    finally:
-        store.close()
-    if not existed:
-        print(
-            f"note: there was no breaker {args.name!r} under prefix {args.prefix!r}; it now exists",
-            file=sys.stderr,
-        )
-    for transition in made:
-        print(_describe(transition))
-    if not made:
-        print(f"{args.name}: already {state}")
-    if args.duration is not None:
-        print(f"{args.name}: {state} for {args.duration:g} s, then closed")
-    return 0
+    from ._cli_ops import order  # noqa: PLC0415
+
+    return _with_store(args, lambda store: order(args, store))
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from ._cli_ops import doctor  # noqa: PLC0415
+
+    return _with_store(args, lambda store: doctor(args, store))
 
 
 def _watch(args: argparse.Namespace) -> int:
-    store = _open(args)
-    print(f"watching transitions under prefix {args.prefix!r} (Ctrl-C to stop)", flush=True)
-    try:
-        for transition in store.transitions():
-            stamp = datetime.fromtimestamp(transition.at_ms / 1000, tz=timezone.utc)
-            when = stamp.isoformat(timespec="milliseconds")
-            print(f"{when}  {_describe(transition)}", flush=True)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        store.close()
-    return 0
+    from ._cli_watch import watch  # noqa: PLC0415
+
+    return _with_store(args, lambda store: watch(args, store, redact_url(args.url)))
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from ._cli_demo import dashboard  # noqa: PLC0415
+
+    _url(args)
+    return dashboard(args)
 
 
 # -- entry point -------------------------------------------------------------------------
@@ -313,24 +313,31 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``redbreaker`` command with ``argv`` (default: ``sys.argv[1:]``); return the
-    exit code."""
+    exit code (see the module docstring)."""
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse has printed
         return exc.code if isinstance(exc.code, int) else 2
     handler: Callable[[argparse.Namespace], int] = args.handler
+    where = f" at {redact_url(args.url)}" if getattr(args, "url", None) else ""
     try:
         return handler(args)
     except KeyboardInterrupt:
         print("redbreaker: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout left (`redbreaker watch --json | head -1`): not a Redis
+        # problem. Exit quietly as a shell tool killed by SIGPIPE would, and point stdout
+        # at /dev/null so the interpreter's final flush does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except _UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"redbreaker {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except StoreUnavailableError as exc:
-        where = f" at {redact_url(args.url)}" if getattr(args, "url", None) else ""
         cause = exc.__cause__
         detail = exc.detail if cause is None else f"{type(cause).__name__}: {cause}"
         detail = " ".join(detail.split())
@@ -340,7 +347,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"redbreaker: {_one_line(exc)}", file=sys.stderr)
         return 2
     except (redis.RedisError, OSError) as exc:
-        where = f" at {redact_url(args.url)}" if getattr(args, "url", None) else ""
         print(
             f"redbreaker: cannot use the Redis{where}: {type(exc).__name__}: {_one_line(exc)}",
             file=sys.stderr,

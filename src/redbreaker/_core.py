@@ -39,6 +39,7 @@ from ._exceptions import (
 )
 from ._hooks import LOUD, TransitionHook, announce, logger, transition_hooks
 from ._keys import breaker_keys, check_name
+from ._observe import Reports
 from ._permit_state import PermitState
 from ._state import (
     RecordReply,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from ._clock import Clock
+    from ._observe import BreakerObserver
     from ._view import FleetView
 
 __all__ = ["BreakerCore", "Outcome", "PermitState", "TransitionHook"]
@@ -72,6 +74,7 @@ class BreakerCore:
             in the threaded driver, a no-op on an event loop).
         on_unguarded: told ``(name, policy)`` when a call runs without the shared breaker
             because Redis cannot be reached (the store warns once per outage).
+        observers: the store's observers, told of every call and transition here.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class BreakerCore:
         settings: dict[str, Any],
         batch_lock: Callable[[], AbstractContextManager[Any]],
         on_unguarded: Callable[[str, str], None] = lambda name, policy: None,
+        observers: tuple[BreakerObserver, ...] = (),
     ) -> None:
         self.name = check_name(name)
         unknown = set(settings) - BreakerConfig.setting_names()
@@ -102,6 +106,9 @@ class BreakerCore:
         self._view = view
         self.keys = breaker_keys(prefix, self.name)
         self._hooks = transition_hooks(on_transition)
+        # The store's observers (validated there); empty, they cost one truthiness check.
+        self._observers = observers
+        self.reports = Reports(self.name, observers)
         self._slow_after = self.config.slow_call_seconds
         self._window_ms = round(self.config.window_seconds * 1000)
         self._random = random.random
@@ -169,8 +176,13 @@ class BreakerCore:
         Raises:
             CircuitOpenError: a rejection this process may repeat without asking Redis.
         """
-        self.check_cached_rejection()
-        return self.admit_locally(self.heard()) if self._cached else None
+        try:
+            self.check_cached_rejection()
+            return self.admit_locally(self.heard()) if self._cached else None
+        except CircuitOpenError as exc:
+            if self._observers:
+                self.reports.rejection(exc.state)
+            raise
 
     def heard(self) -> int:
         """The view's count of transitions of this breaker (0 in strict mode, which keeps
@@ -200,8 +212,11 @@ class BreakerCore:
                 self._view.cache_rejection(
                     self.keys.state, reply.retry_after_ms, reply.state.value
                 )
-            raise CircuitOpenError(self.name, reply.state.value, retry_after)
-        return PermitState(
+            rejection = CircuitOpenError(self.name, reply.state.value, retry_after)
+            if self._observers:
+                self.reports.rejection(rejection.state)
+            raise rejection
+        permit = PermitState(
             reply.generation,
             reply.probe_token,
             reply.now_ms,
@@ -209,6 +224,9 @@ class BreakerCore:
             started,
             incarnation=reply.incarnation,
         )
+        if self._observers:
+            permit.state = reply.state.value
+        return permit
 
     def without_store(self, exc: StoreUnavailableError, started: float) -> PermitState | None:
         """What ``on_store_error`` makes of a call Redis could not decide: ``exc`` again
@@ -273,6 +291,8 @@ class BreakerCore:
         ``slow`` overrides the measured duration (a timed-out call is slow by definition).
         ``keep_lease``: a probe's outcome is known but its call still runs (abandoned).
         """
+        if self._observers and outcome != "release":
+            self.reports.outcome(outcome, permit, self.now())
         if permit.offline:
             return None
         if self._slow_after is None or outcome not in ("success", "failure"):
@@ -378,7 +398,7 @@ class BreakerCore:
         copy = self._local.fresh_copy(heard, now)
         if copy is None:
             return None
-        return PermitState(
+        permit = PermitState(
             copy.generation,
             "",
             None,
@@ -387,6 +407,9 @@ class BreakerCore:
             incarnation=copy.incarnation,
             counted=False,
         )
+        if self._observers:
+            permit.state = copy.state
+        return permit
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -394,3 +417,5 @@ class BreakerCore:
         for transition in transitions:
             self._view.forget_rejection(self.keys.state)
             announce(transition, self._hooks)
+            if self._observers:
+                self.reports.transition(transition)

@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from ._demo_report import DemoError
+from ._store import connect
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from ._state import Transition
-    from ._store import Store
 
-__all__ = ["CONTROL_NAME", "EmbeddedRedis", "Watcher"]
-
-CONTROL_NAME = "-demo-control-"
-"""Name carried by the parent's own messages on the events channel (never a breaker)."""
+__all__ = ["EmbeddedRedis", "Watcher"]
 
 
 # -- the embedded Redis ------------------------------------------------------------------
@@ -64,54 +60,50 @@ class EmbeddedRedis:
 # -- a pub/sub watcher in the parent -----------------------------------------------------
 
 
-def _control_payload(reason: str) -> str:
-    return (
-        f'{{"name": "{CONTROL_NAME}", "from_state": "closed", "to_state": "closed", '
-        f'"reason": "{reason}", "generation": 0, "at_ms": 0}}'
-    )
-
-
 class Watcher:
     """Reads every transition from ``Store.transitions()`` (what ``redbreaker watch`` does),
-    to compare with what the hooks reported."""
+    to compare with what the hooks reported.
 
-    def __init__(self, store: Store, name: str) -> None:
-        self.seen: list[Transition] = []
+    It has a store of its own, so closing that store is what ends its loop: nothing is
+    published to wake it, and a dashboard on the same channel never sees a message that is
+    not a breaker's. It counts transitions rather than keeping them, so ``--forever`` runs
+    in bounded memory.
+    """
+
+    def __init__(self, url: str, prefix: str, name: str) -> None:
+        self.count = 0
         self.error: str | None = None
         self.listening = False
-        self._store = store
+        self._store = connect(url, prefix=prefix)
         self._name = name
-        self._channel = f"{store.prefix}:events"
         self._thread = threading.Thread(target=self._run, name="redbreaker-demo-watch", daemon=True)
+        self._stream: Iterator[Transition] | None = None
 
-    def start(self, timeout: float = 5.0) -> None:
-        """Start, and wait until the subscription is live so no event is missed."""
+    def start(self) -> None:
+        """Subscribe, then read in a thread; the subscription is live when this returns
+        (``transitions()`` confirms it), so no event published afterwards is missed."""
+        try:
+            self._stream = self._store.transitions()
+        except Exception as exc:  # reported in the summary; the demo goes on without it
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
+        self.listening = True
         self._thread.start()
-        deadline = time.monotonic() + timeout
-        hello = _control_payload("hello")
-        while time.monotonic() < deadline and self._thread.is_alive():
-            if int(self._store.client.publish(self._channel, hello)) > 0:
-                self.listening = True
-                return
-            time.sleep(0.01)
 
     def stop(self) -> None:
+        """End the loop (within the feed's short read wait) and close the connections."""
+        self._store.close()
         if self._thread.is_alive():
-            with contextlib.suppress(Exception):
-                self._store.client.publish(self._channel, _control_payload("stop"))
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        stream: Iterator[Transition] = self._store.transitions()
+        assert self._stream is not None
         try:
-            for transition in stream:
-                if transition.name == CONTROL_NAME:
-                    if transition.reason == "stop":
-                        break
-                elif transition.name == self._name:
-                    self.seen.append(transition)
+            for transition in self._stream:
+                if transition.name == self._name:
+                    self.count += 1
         except Exception as exc:  # the Redis went away: report, never raise in a thread
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
             with contextlib.suppress(Exception):
-                stream.close()  # type: ignore[attr-defined]
+                self._stream.close()  # type: ignore[attr-defined]

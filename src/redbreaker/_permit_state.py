@@ -19,7 +19,10 @@ class PermitState:
         "probe_token",
         "settled",
         "started",
+        "state",
     )
+
+    state: str  # set by the core only when the store has observers (see below)
 
     def __init__(
         self,
@@ -45,3 +48,5 @@ class PermitState:
         self.consecutive_failures_at_admission = consecutive_failures
         self.started = started
         self.settled = False
+        # ``state``: the state the call was admitted in, set by the core only when the
+        # store has observers (they are told it; nothing else reads it).

@@ -28,6 +28,7 @@ from ._health import (
 )
 from ._keys import BreakerKeys, check_prefix
 from ._memory import fakeredis_module, memory_server
+from ._observe import BreakerObserver, observers_setting
 from ._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from ._url import StoreURL, parse_store_url
 from ._view import FleetView
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
     from redis.commands.core import Script
 
+    from ._doctor_core import DoctorReport
     from ._state import Transition
 
 __all__ = ["Store", "StoreHook", "connect"]
@@ -71,6 +73,7 @@ class Store:
         prefix: str = "redbreaker",
         clock: Clock | None = None,
         on_store_event: StoreHook | Iterable[StoreHook] = (),
+        observers: Iterable[BreakerObserver] = (),
     ) -> None:
         if isinstance(client, str) or not hasattr(client, "register_script"):
             raise ConfigError("target", f"expected a URL or a redis-py client, got {client!r}")
@@ -80,6 +83,7 @@ class Store:
             )
         self.client = client
         self.prefix = check_prefix(prefix)
+        self.observers = observers_setting(observers)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._scripts: dict[str, Script] = {
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
@@ -203,7 +207,9 @@ class Store:
         Redis with this prefix and clock), closed with this store."""
         with self._fallback_lock:
             if self._fallback is None:
-                self._fallback = connect("memory://", prefix=self.prefix, clock=self.clock)
+                self._fallback = connect(
+                    "memory://", prefix=self.prefix, clock=self.clock, observers=self.observers
+                )
             return self._fallback
 
     def _after_fork_in_child(self) -> None:
@@ -253,6 +259,20 @@ class Store:
             close()
         if self._fallback is not None:
             self._fallback.close()
+
+    def doctor(self) -> DoctorReport:
+        """Check this store's Redis and explain what is wrong: reachability and round
+        trip, credentials, version, every ACL permission the library needs, Functions or
+        scripts, persistence, eviction, and the keys under the prefix (docs/cli.md).
+
+        Never raises for what it finds: an unreachable Redis is a failed ``reachable``
+        finding. Where ``ACL DRYRUN`` is not allowed, the permissions are checked by
+        running the library's path on the scratch breaker ``__redbreaker_doctor__``,
+        whose keys expire within seconds.
+        """
+        from ._doctor import diagnose  # noqa: PLC0415 (it imports Breaker, which imports this)
+
+        return diagnose(self)
 
 
 def _release_client_locks(client: RedisClient) -> None:
@@ -333,6 +353,7 @@ def connect(
     store_timeout: float = 0.5,
     on_store_event: StoreHook | Iterable[StoreHook] = (),
     clock: Clock | None = None,
+    observers: Iterable[BreakerObserver] = (),
 ) -> Store:
     """Open the store that holds breakers.
 
@@ -356,13 +377,19 @@ def connect(
             stops answering (``store_degraded``) and when it answers again
             (``store_recovered``).
         clock: a test clock (:class:`ManualClock`); production uses Redis ``TIME``.
+        observers: objects told of every call and transition of this store's breakers in
+            this process (``redbreaker.contrib.prometheus.PrometheusMetrics``,
+            ``redbreaker.contrib.otel.OtelMetrics``; see docs/metrics.md).
 
     Raises:
         ConfigError: an unknown scheme or a malformed URL (a ``ValueError``).
     """
     timeout = seconds_setting("store_timeout", store_timeout)
     if not isinstance(target, str):
-        return Store(target, prefix=prefix, clock=clock, on_store_event=on_store_event)
+        return Store(
+            target, prefix=prefix, clock=clock, on_store_event=on_store_event, observers=observers
+        )
+    observers = observers_setting(observers)  # checked before a client exists
     # Short, single tries: the breaker's own policy decides what a failed call means, and
     # redis-py's default retries would multiply every stall.
     socket = {
@@ -386,6 +413,8 @@ def connect(
             client = redis.Redis.from_url(spec.client_url, **socket)
     except ValueError as exc:
         raise ConfigError("target", f"{target!r}: {exc}") from exc
-    store = Store(client, prefix=prefix, clock=clock, on_store_event=on_store_event)
+    store = Store(
+        client, prefix=prefix, clock=clock, on_store_event=on_store_event, observers=observers
+    )
     store._also_close = also_close
     return store

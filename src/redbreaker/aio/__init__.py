@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from .._config import BreakerConfig
 from .._core import TransitionHook
+from .._doctor_core import DoctorReport, Finding
 from .._exceptions import (
     AsyncCallError,
     AttemptRejectedError,
@@ -42,6 +43,8 @@ __all__ = [
     "BreakerConfig",
     "CircuitOpenError",
     "ConfigError",
+    "DoctorReport",
+    "Finding",
     "Permit",
     "PermitError",
     "RedbreakerError",

@@ -19,6 +19,7 @@ from .._exceptions import (
     StoreError,
     StoreUnavailableError,
 )
+from .._observe import quiet_rejections
 from .._waiting import max_wait_setting
 from ._guard import BreakerLink, Guard, build_guard
 from ._store import Store
@@ -121,7 +122,7 @@ class _Acquiring:
     def _acquire(self) -> Coroutine[Any, Any, Permit]:
         if self._max_wait == 0:
             return self._breaker._acquire()
-        return self._breaker._waiting(self._max_wait, self._breaker._acquire)
+        return self._breaker._acquire_waiting(self._max_wait)
 
     def __await__(self) -> Generator[Any, None, Permit]:
         return self._acquire().__await__()
@@ -187,6 +188,13 @@ class Breaker(BreakerBase[Store]):
             max_wait_setting(max_wait)
         return _Acquiring(self, max_wait)
 
+    async def _acquire_waiting(self, max_wait: Seconds | None) -> Permit:
+        try:
+            return await self._waiting(max_wait, self._acquire)
+        except CircuitOpenError as exc:
+            self._core.reports.wait_gave_up(exc.state)  # one refused call, however long
+            raise
+
     async def _waiting(
         self, max_wait: Seconds | None, ask: Callable[[], Awaitable[R]]
     ) -> R:
@@ -200,7 +208,8 @@ class Breaker(BreakerBase[Store]):
             rejection = self._held_rejection(store.feed_live)
             if rejection is None:
                 try:
-                    return await ask()
+                    with quiet_rejections():
+                        return await ask()
                 except CircuitOpenError as exc:
                     rejection = exc
             nap = wait.nap(rejection, self._core.now(), store.feed_live)

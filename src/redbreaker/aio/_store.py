@@ -32,6 +32,7 @@ from .._health import (
 )
 from .._keys import BreakerKeys, check_prefix
 from .._memory import fakeredis_module, memory_server
+from .._observe import BreakerObserver, observers_setting
 from .._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from .._url import StoreURL, parse_store_url
 from .._view import FleetView
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from redis.commands.core import AsyncScript
+
+    from .._doctor_core import DoctorReport
 
 __all__ = ["AsyncRedisClient", "Store", "StoreHook", "connect"]
 
@@ -86,10 +89,12 @@ class Store:
         prefix: str = "redbreaker",
         clock: Clock | None = None,
         on_store_event: StoreHook | Iterable[StoreHook] = (),
+        observers: Iterable[BreakerObserver] = (),
     ) -> None:
         _check_client(client)
         self.client = client
         self.prefix = check_prefix(prefix)
+        self.observers = observers_setting(observers)
         self.clock: Clock = clock if clock is not None else SystemClock()
         hooks = hooks_setting("on_store_event", on_store_event)
         # Read (and cached) now, so that no call reads a file on the event loop later.
@@ -214,7 +219,9 @@ class Store:
         fall back to while Redis is unreachable: one, made on first need (an embedded
         Redis with this prefix and clock), closed with this store."""
         if self._fallback is None:
-            self._fallback = connect("memory://", prefix=self.prefix, clock=self.clock)
+            self._fallback = connect(
+                "memory://", prefix=self.prefix, clock=self.clock, observers=self.observers
+            )
         return self._fallback
 
     def _after_fork_in_child(self) -> None:
@@ -278,6 +285,13 @@ class Store:
     close = aclose
     """An alias of :meth:`aclose`, as redis.asyncio has one."""
 
+    async def doctor(self) -> DoctorReport:
+        """Check this store's Redis and explain what is wrong; the asyncio twin of
+        :meth:`redbreaker.Store.doctor` (same checks, same report)."""
+        from ._doctor import diagnose  # noqa: PLC0415 (it imports Breaker, which imports this)
+
+        return await diagnose(self)
+
 
 def _memory_client(name: str) -> AsyncRedisClient:
     client: AsyncRedisClient = fakeredis_module().FakeAsyncRedis(server=memory_server(name))
@@ -304,6 +318,7 @@ def connect(
     store_timeout: float = 0.5,
     on_store_event: StoreHook | Iterable[StoreHook] = (),
     clock: Clock | None = None,
+    observers: Iterable[BreakerObserver] = (),
 ) -> Store:
     """Open the store that holds ``redbreaker.aio`` breakers. No I/O here: the client
     connects on first use (call it inside or outside the event loop).
@@ -324,6 +339,9 @@ def connect(
         on_store_event: callables run with a :class:`StoreEvent` once per edge
             (``store_degraded``, ``store_recovered``), on the event loop.
         clock: a test clock (:class:`ManualClock`); production uses Redis ``TIME``.
+        observers: objects told of every call and transition of this store's breakers in
+            this process (``redbreaker.contrib.prometheus.PrometheusMetrics``,
+            ``redbreaker.contrib.otel.OtelMetrics``; see docs/metrics.md).
 
     Raises:
         ConfigError: an unknown scheme, a malformed URL, or a synchronous client (a
@@ -331,10 +349,13 @@ def connect(
     """
     timeout = seconds_setting("store_timeout", store_timeout)
     if not isinstance(target, str):
-        return Store(target, prefix=prefix, clock=clock, on_store_event=on_store_event)
+        return Store(
+            target, prefix=prefix, clock=clock, on_store_event=on_store_event, observers=observers
+        )
     # Checked before a client exists, so that a bad setting leaves nothing to close.
     check_prefix(prefix)
     hooks_setting("on_store_event", on_store_event)
+    observers = observers_setting(observers)
     # Short, single tries: the breaker's own policy decides what a failed call means, and
     # redis-py's default retries would multiply every stall.
     socket: dict[str, Any] = {
@@ -358,6 +379,8 @@ def connect(
             client = redis.asyncio.Redis.from_url(spec.client_url, **socket)
     except ValueError as exc:
         raise ConfigError("target", f"{target!r}: {exc}") from exc
-    store = Store(client, prefix=prefix, clock=clock, on_store_event=on_store_event)
+    store = Store(
+        client, prefix=prefix, clock=clock, on_store_event=on_store_event, observers=observers
+    )
     store._also_close = also_close
     return store
