@@ -56,7 +56,8 @@ def _ok() -> str:
 
 def _local_port(store: redbreaker.Store) -> int:
     """The local TCP port of the connection this thread's calls go out on."""
-    sock = store._held.connection.connection._sock
+    assert store._direct is not None
+    sock = store._direct.held()._sock
     return int(sock.getsockname()[1])
 
 
@@ -243,3 +244,167 @@ def test_a_forked_child_hears_transitions_on_a_feed_of_its_own(redis_url: str) -
     finally:
         store.close()
         admin.close()
+
+
+# -- a pool that limits its connections -------------------------------------------------
+
+
+def _named_connections(server: RedisServer, name: str) -> list[dict[str, Any]]:
+    with server.client() as admin:
+        return [c for c in admin.client_list() if c.get("name") == name]
+
+
+@pytest.mark.parametrize("consistency", ["strict", "cached"])
+def test_64_threads_on_a_pool_of_8_no_error_and_no_ninth_connection(
+    redis_server: RedisServer, redis_url: str, consistency: str
+) -> None:
+    """Threads beyond the pool's limit wait their turn; redis-py's "Too many connections"
+    would read as an outage (and, under "allow", run calls unguarded)."""
+    name = f"limit-{consistency}"
+    store = redbreaker.connect(f"{redis_url}?max_connections=8&client_name={name}")
+    events: list[Any] = []
+    store.health._hooks = (events.append,)
+    breakers = [
+        Breaker(f"dep-{i}", store=store, on_store_error="reject", consistency=consistency)
+        for i in range(4)
+    ]
+    errors: list[BaseException] = []
+    start = threading.Barrier(64)
+
+    def work(index: int) -> None:
+        breaker = breakers[index % len(breakers)]
+        start.wait()
+        for _ in range(100):
+            try:
+                assert breaker.call(_ok) == "ok"
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert events == []  # never degraded
+        connections = _named_connections(redis_server, name)
+        calls = [c for c in connections if "P" not in c["flags"]]
+        feeds = [c for c in connections if "P" in c["flags"]]
+        # The pool never opens more than its limit (idle ones stay open: this is the peak).
+        assert 1 <= len(calls) <= 8, connections
+        assert len(feeds) == (1 if consistency == "cached" else 0), connections
+    finally:
+        store.close()
+
+
+def test_a_blocking_pool_passed_in_is_shared_the_same_way(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    pool = redis.BlockingConnectionPool.from_url(
+        redis_url, max_connections=4, timeout=2, client_name="blocking-limit"
+    )
+    client = redis.Redis(connection_pool=pool)
+    store = redbreaker.connect(client)
+    breaker = Breaker("dep", store=store, on_store_error="reject")
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        for _ in range(100):
+            try:
+                breaker.call(_ok)
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert 1 <= len(_named_connections(redis_server, "blocking-limit")) <= 4
+    finally:
+        store.close()
+
+
+def test_a_call_that_finds_every_connection_busy_past_the_wait_is_an_outage(
+    redis_url: str,
+) -> None:
+    """The wait is bounded by the connections' socket timeout (store_timeout): a pool held
+    elsewhere is Redis not answering in time, under the breaker's on_store_error."""
+    store = redbreaker.connect(f"{redis_url}?max_connections=1", store_timeout=0.2)
+    breaker = Breaker("dep", store=store, on_store_error="reject")
+    assert store._gate is not None
+    assert store._gate.acquire(1.0)  # another call holds the one slot
+    try:
+        with pytest.raises(redbreaker.StoreUnavailableError, match="connections of the"):
+            breaker.call(_ok)
+    finally:
+        store._gate.release()
+        store.close()
+
+
+def test_more_threads_than_redis_pys_default_pool_of_100(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """redis-py 8's default pool holds 100 connections; 150 threads (a gthread or celery
+    threads pool) call through it without an error, half the pool kept by threads."""
+    store = redbreaker.connect(f"{redis_url}?client_name=default-pool")
+    breaker = Breaker("dep", store=store, on_store_error="reject")
+    errors: list[BaseException] = []
+    start = threading.Barrier(150)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(20):
+            try:
+                breaker.call(_ok)
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(150)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert store._direct is not None
+        assert store._direct.keep == 50
+        assert 1 <= len(_named_connections(redis_server, "default-pool")) <= 100
+    finally:
+        store.close()
+
+
+def test_250_tasks_on_an_asyncio_pool_of_8(redis_server: RedisServer, redis_url: str) -> None:
+    import asyncio
+
+    import redbreaker.aio
+
+    async def main() -> tuple[list[BaseException], int]:
+        store = redbreaker.aio.connect(f"{redis_url}?max_connections=8&client_name=aio-limit")
+        breaker = redbreaker.aio.Breaker("dep", store=store, on_store_error="reject")
+        errors: list[BaseException] = []
+
+        async def ok() -> str:
+            return "ok"
+
+        async def work() -> None:
+            for _ in range(20):
+                try:
+                    await breaker.call(ok)
+                except BaseException as exc:
+                    errors.append(exc)
+
+        try:
+            await asyncio.gather(*(work() for _ in range(250)))
+            # Still open: the pool keeps what it opened, so this is the peak.
+            opened = len(_named_connections(redis_server, "aio-limit"))
+        finally:
+            await store.aclose()
+        return errors, opened
+
+    errors, opened = asyncio.run(main())
+    assert errors == []
+    assert 1 <= opened <= 8

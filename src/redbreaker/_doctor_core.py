@@ -11,10 +11,24 @@ from __future__ import annotations
 import re
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Union
 
 from . import _doctor_findings as checks
 from ._doctor_findings import SCRATCH_NAME, SCRIPT_COMMANDS, Finding, Status
+from ._doctor_replies import (
+    Answer,
+    Ask,
+    ErrorKind,
+    LibraryStep,
+    command_on_line,
+    config_pairs,
+    failing_line,
+    info_fields,
+    reply_text,
+    short_error,
+    version_tuple,
+    what_was_denied,
+)
 
 __all__ = [
     "CHECKS",
@@ -31,8 +45,6 @@ __all__ = [
     "examine",
     "failing_line",
 ]
-
-ErrorKind = Literal["unavailable", "credentials", "noperm", "unknown_command", "error"]
 
 SCRATCH_TTL_MS = 10_000
 """Idle lifetime of the scratch keys a direct check writes, in case its DEL is refused."""
@@ -87,134 +99,9 @@ class DoctorReport:
         return next((f for f in self.findings if f.check == check), None)
 
 
-@dataclass(frozen=True)
-class Ask:
-    """Send ``argv`` as one command (``timed``: measure its round trip)."""
-
-    argv: tuple[str, ...]
-    timed: bool = False
-
-
-@dataclass(frozen=True)
-class LibraryStep:
-    """Run one step of the library's own path with the store's client: ``inspect`` (a
-    snapshot of the scratch breaker: reads only), ``call`` (acquire and record one
-    success), ``reset`` (an operator order: publishes one event), ``names`` (SCAN for
-    the breakers) or ``subscribe`` (subscribe to the events channel and leave)."""
-
-    step: Literal["inspect", "call", "reset", "names", "subscribe"]
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What a request got back.
-
-    Attributes:
-        value: the reply (any redis-py shape: bytes or str, dicts for INFO and CONFIG);
-            for a ``LibraryStep``, whether the store calls Functions (FCALL) after it.
-        error: the error's text, None when it answered.
-        kind: what the error means (the driver classifies redis-py's exceptions).
-        seconds: the round trip of a timed request.
-        command: for a refused script, the command on the script's failing line.
-    """
-
-    value: object = None
-    error: str | None = None
-    kind: ErrorKind | None = None
-    seconds: float = 0.0
-    command: str | None = None
-
-
 Request = Union[Ask, LibraryStep]  # noqa: UP007 (a runtime alias on 3.10)
 Examination = Generator[Request, Answer, DoctorReport]
 
-
-# -- reading replies ---------------------------------------------------------------------
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def _info(answer: Answer) -> dict[str, str] | None:
-    """INFO's fields, whether redis-py parsed them into a dict or left the text."""
-    if answer.error is not None:
-        return None
-    if isinstance(answer.value, dict):
-        return {_text(k): _text(v) for k, v in answer.value.items()}
-    fields = {}
-    for line in _text(answer.value).splitlines():
-        key, sep, value = line.partition(":")
-        if sep and not key.startswith("#"):
-            fields[key.strip()] = value.strip()
-    return fields
-
-
-def _config(answer: Answer) -> dict[str, str] | None:
-    """CONFIG GET's pairs (a dict, or a flat list on some clients)."""
-    if answer.error is not None:
-        return None
-    value = answer.value
-    if isinstance(value, dict):
-        return {_text(k): _text(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        items = [_text(v) for v in value]
-        return dict(zip(items[::2], items[1::2], strict=False))
-    return None
-
-
-def _version(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
-    if found is None:
-        return None
-    return tuple(int(part or 0) for part in found.groups())
-
-
-_NAMED = re.compile(r"'([^']+)' (command|key|channel)")
-
-
-def _denied(answer: Answer, command: str) -> str:
-    """What a refusal names: ``"the 'publish' command"``, ``"the key 'x'"``..."""
-    text = answer.error or _text(answer.value)
-    if answer.command is not None:
-        return f"the {answer.command.lower()!r} command (inside a script)"
-    found = _NAMED.search(text)
-    if found is not None:
-        thing, what = found.groups()
-        return f"the {thing!r} {what}" if what == "command" else f"the {what} {thing!r}"
-    low = text.lower()
-    if "channel" in low:
-        return f"the channel of {command}"
-    if "key" in low:
-        return f"the keys of {command}"
-    return f"the {command.lower()!r} command"
-
-
-def _short(error: str) -> str:
-    """A library error without the wrapping: ``Redis refused the x script: <reason>``."""
-    return re.sub(r"^\w+Error: (Redis refused the \w+ script: )?", "", error)
-
-
-def failing_line(error: str) -> tuple[str, int] | None:
-    """Where a refused script stopped: ``("function" | "script", line)`` from Redis's
-    ``@user_function:200`` / ``@user_script:12``, or None."""
-    found = re.search(r"@user_(function|script):(\d+)", error)
-    if found is None:
-        return None
-    return found.group(1), int(found.group(2))
-
-
-def command_on_line(source: str, line: int) -> str | None:
-    """The command a Lua line calls (``redis.call('PUBLISH', ...)`` gives ``"PUBLISH"``)."""
-    lines = source.splitlines()
-    if not 1 <= line <= len(lines):
-        return None
-    found = re.search(r"redis\.p?call\(\s*'([A-Za-z]+)'", lines[line - 1])
-    return found.group(1).upper() if found else None
 
 
 # -- the examination -------------------------------------------------------------------
@@ -248,7 +135,7 @@ def examine(prefix: str, *, embedded: bool) -> Examination:
         return (yield from _examine_embedded(prefix, trips))
     findings.append(Finding("reachable", "ok", "Redis answers"))
     whoami = yield Ask(("ACL", "WHOAMI"))
-    user = _text(whoami.value) if whoami.error is None else None
+    user = reply_text(whoami.value) if whoami.error is None else None
     findings.append(
         Finding(
             "credentials",
@@ -256,11 +143,11 @@ def examine(prefix: str, *, embedded: bool) -> Examination:
             f"accepted, user {user!r}" if user else "accepted (ACL WHOAMI not allowed)",
         )
     )
-    server = _info((yield Ask(("INFO", "server"))))
-    persistence = _info((yield Ask(("INFO", "persistence"))))
-    memory = _info((yield Ask(("INFO", "memory"))))
-    save = _config((yield Ask(("CONFIG", "GET", "save"))))
-    version = _version(server.get("redis_version") if server else None)
+    server = info_fields((yield Ask(("INFO", "server"))))
+    persistence = info_fields((yield Ask(("INFO", "persistence"))))
+    memory = info_fields((yield Ask(("INFO", "memory"))))
+    save = config_pairs((yield Ask(("CONFIG", "GET", "save"))))
+    version = version_tuple(server.get("redis_version") if server else None)
     findings.append(checks.version_finding(server, version))
     findings.append(checks.latency_finding(trips))
     # Keys are counted before the permission checks, which may write scratch keys.
@@ -274,13 +161,13 @@ def examine(prefix: str, *, embedded: bool) -> Examination:
             method = "acl-dryrun"
     route = yield LibraryStep("inspect")
     if route.error is not None:
-        missing.append(f"inspect: {_short(route.error)}")
+        missing.append(f"inspect: {short_error(route.error)}")
     functions = bool(route.value)
     if method == "acl-dryrun":
         assert user is not None
         for argv in _dryrun_commands(prefix, functions=functions):
             reply = yield Ask(("ACL", "DRYRUN", user, *argv))
-            refusal = _text(reply.value) if reply.error is None else reply.error
+            refusal = reply_text(reply.value) if reply.error is None else reply.error
             if refusal.upper() != "OK":
                 missing.append(f"{argv[0]}: {refusal}")
     else:
@@ -329,8 +216,8 @@ def _count_keys(prefix: str) -> Generator[Request, Answer, tuple[int, int, str |
         value = reply.value
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             return keys, breakers, f"unexpected SCAN reply {value!r}"
-        cursor = _text(value[0])
-        batch = [_text(k) for k in value[1]]
+        cursor = reply_text(value[0])
+        batch = [reply_text(k) for k in value[1]]
         keys += len(batch)
         breakers += sum(1 for k in batch if state.fullmatch(k))
         if cursor == "0":
@@ -388,10 +275,10 @@ def _exercise(prefix: str, channel: str) -> Generator[Request, Answer, list[str]
         if answer.error is None or answer.kind not in ("noperm", "error"):
             continue
         if answer.command is None:
-            missing.append(f"{step}: {_short(answer.error)}")
+            missing.append(f"{step}: {short_error(answer.error)}")
         elif answer.command not in refused:
             refused.add(answer.command)
-            missing.append(f"{answer.command}: {_denied(answer, step)}")
+            missing.append(f"{answer.command}: {what_was_denied(answer, step)}")
     key, probes = _scratch_keys(prefix)
     ttl = str(SCRATCH_TTL_MS)
     direct: list[tuple[str, ...]] = [
@@ -423,7 +310,7 @@ def _exercise(prefix: str, channel: str) -> Generator[Request, Answer, list[str]
         if answer.kind != "noperm" or argv[0] in refused:
             continue
         refused.add(argv[0])
-        denied = _denied(answer, argv[0])
+        denied = what_was_denied(answer, argv[0])
         if denied.startswith(("the keys of", "the key ")):
             keys_denied.append(argv[0])
         else:

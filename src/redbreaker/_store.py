@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
-import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeGuard, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import redis
 from redis.backoff import NoBackoff
@@ -17,8 +14,10 @@ from redis.retry import Retry
 from . import _fork
 from ._clock import Clock, SystemClock
 from ._config import hooks_setting, seconds_setting
+from ._direct import DirectPath, is_plain
 from ._exceptions import ConfigError
 from ._feed import TransitionFeed, watch
+from ._gate import CallGate
 from ._health import (
     SCRIPT_CALL_ERRORS,
     ScriptRoute,
@@ -29,10 +28,10 @@ from ._health import (
 from ._keys import BreakerKeys, check_prefix
 from ._memory import fakeredis_module, memory_server
 from ._observe import BreakerObserver, observers_setting
+from ._pool_limit import call_limit
 from ._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from ._url import StoreURL, parse_store_url
 from ._view import FleetView
-from ._wire import ScriptPacker
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -93,15 +92,17 @@ class Store:
         # same scripts by EVALSHA. A cluster client would spend a COMMAND GETKEYS round
         # trip routing each FCALL (its keys are "movable"), so clusters use EVALSHA.
         self._route = ScriptRoute(functions=not isinstance(client, RedisCluster))
-        # A plain client (nobody wrapped or overrode execute_command, e.g. for tracing) is
-        # driven a level lower: each thread keeps one connection of the client's pool and
-        # sends on it directly, which spares redis-py's per-command machinery (pool
-        # checkout, retry wrapper, instrumentation): a third of a round trip's client CPU.
-        self._direct_pool: Any = client.connection_pool if _plain(client) else None
-        self._held = threading.local()
-        self._packer = (
-            ScriptPacker(self._direct_pool.connection_kwargs) if self._direct_pool else None
-        )
+        # A pool limits its connections (redis-py's default: 100): calls beyond it wait
+        # for one in flight to end, never "Too many connections" (which would read as an
+        # outage). A plain client is driven a level lower (see _direct): up to half the
+        # pool is kept by calling threads, and the calls of others share the rest.
+        limit = call_limit(getattr(client, "connection_pool", None))
+        self._direct: DirectPath | None = None
+        if is_plain(client):
+            keep = None if limit is None else limit.calls // 2
+            self._direct = DirectPath(client, keep=keep)
+        self._limit = limit
+        self._gate = self._new_gate()
         self._closed = False
         # What this process knows without asking: rejections it repeats, transitions heard.
         self.view = FleetView(self.prefix, self.clock)
@@ -132,10 +133,35 @@ class Store:
         """
         self.health.before_call(keys.name)
         try:
-            reply = self._call(script, keys, args)
+            direct = self._direct
+            if self._gate is None or (
+                direct is not None and self._route.functions and direct.holding()
+            ):
+                reply = self._call(script, keys, args)  # on a connection this thread keeps
+            else:
+                reply = self._gated_call(script, keys, args)
         except SCRIPT_CALL_ERRORS as exc:
             raise self.health.script_error(exc, script, keys.name) from exc
         return self.health.answered(script, reply)
+
+    def _new_gate(self) -> CallGate | None:
+        """The gate on calls that check a connection out of the pool: all of its slots but
+        those threads keep."""
+        if self._limit is None:
+            return None
+        kept = (self._direct.keep or 0) if self._direct is not None else 0
+        return CallGate(self._limit.calls - kept)
+
+    def _gated_call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        gate, limit = self._gate, self._limit
+        assert gate is not None
+        assert limit is not None
+        if not gate.acquire(limit.wait):
+            raise redis.ConnectionError(limit.exhausted())
+        try:
+            return self._call(script, keys, args)
+        finally:
+            gate.release()
 
     def _call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
         route = self._route
@@ -153,36 +179,19 @@ class Store:
         return self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
 
     def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
-        if self._packer is None:
+        if self._direct is None:
             return self.client.execute_command(  # type: ignore[no-untyped-call]
                 "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
             )
-        return self._send(
-            self._packer.fcall(self._functions[script], keys.state, keys.probes, args)
-        )
+        direct = self._direct
+        packed = direct.packer.fcall(self._functions[script], keys.state, keys.probes, args)
+        return direct.send(packed)
 
     def _load_library(self) -> None:
-        if self._packer is not None:
-            self._send(self._packer.function_load(library_source()))
+        if self._direct is not None:
+            self._direct.send(self._direct.packer.function_load(library_source()))
         else:
             self.client.function_load(library_source(), replace=True)
-
-    def _send(self, packed: bytes) -> Any:  # noqa: ANN401
-        held: _HeldConnection | None = getattr(self._held, "connection", None)
-        if held is None or held.forks != _fork.generation():
-            held = self._held.connection = _HeldConnection(self._direct_pool)
-        connection = held.connection
-        try:
-            connection.send_packed_command([packed])
-            return connection.read_response()
-        except redis.ResponseError:
-            raise  # an error reply, read in full: the connection is in step
-        except BaseException:
-            # A timeout or an interrupt may leave a reply on its way, which the next
-            # command would read as its own: start that one on a new connection. (redis-py
-            # drops the connection itself when a read fails; this covers the rest.)
-            connection.disconnect()
-            raise
 
     # -- the transition feed (cached consistency) ---------------------------------------
 
@@ -217,6 +226,7 @@ class Store:
         fork (the client's pools' included) are released."""
         self.health.after_fork()
         _fork.reinit_lock(self._fallback_lock)
+        self._gate = self._new_gate()  # parent threads inside a call at the fork hold slots
         _release_client_locks(self.client)
         self._feed.after_fork_in_child()
 
@@ -292,40 +302,6 @@ def _release_client_locks(client: RedisClient) -> None:
             pool._locked = False  # BlockingConnectionPool: "I hold _lock" was the parent's
         server = getattr(pool, "connection_kwargs", {}).get("server")
         _fork.reinit_lock(getattr(server, "lock", None))  # fakeredis's embedded server
-
-
-_REDIS_EXECUTE = redis.Redis.execute_command
-
-
-def _plain(client: RedisClient) -> TypeGuard[redis.Redis]:
-    execute = type(client).execute_command
-    return (
-        isinstance(client, redis.Redis)
-        and execute is _REDIS_EXECUTE
-        and not hasattr(execute, "__wrapped__")
-    )
-
-
-class _HeldConnection:
-    """One connection of a pool, kept by one thread; back in the pool when the thread (and
-    with it this object) is gone."""
-
-    __slots__ = ("__weakref__", "connection", "forks")
-
-    def __init__(self, pool: Any) -> None:  # noqa: ANN401 (redis-py pools are untyped)
-        self.connection = pool.get_connection()
-        self.forks = _fork.generation()
-        weakref.finalize(self, _give_back, pool, self.connection, os.getpid())
-
-
-def _give_back(pool: Any, connection: Any, pid: int) -> None:  # noqa: ANN401
-    # A child leaves its parent's connections alone. The process id, not the fork count:
-    # inside fork() the child drops the parent's other threads (and runs this for their
-    # connections) before any at-fork hook has counted the fork or released the pool's
-    # lock, which one of those threads may hold.
-    if pid == os.getpid():
-        with contextlib.suppress(Exception):
-            pool.release(connection)
 
 
 def _memory_client(name: str) -> RedisClient:

@@ -33,11 +33,13 @@ from .._health import (
 from .._keys import BreakerKeys, check_prefix
 from .._memory import fakeredis_module, memory_server
 from .._observe import BreakerObserver, observers_setting
+from .._pool_limit import call_limit
 from .._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from .._url import StoreURL, parse_store_url
 from .._view import FleetView
 from ._direct import DirectPath, is_plain
 from ._feed import TransitionFeed, TransitionStream
+from ._gate import CallGate
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -111,6 +113,10 @@ class Store:
         # A plain client is driven a level lower (see _direct), each breaker's FCALL head
         # encoded once.
         self._direct = DirectPath(client) if is_plain(client) else None
+        # A pool with a connection limit: calls beyond it wait for one in flight to end,
+        # never "Too many connections" (which would read as an outage).
+        self._limit = call_limit(getattr(client, "connection_pool", None))
+        self._gate = None if self._limit is None else CallGate(self._limit.calls)
         self._closed = False
         self.view = FleetView(self.prefix, self.clock)
         self._feed = TransitionFeed(client, self.prefix, self.view, self._is_closed)
@@ -155,10 +161,24 @@ class Store:
         """
         self.health.before_call(keys.name)
         try:
-            reply = await self._call(script, keys, args)
+            if self._gate is None:
+                reply = await self._call(script, keys, args)
+            else:
+                reply = await self._gated_call(script, keys, args)
         except SCRIPT_CALL_ERRORS as exc:
             raise self.health.script_error(exc, script, keys.name) from exc
         return self.health.answered(script, reply)
+
+    async def _gated_call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        gate, limit = self._gate, self._limit
+        assert gate is not None
+        assert limit is not None
+        if not await gate.acquire(limit.wait):
+            raise redis.ConnectionError(limit.exhausted())
+        try:
+            return await self._call(script, keys, args)
+        finally:
+            gate.release()
 
     async def _call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
         route = self._route
@@ -230,6 +250,8 @@ class Store:
         them: they are the parent's to use)."""
         self.health.after_fork()
         self._feed.after_fork_in_child()
+        if self._gate is not None:
+            self._gate.forget()
         if self._direct is not None:
             self._direct.forget()
         pool = getattr(self.client, "connection_pool", None)
