@@ -173,11 +173,12 @@ local function fresh_state()
 end
 
 -- Keys idle for key_ttl vanish, so abandoned breakers come back closed. An operator state
--- without a deadline is an order a person gave: it stays until a person lifts it.
+-- without a deadline is an order a person gave: it stays until a person lifts it. Without
+-- a key_ttl the keys never expire, so a volatile-* eviction policy never picks them.
 -- key_only: a closed-state admission refreshes the hash alone; the probes key gets its TTL
 -- whenever a probe is leased or the state changes, and is never needed longer than that.
 local function touch(s, key_only)
-  if OPERATOR_STATES[s.state] and s.forced_until == 0 then
+  if CFG.key_ttl_ms == nil or (OPERATOR_STATES[s.state] and s.forced_until == 0) then
     redis.call('PERSIST', KEY)
     if not key_only then redis.call('PERSIST', PROBES) end
     return

@@ -89,9 +89,9 @@ def _bad_cases() -> Iterator[tuple[str, object]]:
         for value in BAD_RATIOS:
             yield name, value
     yield "slow_call_rate", None  # only failure_rate may be None
-    for name in ("window", "recovery_timeout", "probe_lease", "key_ttl"):
-        yield name, None  # only slow_call_duration, max_recovery_timeout and
-        # half_open_max_wait may be None
+    for name in ("window", "recovery_timeout", "probe_lease"):
+        yield name, None  # only slow_call_duration, max_recovery_timeout,
+        # half_open_max_wait and key_ttl may be None
     for value in BAD_BACKOFFS:
         yield "recovery_backoff", value
     for value in BAD_JITTERS:
@@ -468,3 +468,11 @@ def test_typed_settings_list_every_config_field() -> None:
 
     assert set(BreakerSettings.__annotations__) == BreakerConfig.setting_names()
     assert set(GuardSettings.__annotations__) == GuardConfig.setting_names()
+
+
+def test_key_ttl_none_means_keys_that_never_expire() -> None:
+    """None: an empty key_ttl_ms on the wire (the scripts then PERSIST the keys), and no
+    lower bound to check."""
+    config = BreakerConfig(key_ttl=None, recovery_timeout=3600)
+    assert config.script_argv[13] == ""
+    assert config.script_config.endswith("key_ttl_ms=")

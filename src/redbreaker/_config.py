@@ -160,7 +160,7 @@ SCRIPT_FIELDS: tuple[ScriptField, ...] = (
     ScriptField("success_threshold", False, "probe successes that close the breaker"),
     ScriptField("probe_lease_ms", False, "how long a probe holds its slot at most"),
     ScriptField("half_open_max_wait_ms", True, "longest stay in half_open (empty: none)"),
-    ScriptField("key_ttl_ms", False, "idle lifetime of both keys"),
+    ScriptField("key_ttl_ms", True, "idle lifetime of both keys (empty: they never expire)"),
 )
 """The one list of what the scripts read: the config text is built from it, and the Lua
 parser's field list is written from it when the library is composed (``_scripts``)."""
@@ -196,7 +196,9 @@ class BreakerConfig:
         half_open_max_wait: longest stay in half-open before the breaker re-opens; None
             waits for the probes.
         key_ttl: idle lifetime of the breaker's keys, refreshed on every write. An
-            abandoned breaker vanishes and comes back closed.
+            abandoned breaker vanishes and comes back closed. None: the keys never
+            expire, which also keeps them out of a ``volatile-*`` eviction policy's reach
+            on a Redis shared with a cache (abandoned breakers then stay until deleted).
 
     When Redis cannot be reached (local to each process):
         on_store_error: ``"allow"`` lets calls through unguarded (fail open; outcomes are
@@ -248,7 +250,7 @@ class BreakerConfig:
     success_threshold: int = 1
     probe_lease: Seconds = 10.0
     half_open_max_wait: Seconds | None = None
-    key_ttl: Seconds = 86_400.0
+    key_ttl: Seconds | None = 86_400.0
     on_store_error: StoreErrorPolicy = "allow"
     consistency: Consistency = "strict"
     max_staleness: Seconds = 1.0
@@ -294,7 +296,7 @@ class BreakerConfig:
         count_setting("success_threshold", self.success_threshold)
         lease = seconds_setting("probe_lease", self.probe_lease)
         max_wait = seconds_setting("half_open_max_wait", self.half_open_max_wait, optional=True)
-        ttl = seconds_setting("key_ttl", self.key_ttl)
+        ttl = seconds_setting("key_ttl", self.key_ttl, optional=True)
         if self.consistency not in ("strict", "cached"):
             raise ConfigError(
                 "consistency", f'must be "strict" or "cached", got {self.consistency!r}'
@@ -325,9 +327,8 @@ class BreakerConfig:
             )
         assert window is not None
         assert lease is not None
-        assert ttl is not None
         longest = max(window, max_recovery, lease, max_wait or 0.0)
-        if ttl < 2 * longest:
+        if ttl is not None and ttl < 2 * longest:
             raise ConfigError(
                 "key_ttl",
                 f"must be at least twice the longest other duration ({longest}s), got {ttl}s",
@@ -403,7 +404,7 @@ class BreakerSettings(TypedDict, total=False):
     success_threshold: int
     probe_lease: Seconds
     half_open_max_wait: Seconds | None
-    key_ttl: Seconds
+    key_ttl: Seconds | None
     on_store_error: StoreErrorPolicy
     consistency: Consistency
     max_staleness: Seconds

@@ -210,7 +210,8 @@ def eviction_finding(memory: Mapping[str, str] | None) -> Finding:
             "eviction",
             "ok",
             f"{where}: nothing is evicted",
-            "When memory is full, writes fail: breakers then follow on_store_error.",
+            "When memory is full, writes fail: breakers then follow on_store_error, as "
+            "when Redis cannot be reached.",
         )
     if policy.startswith("volatile-"):
         return Finding(
@@ -218,8 +219,9 @@ def eviction_finding(memory: Mapping[str, str] | None) -> Finding:
             "warn",
             f"{where}: keys with a TTL are evicted first, and every breaker key has one",
             "On a Redis shared with a cache, breakers are among the first keys evicted, and "
-            "an evicted open breaker comes back closed. Use a Redis of its own with "
-            "maxmemory-policy noeviction.",
+            "an evicted open breaker comes back closed. Build breakers with key_ttl=None "
+            "(their keys then have no TTL, out of a volatile policy's reach), or use a Redis "
+            "of its own with maxmemory-policy noeviction.",
         )
     return Finding(
         "eviction",

@@ -70,6 +70,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis.ConnectionError,  # refused, reset, auth refused, loading
     redis.TimeoutError,  # a store call outlived the socket timeout (CLIENT PAUSE, a stall)
     ReadOnlyError,  # talking to a replica after a failover
+    # maxmemory reached under noeviction (or nothing left to evict): no write is taken
+    # until memory frees up, so nothing can be decided. Not a refusal of the script.
+    redis.exceptions.OutOfMemoryError,
     ClusterDownError,
     TryAgainError,
     SlotNotCoveredError,
