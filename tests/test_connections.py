@@ -254,6 +254,29 @@ def _named_connections(server: RedisServer, name: str) -> list[dict[str, Any]]:
         return [c for c in admin.client_list() if c.get("name") == name]
 
 
+def _hammer(breakers: list[Breaker], threads: int, calls: int) -> list[BaseException]:
+    """``threads`` threads, released together, each making ``calls`` calls through one of
+    ``breakers`` in turn; what any of them raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def work(index: int) -> None:
+        breaker = breakers[index % len(breakers)]
+        start.wait()
+        for _ in range(calls):
+            try:
+                assert breaker.call(_ok) == "ok"
+            except BaseException as exc:
+                errors.append(exc)
+
+    running = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join()
+    return errors
+
+
 @pytest.mark.parametrize("consistency", ["strict", "cached"])
 def test_64_threads_on_a_pool_of_8_no_error_and_no_ninth_connection(
     redis_server: RedisServer, redis_url: str, consistency: str
@@ -268,23 +291,7 @@ def test_64_threads_on_a_pool_of_8_no_error_and_no_ninth_connection(
         Breaker(f"dep-{i}", store=store, on_store_error="reject", consistency=consistency)
         for i in range(4)
     ]
-    errors: list[BaseException] = []
-    start = threading.Barrier(64)
-
-    def work(index: int) -> None:
-        breaker = breakers[index % len(breakers)]
-        start.wait()
-        for _ in range(100):
-            try:
-                assert breaker.call(_ok) == "ok"
-            except BaseException as exc:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(64)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = _hammer(breakers, 64, 100)
     try:
         assert errors == []
         assert events == []  # never degraded
@@ -306,21 +313,7 @@ def test_a_blocking_pool_passed_in_is_shared_the_same_way(
     )
     client = redis.Redis(connection_pool=pool)
     store = redbreaker.connect(client)
-    breaker = Breaker("dep", store=store, on_store_error="reject")
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        for _ in range(100):
-            try:
-                breaker.call(_ok)
-            except BaseException as exc:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(32)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = _hammer([Breaker("dep", store=store, on_store_error="reject")], 32, 100)
     try:
         assert errors == []
         assert 1 <= len(_named_connections(redis_server, "blocking-limit")) <= 4
@@ -351,23 +344,7 @@ def test_more_threads_than_redis_pys_default_pool_of_100(
     """redis-py 8's default pool holds 100 connections; 150 threads (a gthread or celery
     threads pool) call through it without an error, half the pool kept by threads."""
     store = redbreaker.connect(f"{redis_url}?client_name=default-pool")
-    breaker = Breaker("dep", store=store, on_store_error="reject")
-    errors: list[BaseException] = []
-    start = threading.Barrier(150)
-
-    def work() -> None:
-        start.wait()
-        for _ in range(20):
-            try:
-                breaker.call(_ok)
-            except BaseException as exc:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(150)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = _hammer([Breaker("dep", store=store, on_store_error="reject")], 150, 20)
     try:
         assert errors == []
         assert store._direct is not None
