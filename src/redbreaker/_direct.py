@@ -89,6 +89,7 @@ class DirectPath:
             assert held is not None
         connection = held.connection
         try:
+            _connected(connection)
             connection.send_packed_command([packed])
             return connection.read_response()
         except redis.ResponseError:
@@ -104,6 +105,7 @@ class DirectPath:
         pool = self._pool
         connection = pool.get_connection()
         try:
+            _connected(connection)
             connection.send_packed_command([packed])
             return connection.read_response()
         except redis.ResponseError:
@@ -113,6 +115,17 @@ class DirectPath:
             raise
         finally:
             pool.release(connection)
+
+
+def _connected(connection: Any) -> None:  # noqa: ANN401 (a redis-py connection)
+    """Connect ``connection`` by its own ``connect()`` if it lost its socket.
+
+    ``send_packed_command`` reconnects by itself, but to the address the connection had:
+    a Sentinel-managed connection must ask the sentinels where the master is now, which
+    only its ``connect()`` does (else, after a failover, every try goes to the dead one).
+    """
+    if connection._sock is None:
+        connection.connect()
 
 
 class _HeldConnection:
