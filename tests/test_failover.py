@@ -82,8 +82,10 @@ def _ready(primary: RedisServer, replica: RedisServer, sentinels: list[Sentinel]
     return True
 
 
-@pytest.mark.parametrize("policy", ["allow", "reject"])
-def test_sigkill_of_the_primary_under_load(policy: str) -> None:
+@pytest.mark.parametrize(
+    ("driver", "policy"), [("sync", "allow"), ("sync", "reject"), ("aio", "allow")]
+)
+def test_sigkill_of_the_primary_under_load(driver: str, policy: str) -> None:
     primary = RedisServer().start()
     replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
     sentinels = [Sentinel(primary.port).start() for _ in range(3)]
@@ -97,7 +99,7 @@ def test_sigkill_of_the_primary_under_load(policy: str) -> None:
         url = f"redis+sentinel://{hosts}/mymaster"
         procs = [
             ctx.Process(
-                target=failover_workers.run,
+                target=failover_workers.run if driver == "sync" else failover_workers.run_aio,
                 args=(i, url, policy),
                 kwargs={"ready": ready, "stop": stop, "results": results},
                 daemon=True,
@@ -146,7 +148,8 @@ def test_sigkill_of_the_primary_under_load(policy: str) -> None:
         assert report["last_ok_through_redis"] > promoted_at
         recovered_after.append(recovered_at - killed_at)
     print(
-        f"\n[failover] policy={policy} promoted_after={promoted_at - killed_at:.2f}s "
+        f"\n[failover] driver={driver} policy={policy} "
+        f"promoted_after={promoted_at - killed_at:.2f}s "
         f"recovered_after(max)={max(recovered_after):.2f}s "
         f"outcomes={[r['outcomes'] for r in sorted(reports, key=lambda r: r['index'])]}"
     )
