@@ -11,15 +11,13 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 import failover_workers
 from redis_servers import RedisServer
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from test_topologies import SentinelServer
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
 
@@ -27,27 +25,9 @@ WORKERS = 4
 READY_SECONDS = 20.0
 
 
-class Sentinel(RedisServer):
+def _sentinel(master_port: int) -> SentinelServer:
     """A sentinel of ``mymaster`` with a quorum of 2 and a 1 s down-after."""
-
-    def __init__(self, master_port: int) -> None:
-        super().__init__()
-        self.master_port = master_port
-
-    def _command_line(self, binary: str, workdir: Path) -> list[str]:
-        conf = workdir / "sentinel.conf"
-        conf.write_text(
-            f"port {self.port}\n"
-            f"sentinel monitor mymaster 127.0.0.1 {self.master_port} 2\n"
-            "sentinel down-after-milliseconds mymaster 1000\n"
-            "sentinel failover-timeout mymaster 5000\n"
-        )
-        command = super()._command_line(binary, workdir)
-        options = command[1:]
-        for name in ("--save", "--appendonly"):
-            at = options.index(name)
-            del options[at : at + 2]
-        return [command[0], str(conf), "--sentinel", *options]
+    return SentinelServer(master_port, quorum=2, down_after_ms=1000, failover_timeout_ms=5000)
 
 
 def _wait(check: Any, what: str, seconds: float = READY_SECONDS) -> Any:
@@ -61,14 +41,14 @@ def _wait(check: Any, what: str, seconds: float = READY_SECONDS) -> Any:
         time.sleep(0.05)
 
 
-def _master_port(sentinel: Sentinel) -> int | None:
+def _master_port(sentinel: SentinelServer) -> int | None:
     with contextlib.suppress(Exception), sentinel.client(decode_responses=True) as r:
         address = r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
         return int(address[1]) if address else None
     return None
 
 
-def _ready(primary: RedisServer, replica: RedisServer, sentinels: list[Sentinel]) -> bool:
+def _ready(primary: RedisServer, replica: RedisServer, sentinels: list[SentinelServer]) -> bool:
     with replica.client(decode_responses=True) as r:
         if r.info("replication").get("master_link_status") != "up":
             return False
@@ -88,7 +68,7 @@ def _ready(primary: RedisServer, replica: RedisServer, sentinels: list[Sentinel]
 def test_sigkill_of_the_primary_under_load(driver: str, policy: str) -> None:
     primary = RedisServer().start()
     replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
-    sentinels = [Sentinel(primary.port).start() for _ in range(3)]
+    sentinels = [_sentinel(primary.port).start() for _ in range(3)]
     servers: list[RedisServer] = [*sentinels, replica, primary]
     ctx = multiprocessing.get_context("spawn")
     stop, ready, results = ctx.Event(), ctx.Event(), ctx.Queue()

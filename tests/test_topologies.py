@@ -553,18 +553,33 @@ class SentinelServer(RedisServer):
     written (afresh, on every start) into the server's own directory.
     """
 
-    def __init__(self, master_port: int) -> None:
+    def __init__(
+        self,
+        master_port: int,
+        *,
+        quorum: int = 1,
+        down_after_ms: int = 5000,
+        failover_timeout_ms: int | None = None,
+    ) -> None:
         super().__init__()
         self.master_port = master_port
+        self.quorum = quorum
+        # Generous by default: only a master silent this long is marked down, so a loaded
+        # machine does not trigger a failover in the tests that are not about one.
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
 
     def _command_line(self, binary: str, workdir: Path) -> list[str]:
         conf = workdir / "sentinel.conf"
+        failover = (
+            ""
+            if self.failover_timeout_ms is None
+            else f"sentinel failover-timeout mymaster {self.failover_timeout_ms}\n"
+        )
         conf.write_text(
             f"port {self.port}\n"
-            f"sentinel monitor mymaster 127.0.0.1 {self.master_port} 1\n"
-            # Generous: only a master silent this long is marked down, and nothing here
-            # tests failover, so a loaded machine must not trigger one.
-            "sentinel down-after-milliseconds mymaster 5000\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.master_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds mymaster {self.down_after_ms}\n" + failover
         )
         command = super()._command_line(binary, workdir)
         # `redis-server <conf> --sentinel --port ... --dir ...`; persistence options mean
