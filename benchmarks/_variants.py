@@ -51,6 +51,7 @@ SPECS = (
     Spec("bare", "bare call (no-op)"),
     Spec("ping", "redis-py PING"),
     Spec("evalsha", "redis-py EVALSHA (the reference)"),
+    Spec("evalsha_held", "EVALSHA on a held connection (send + read, no pool)"),
     Spec("strict", "redbreaker strict, success"),
     Spec("strict_fail", "redbreaker strict, failure", throughput=False),
     Spec("cached", "redbreaker cached, success", needs="cached"),
@@ -185,6 +186,17 @@ def build(url: str, prefix: str) -> Built:
     built.fns["bare"] = noop
     built.fns["ping"] = client.ping
     built.fns["evalsha"] = lambda: script(keys=[ref_key])
+    # The same script with none of redis-py's per-call machinery: one connection kept out of
+    # the pool, one write and one read, as redbreaker's direct path sends its FCALL.
+    client.script_load(REFERENCE_LUA)
+    held = client.connection_pool.get_connection()
+    built.closers.append(lambda: client.connection_pool.release(held))
+
+    def evalsha_held() -> object:
+        held.send_command("EVALSHA", script.sha, 1, ref_key)
+        return held.read_response()
+
+    built.fns["evalsha_held"] = evalsha_held
 
     store = open_store(url, prefix)
     built.closers.append(store.close)

@@ -15,8 +15,10 @@
 -- argv[3]  the breaker name (only echoed in event payloads)
 -- argv[4]  a uniform random sample in [0, 1) used to jitter the open duration
 -- argv[5]  the config, as space-separated name=value pairs (an empty value: the rule is off),
---          the fields of SCRIPT_FIELDS in src/redbreaker/_config.py (names, meanings).
---          The same text is written to the hash's `config` field at every transition.
+--          the fields of SCRIPT_FIELDS in src/redbreaker/_config.py (names, meanings); a
+--          field left out takes the default of this release (BreakerConfig's). The pairs
+--          that differ from the defaults are written to the hash's `config` field at every
+--          transition: a short text keeps the hash in Redis's compact listpack encoding.
 -- argv[6..] the script's own arguments (see its header)
 --
 -- Every reply starts with the script's fixed fields and ends with zero or more transition
@@ -57,13 +59,21 @@ local PROBE_WAIT_MS = 50
 -- The longest operator order (durations are capped at 10 years when a client builds them).
 local MAX_ORDER_MS = 10 * 365 * 86400 * 1000
 
--- {name, may be empty} in the order the config text lists them. Written in when the library
--- is composed, from SCRIPT_FIELDS in src/redbreaker/_config.py: one table for both sides.
+-- {name, may be empty, default text} in the order the config text lists them. Written in
+-- when the library is composed, from SCRIPT_FIELDS and BreakerConfig's defaults in
+-- src/redbreaker/_config.py: one table for both sides.
 local CONFIG_FIELDS = {--[[SCRIPT_FIELDS]]}
+
+-- Counts that are 0 most of a breaker's life are not stored while 0: an absent field reads
+-- as 0. Fewer fields keep a breaker small (see touch() and write_fields()).
+local ZERO_ABSENT = {
+  'open_until', 'consecutive_opens', 'half_open_at', 'half_open_successes', 'forced_until',
+  'open_count', 'would_trip_count',
+}
 
 -- The per-call context, set by begin() before anything else runs. Redis runs one script
 -- at a time, so these upvalues belong to exactly one call while it runs.
-local A, KEY, PROBES, CHANNEL, NAME, JITTER_SAMPLE, CONFIG_TEXT, CFG, NOW, EVENTS
+local A, KEY, PROBES, CHANNEL, NAME, JITTER_SAMPLE, CFG, NOW, EVENTS
 -- Window bucket texts this call already knows, by field (false: the field is absent), so
 -- the admission's bucket arrives with the state in one HMGET instead of its own HGET.
 local BUCKET_TEXT
@@ -75,10 +85,15 @@ local CONFIGS, CONFIG_COUNT, MAX_CONFIGS = {}, 0, 256
 local function parse_config(text)
   local raw = {}
   for name, value in string.gmatch(text, '([%w_]+)=(%S*)') do raw[name] = value end
-  local cfg = {}
+  local cfg, stored = {}, {}
   for _, field in ipairs(CONFIG_FIELDS) do
-    local name, may_be_empty = field[1], field[2]
+    local name, may_be_empty, default = field[1], field[2], field[3]
     local value = raw[name]
+    if value == nil then
+      value = default
+    elseif value ~= default then
+      stored[#stored + 1] = name .. '=' .. value
+    end
     if not (may_be_empty and value == '') then
       cfg[name] = tonumber(value)
       if cfg[name] == nil then
@@ -87,6 +102,7 @@ local function parse_config(text)
     end
   end
   cfg.bucket_ms = math.max(1, math.ceil(cfg.window_ms / NBUCKETS))
+  cfg.stored = table.concat(stored, ' ')
   return cfg, nil
 end
 
@@ -124,8 +140,7 @@ local function begin(keys, argv)
   A, KEY, PROBES = argv, keys[1], keys[2]
   CHANNEL, NAME = argv[2], argv[3]
   JITTER_SAMPLE = tonumber(argv[4]) or 0
-  CONFIG_TEXT = argv[5] or ''
-  local cfg, err = config_of(CONFIG_TEXT)
+  local cfg, err = config_of(argv[5] or '')
   if cfg == nil then return err end
   CFG = cfg
   EVENTS = {}
@@ -151,17 +166,24 @@ local function new_incarnation()
   return int(NOW) .. '-' .. string.sub(digits, 1, 8)
 end
 
-local function write_fields(s, extra)
+-- created: the hash is new, so no field of a zero count is there to delete.
+local function write_fields(s, extra, created)
   local args = {
     'state', s.state, 'generation', int(s.generation),
-    'consecutive_failures', int(s.consecutive_failures), 'open_until', int(s.open_until),
-    'consecutive_opens', int(s.consecutive_opens), 'half_open_at', int(s.half_open_at),
-    'half_open_successes', int(s.half_open_successes), 'forced_until', int(s.forced_until),
-    'open_count', int(s.open_count), 'would_trip_count', int(s.would_trip_count),
-    'incarnation', s.incarnation,
+    'consecutive_failures', int(s.consecutive_failures), 'incarnation', s.incarnation,
   }
+  local zeros = {}
+  for _, f in ipairs(ZERO_ABSENT) do
+    if s[f] == 0 then
+      zeros[#zeros + 1] = f
+    else
+      args[#args + 1] = f
+      args[#args + 1] = int(s[f])
+    end
+  end
   for _, v in ipairs(extra or {}) do args[#args + 1] = v end
   redis.call('HSET', KEY, unpack(args))
+  if #zeros > 0 and not created then redis.call('HDEL', KEY, unpack(zeros)) end
 end
 
 local function fresh_state()
@@ -223,7 +245,7 @@ local function transition(s, to, reason)
   if to ~= 'open' then s.open_until = 0 end
   if not OPERATOR_STATES[to] then s.forced_until = 0 end
   clear_buckets()
-  write_fields(s, { 'changed_at', int(NOW), 'last_reason', reason, 'config', CONFIG_TEXT })
+  write_fields(s, { 'changed_at', int(NOW), 'last_reason', reason, 'config', CFG.stored })
   local retry_after = 0
   if to == 'open' then
     retry_after = s.open_until - NOW
@@ -274,15 +296,15 @@ local function load_state(create)
     -- never resets the fleet's counts or an open deadline.
     local s = fresh_state()
     write_fields(s, { 'created_at', int(NOW), 'changed_at', int(NOW), 'last_reason', 'created',
-      'config', CONFIG_TEXT })
+      'config', CFG.stored }, true)
     touch(s)
     return s, nil
   end
   local s = {
     state = v[1], generation = count_field(v[2]), consecutive_failures = count_field(v[3]),
-    open_until = count_field(v[4]), consecutive_opens = count_field(v[5]),
-    half_open_at = count_field(v[6]), half_open_successes = count_field(v[7]),
-    forced_until = count_field(v[8]), open_count = count_field(v[9]) or 0,
+    open_until = count_field(v[4] or 0), consecutive_opens = count_field(v[5] or 0),
+    half_open_at = count_field(v[6] or 0), half_open_successes = count_field(v[7] or 0),
+    forced_until = count_field(v[8] or 0), open_count = count_field(v[9]) or 0,
     would_trip_count = count_field(v[10]) or 0, incarnation = v[11],
   }
   local broken = not STATES[s.state]

@@ -23,7 +23,73 @@
 --   incarnation     which life of the breaker admitted the call (see _common.lua)
 -- Errors: a reply error starting 'redbreaker:' when KEYS[1] is not a hash or ARGV is bad.
 
+-- The closed-state admission, what a healthy fleet runs on every strict call: the decision
+-- the full path below makes for a closed breaker (no clock-driven transition is ever due in
+-- it), with no state table, only the fields that decision and its checks read, and
+-- one write. nil hands the call to the full path: a config not parsed yet, another state,
+-- a field that needs repair, an error to report.
+local function admit_closed(keys, argv)
+  local cfg = CONFIGS[argv[5]]
+  local wanted = argv[6]
+  if cfg == nil or wanted == nil or #wanted > 64 or not string.find(wanted, '^[%w%.%-]*$') then
+    return nil
+  end
+  local now
+  if argv[1] == '' then
+    local t = redis.call('TIME')
+    now = t[1] * 1000 + math.floor(t[2] / 1000)
+  else
+    now = tonumber(argv[1])
+    if now == nil then return nil end
+  end
+  local bucket_ms = cfg.bucket_ms
+  local index = math.floor(now / bucket_ms)
+  local field = BUCKET_FIELDS[(index % NBUCKETS) + 1]
+  local key = keys[1]
+  local v = redis.pcall('HMGET', key, 'state', 'generation', 'consecutive_failures',
+    'open_until', 'consecutive_opens', 'half_open_at', 'half_open_successes', 'forced_until',
+    'incarnation', field)
+  if v.err or v[1] ~= 'closed' or not v[9] or v[9] == '' then return nil end
+  -- The counts count_field() accepts, checked as text: at most 15 digits (a longer
+  -- count, even a valid one, is left to the full path). Those of v[4..8] may be absent (0).
+  if not v[2] or not v[3] then return nil end
+  for i = 2, 8 do
+    local text = v[i]
+    if text and (text == '' or #text > 15 or string.find(text, '%D')) then return nil end
+  end
+  local start = index * bucket_ms
+  if start > now - cfg.window_ms then
+    -- Text in, text out where it can: number-to-text conversions are the dear part here.
+    local b_start, calls, b_failures, slow = string.match(v[10] or '', '^(%d+) (%d+) (%d+) (%d+)$')
+    local text
+    if tonumber(b_start) == start then
+      calls = calls + 1
+      if calls < tonumber(b_failures) or calls < tonumber(slow) then
+        calls = math.max(tonumber(b_failures), tonumber(slow))
+      end
+      text = b_start .. ' ' .. int(calls) .. ' ' .. b_failures .. ' ' .. slow
+    elseif b_start == nil or tonumber(b_start) <= start or tonumber(b_start) > now then
+      -- A new bucket (a newer live one in this slot wins and takes no write): the TTL
+      -- moves on with it, as touch() does, at most once per bucket_ms.
+      text = int(start) .. ' 1 0 0'
+      local ttl = cfg.key_ttl_ms
+      if ttl == nil then
+        redis.call('PERSIST', key)
+      else
+        local forced_until, open_until = tonumber(v[8] or 0), tonumber(v[4] or 0)
+        if forced_until > now then ttl = ttl + (forced_until - now) end
+        if open_until > now then ttl = ttl + (open_until - now) end
+        redis.call('PEXPIRE', key, ttl)
+      end
+    end
+    if text then redis.call('HSET', key, field, text) end
+  end
+  return { 'admit', 'closed', tonumber(v[2]), tonumber(v[3]), '', 0, now, v[9] }
+end
+
 local function acquire(keys, argv)
+  local fast = admit_closed(keys, argv)
+  if fast then return fast end
   local bad_args = begin(keys, argv)
   if bad_args then return redis.error_reply(bad_args) end
 

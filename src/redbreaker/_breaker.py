@@ -37,6 +37,7 @@ from ._exceptions import (
     StoreUnavailableError,
 )
 from ._guard import BreakerLink, Guard, GuardConfig, build_guard
+from ._lane import quiet_lane
 from ._observe import quiet_rejections
 from ._permit import LeaseHold, Permit
 from ._store import Store
@@ -93,6 +94,7 @@ class Breaker(BreakerBase[Store]):
     _batch_lock = threading.Lock
 
     def _built(self) -> None:
+        self._lane = quiet_lane(self._core)
         self._runner: AttemptRunner | None = None
         self._runner_lock = threading.Lock()
         _fork.after_fork_in_child(self)
@@ -317,19 +319,40 @@ class Breaker(BreakerBase[Store]):
         code = getattr(fn, "__code__", None)  # require_sync's fast case, inlined: every call
         if code is None or code.co_flags & ASYNC_CODE:
             require_sync(fn, self, "call()")
+        lane = self._lane
+        if lane is not None:
+            self.store.poll_feed()  # a transition published meanwhile counts from now on
+            started = self._core.now()
+            copy = lane.admit(started)
+            if copy is not None:
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    Permit(self, lane.permit(copy, started))._ended_by(exc, finishing=False)
+                    raise
+                if hasattr(result, "__await__") or not lane.succeeded(copy, started, result):
+                    self._finish_call(Permit(self, lane.permit(copy, started)), result, fn)
+                return result
         permit = self.acquire()
-        finishing = False
         try:
             result = fn(*args, **kwargs)
-            finishing = True
+        except BaseException as exc:
+            permit._ended_by(exc, finishing=False)
+            raise
+        self._finish_call(permit, result, fn)
+        return result
+
+    @staticmethod
+    def _finish_call(permit: Permit, result: object, fn: object) -> None:
+        """Settle ``permit`` of a call of ``fn`` that returned ``result``."""
+        try:
             permit._finish(result=result, origin=fn)
         except AsyncCallError:
             permit.release()  # nothing ran: count nothing
             raise
         except BaseException as exc:
-            permit._ended_by(exc, finishing=finishing)
+            permit._ended_by(exc, finishing=True)
             raise
-        return result
 
     def _settle(
         self,

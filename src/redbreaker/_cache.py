@@ -103,6 +103,18 @@ class Batch:
             self._calls, self._since = 0, now
             return due
 
+    def add_one_unless_due(self, permit: PermitKey, interval: float, now: float) -> bool:
+        """Count one call of the batch's generation unless that makes a send due; False:
+        nothing was counted (the caller settles the call the long way)."""
+        with self._lock:
+            if (
+                (permit.generation, permit.incarnation) != (self._generation, self._incarnation)
+                or now - self._since >= interval
+            ):
+                return False
+            self._calls += 1
+            return True
+
     def take(self, generation: int, incarnation: str) -> int:
         """The counted calls of that generation, to ride along with an outcome."""
         with self._lock:

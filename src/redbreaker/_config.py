@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ __all__ = [
     "matcher_setting",
     "plain_callable_setting",
     "ratio_setting",
+    "script_defaults",
     "seconds_setting",
 ]
 
@@ -354,8 +356,7 @@ class BreakerConfig:
         argv = tuple(values.pop(f.name) for f in SCRIPT_FIELDS)
         assert not values, f"fields missing from SCRIPT_FIELDS: {sorted(values)}"
         object.__setattr__(self, "_argv", argv)
-        text = " ".join(f"{f.name}={v}" for f, v in zip(SCRIPT_FIELDS, argv, strict=True))
-        object.__setattr__(self, "_script_config", text)
+        object.__setattr__(self, "_script_config", "")
 
     @property
     def script_argv(self) -> tuple[str, ...]:
@@ -364,8 +365,18 @@ class BreakerConfig:
 
     @property
     def script_config(self) -> str:
-        """ARGV[5] of every script: ``name=value`` pairs, as ``lua/_common.lua`` reads them
-        and as the breaker hash's ``config`` field shows them."""
+        """ARGV[5] of every script: the ``name=value`` pairs that differ from the defaults
+        (``BreakerConfig()``'s, written into the scripts), as ``lua/_common.lua`` reads
+        them and as the breaker hash's ``config`` field shows them; empty for the defaults.
+        Every script call sends it, so shorter is cheaper for client and server alike."""
+        if not self._script_config and self._argv != _default_argv():
+            defaults = _default_argv()
+            text = " ".join(
+                f"{f.name}={v}"
+                for f, v, d in zip(SCRIPT_FIELDS, self._argv, defaults, strict=True)
+                if v != d
+            )
+            object.__setattr__(self, "_script_config", text)
         return self._script_config
 
     @property
@@ -414,3 +425,15 @@ class BreakerSettings(TypedDict, total=False):
     record_on: ExceptionMatcher
     ignore_on: ExceptionMatcher | None
     failure_result: Callable[[Any], bool] | None
+
+
+@functools.cache
+def _default_argv() -> tuple[str, ...]:
+    return BreakerConfig().script_argv
+
+
+@functools.cache
+def script_defaults() -> dict[str, str]:
+    """Each script field's text in ``BreakerConfig()``'s config: what a config text
+    (ARGV[5], the breaker hash's ``config`` field) leaves out."""
+    return {f.name: v for f, v in zip(SCRIPT_FIELDS, _default_argv(), strict=True)}

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._config import SCRIPT_FIELDS
+from ._config import SCRIPT_FIELDS, script_defaults
 
 if TYPE_CHECKING:
     import sys
@@ -55,11 +55,15 @@ _FIELDS_MARK = "{--[[SCRIPT_FIELDS]]}"
 
 
 def _lua_fields() -> str:
-    """The Lua parser's field list, written from :data:`SCRIPT_FIELDS`."""
+    """The Lua parser's field list, written from :data:`SCRIPT_FIELDS` and the default
+    config's text (a field a config text leaves out takes its default)."""
+    defaults = script_defaults()
     rows = ", ".join(
-        f"{{ '{f.name}', {'true' if f.may_be_empty else 'false'} }}" for f in SCRIPT_FIELDS
+        f"{{ '{f.name}', {'true' if f.may_be_empty else 'false'}, '{defaults[f.name]}' }}"
+        for f in SCRIPT_FIELDS
     )
     return f"{{ {rows} }}"
+
 
 
 @functools.cache

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from ._config import script_defaults
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -291,11 +293,15 @@ def _window(fields: dict[str, str], now_ms: int, window_ms: int) -> tuple[int, i
 
 
 def _stored_window_ms(fields: dict[str, str]) -> int | None:
-    for setting in fields.get("config", "").split(" "):
+    if "config" not in fields:
+        return None
+    # The field keeps the settings that differ from the defaults: no window_ms is the default.
+    window = script_defaults()["window_ms"]
+    for setting in fields["config"].split(" "):
         key, _, value = setting.partition("=")
-        if key == "window_ms" and value.isdigit() and int(value) > 0:
-            return int(value)
-    return None
+        if key == "window_ms":
+            window = value
+    return int(window) if window.isdigit() and int(window) > 0 else None
 
 
 def decode_snapshot(name: str, reply: Sequence[object], window_ms: int) -> Snapshot:
