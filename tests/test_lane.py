@@ -34,7 +34,8 @@ def store(clock: ManualClock) -> redbreaker.Store:
 def _cached(store: redbreaker.Store, **settings: object) -> Breaker:
     breaker = Breaker(NAME, store=store, consistency="cached", **settings)  # type: ignore[arg-type]
     breaker.call(lambda: "warm")  # the first call asks Redis and leaves a local copy
-    assert breaker._lane is not None and breaker._core._local.copy is not None
+    assert breaker._lane is not None
+    assert breaker._core._local.copy is not None
     return breaker
 
 
