@@ -101,13 +101,18 @@ def test_an_awaitable_result_is_refused_and_counts_nothing(store: redbreaker.Sto
     asyncio.run(work())  # the event loop is fine: nothing was left pending
 
 
-def test_a_store_with_observers_never_takes_the_lane(clock: ManualClock) -> None:
+def test_observers_hear_of_every_call_of_the_lane(clock: ManualClock) -> None:
+    seen: list[tuple[str, str]] = []
+
     class Watcher(redbreaker.BreakerObserver):
-        pass
+        def on_call(self, record: redbreaker.CallRecord) -> None:
+            seen.append((record.outcome, record.state))
 
     with contextlib.closing(
         redbreaker.connect("memory://", clock=clock, observers=[Watcher()])
     ) as observed:
-        breaker = Breaker(NAME, store=observed, consistency="cached")
-        assert breaker._lane is None
+        breaker = _cached(observed, flush_interval=10.0, max_staleness=60.0)
+        for _ in range(5):
+            breaker.call(lambda: "ok")
+        assert seen == [("success", "closed")] * 6
         assert Breaker(NAME, store=observed)._lane is None  # strict: never

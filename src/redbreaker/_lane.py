@@ -1,14 +1,15 @@
 """The cached mode's quiet lane: most calls of a healthy cached breaker are admitted from
 the local copy and end in a plain success, which Redis learns later in a batch. The lane
-decides those calls with no permit, no report and no round trip; anything else (a
-failure, a slow call, a streak to end, a batch to send, a store with observers) leaves
-the lane and takes the full path, which decides it as it always did. No I/O here.
+decides those calls with no permit and no round trip (observers are told as usual);
+anything else (a failure, a slow call, a streak to end, a batch to send) leaves the lane
+and takes the full path, which decides it as it always did. No I/O here.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._exceptions import CircuitOpenError
 from ._permit_state import PermitState
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ __all__ = ["QuietLane", "quiet_lane"]
 
 
 class QuietLane:
-    """The quiet lane of one cached breaker whose store has no observers."""
+    """The quiet lane of one cached breaker."""
 
     __slots__ = ("_core", "_failure_result", "_interval", "_name", "_now", "_slow_after",
                  "_staleness", "_state_key", "_view")
@@ -45,7 +46,13 @@ class QuietLane:
         """
         if self._view.cached_rejection(self._state_key, self._staleness) is not None:
             return None
-        return self._core._local.fresh_copy(self._view.heard(self._name), now)
+        core = self._core
+        try:
+            return core._local.fresh_copy(self._view.heard(self._name), now)
+        except CircuitOpenError as exc:
+            if core._observers:
+                core.reports.rejection(exc.state)
+            raise
 
     def succeeded(self, copy: LocalCopy, started: float, result: object) -> bool:
         """Count a call :meth:`admit` let through that returned ``result``. False: it is
@@ -59,7 +66,12 @@ class QuietLane:
         now = self._now()
         if self._slow_after is not None and now - started >= self._slow_after:
             return False
-        return self._core._local.batch.add_one_unless_due(copy, self._interval, now)
+        core = self._core
+        if not core._local.batch.add_one_unless_due(copy, self._interval, now):
+            return False
+        if core._observers:
+            core.reports.call("success", copy.state, now - started)
+        return True
 
     @staticmethod
     def permit(copy: LocalCopy, started: float) -> PermitState:
@@ -72,8 +84,5 @@ class QuietLane:
 
 
 def quiet_lane(core: BreakerCore) -> QuietLane | None:
-    """The lane of ``core``, or None where every call takes the full path (strict mode;
-    observers, which are told of every call)."""
-    if core.config.consistency != "cached" or core._observers:
-        return None
-    return QuietLane(core)
+    """The lane of ``core``, or None in strict mode (Redis admits every call)."""
+    return QuietLane(core) if core.config.consistency == "cached" else None

@@ -157,7 +157,11 @@ class Reports:
         kind: CallKind = "ignored" if outcome == "ignore" else outcome  # type: ignore[assignment]
         # Admitted while Redis was unreachable ("allow"): nobody decided, no state is claimed.
         state = UNKNOWN_STATE if permit.offline else getattr(permit, "state", "closed")
-        tell_call(self._observers, CallRecord(self._name, kind, state, now - permit.started))
+        self.call(kind, state, now - permit.started)
+
+    def call(self, kind: CallKind, state: str, duration: float) -> None:
+        """A call admitted in ``state`` ended as ``kind`` after ``duration`` seconds."""
+        tell_call(self._observers, CallRecord(self._name, kind, state, duration))
 
     def rejection(self, state: str) -> None:
         """A call was refused in ``state`` (not reported while its caller waits on)."""
