@@ -23,6 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 import redbreaker
 from redbreaker import ConfigError, ManualClock, StoreError, StoreEvent, StoreUnavailableError
 from redbreaker._core import BreakerCore
+from redbreaker._shards import SlotChannels
 from redbreaker.aio._store import Store, connect
 from redis_servers import RedisServer, RedisServerError, find_free_port
 
@@ -694,7 +695,8 @@ def _cluster_node() -> RedisServer:
 
 @pytest.mark.slow
 def test_cluster_runs_scripts_lists_and_hears(redis_server: RedisServer) -> None:
-    """A cluster client: EVALSHA (never FCALL), SCAN, the feed, transitions()."""
+    """A cluster client: FCALL routed by slot (never EVALSHA), SCAN, the feed,
+    transitions() (on the slot's sharded channel where the scripts SPUBLISH)."""
     server = _cluster_node()
     clock = ManualClock()
     url = f"redis+cluster://127.0.0.1:{server.port}"
@@ -710,7 +712,11 @@ def test_cluster_runs_scripts_lists_and_hears(redis_server: RedisServer) -> None
         store.start_feed()
         await _until(lambda: store.feed_live, "the feed to subscribe")
         async with store.transitions() as events:
-            await store.client.publish(CHANNEL, _event("dep"))
+            if await store._cluster.sharded():  # type: ignore[union-attr]
+                channel = SlotChannels(PREFIX).of_breaker("dep")[1]
+                await store.client.spublish(channel, _event("dep"))
+            else:
+                await store.client.publish(CHANNEL, _event("dep"))
             assert (await asyncio.wait_for(events.__anext__(), 5)).name == "dep"
         await _until(lambda: store.view.heard("dep") == 2, "the feed to hear it")
         await store.aclose()
@@ -719,9 +725,10 @@ def test_cluster_runs_scripts_lists_and_hears(redis_server: RedisServer) -> None
         server.reset_stats()
         for store in stores:
             asyncio.run(body(store))
-            assert store._route.functions is False
+            assert store._route.functions is True
             server.flushall(scripts=True)
-        assert "fcall" not in server.commandstats()
+        assert "evalsha" not in server.commandstats()
+        assert server.commandstats()["fcall"] >= 2
     finally:
         server.close()
 

@@ -35,6 +35,7 @@ CORE = (
     "_observe",
     "_permit_state",
     "_pool_limit",
+    "_shards",
     "_state",
     "_streams_base",
     "_streams_core",

@@ -22,6 +22,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 import redbreaker
+from redbreaker._shards import SlotChannels
 from redis_servers import (
     BINARY_ENV_VAR,
     RedisServer,
@@ -383,14 +384,16 @@ def _boom() -> None:
     raise ValueError("boom")
 
 
-def test_cluster_transitions_reach_a_subscriber_on_one_node(
+def test_cluster_transitions_reach_a_subscriber_of_their_slot_channels(
     cluster_nodes: list[RedisServer],
 ) -> None:
-    """A plain SUBSCRIBE on node 0 gets the JSON transitions PUBLISHed by scripts on all nodes."""
+    """An SSUBSCRIBE of the breakers' slot channels (each on its owner) gets the JSON
+    transitions SPUBLISHed by scripts on all nodes, each exactly once."""
     clock = redbreaker.ManualClock()
     store = redbreaker.connect(_cluster_url(cluster_nodes), clock=clock, prefix="events")
     owners = _slot_owners(cluster_nodes)
     assert {owners[_keyslot(cluster_nodes[0], n)] for n in NAMES} == {0, 1, 2}
+    channels = SlotChannels("events")
     expected = {
         name: {
             "name": name,
@@ -404,24 +407,33 @@ def test_cluster_transitions_reach_a_subscriber_on_one_node(
         for name in NAMES
     }
     received: dict[str, dict[str, object]] = {}
-    with cluster_nodes[0].client() as r, r.pubsub() as pubsub:
-        try:
-            pubsub.subscribe("events:events")
-            confirmation = pubsub.get_message(timeout=5.0)
-            assert confirmation is not None
-            assert confirmation["type"] == "subscribe"
-            for name in NAMES:
-                with pytest.raises(ValueError, match="boom"):
-                    redbreaker.Breaker(name, store=store, failure_threshold=1).call(_boom)
-            deadline = time.monotonic() + _EVENT_TIMEOUT
-            while len(received) < len(NAMES) and time.monotonic() < deadline:
-                message = pubsub.get_message(timeout=0.2)
-                if message is not None and message["type"] == "message":
-                    event = json.loads(message["data"])
-                    assert event["name"] not in received, event  # each event exactly once
-                    received[event["name"]] = event
-        finally:
-            store.close()
+    cluster_client = RedisCluster(host=cluster_nodes[0].host, port=cluster_nodes[0].port)
+    pubsub = cluster_client.pubsub()
+    try:
+        wanted = {channels.of_breaker(name)[1] for name in NAMES}
+        for channel in wanted:
+            pubsub.ssubscribe(channel)
+        confirmed: set[bytes] = set()
+        deadline = time.monotonic() + _EVENT_TIMEOUT
+        while len(confirmed) < len(wanted) and time.monotonic() < deadline:
+            message = pubsub.get_sharded_message(timeout=0.2)
+            if message is not None and message["type"] == "ssubscribe":
+                confirmed.add(message["channel"])
+        assert len(confirmed) == len(wanted)
+        for name in NAMES:
+            with pytest.raises(ValueError, match="boom"):
+                redbreaker.Breaker(name, store=store, failure_threshold=1).call(_boom)
+        deadline = time.monotonic() + _EVENT_TIMEOUT
+        while len(received) < len(NAMES) and time.monotonic() < deadline:
+            message = pubsub.get_sharded_message(timeout=0.2)
+            if message is not None and message["type"] == "smessage":
+                event = json.loads(message["data"])
+                assert event["name"] not in received, event  # each event exactly once
+                received[event["name"]] = event
+    finally:
+        pubsub.close()
+        cluster_client.close()
+        store.close()
     assert received == expected
 
 
@@ -434,52 +446,28 @@ def test_cluster_store_transitions_iterator(cluster_nodes: list[RedisServer]) ->
     done = threading.Event()
 
     def watch() -> None:
-        for transition in watcher.transitions():
+        for transition in events:
             received.append(transition)
             if transition.name == "__stop__" or len(received) == len(NAMES):
                 break
         done.set()
 
+    events = watcher.transitions()  # subscribed (every slot's channel) when this returns
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     try:
-        _wait_for_subscriber(cluster_nodes, "watch:events")
         for name in NAMES:
             with pytest.raises(ValueError, match="boom"):
                 redbreaker.Breaker(name, store=store, failure_threshold=1).call(_boom)
         done.wait(_EVENT_TIMEOUT)
     finally:
-        if not done.is_set():
-            _publish_stop(cluster_nodes[0], "watch:events")  # unblock the watcher
+        watcher.close()  # ends the watch (within 5 ms) if it is still waiting
         thread.join(_EVENT_TIMEOUT)
         store.close()
-        watcher.close()
     assert not thread.is_alive()
     assert sorted((t.name, t.previous, t.current, t.reason) for t in received) == sorted(
         (name, State.CLOSED, State.OPEN, "consecutive_failures") for name in NAMES
     )
-
-
-def _wait_for_subscriber(nodes: list[RedisServer], channel: str) -> None:
-    deadline = time.monotonic() + _READY_TIMEOUT
-    while True:
-        total = 0
-        for node in nodes:
-            with node.client() as r:
-                total += int(dict(r.pubsub_numsub(channel)).get(channel.encode(), 0))
-        if total >= 1:
-            return
-        assert time.monotonic() < deadline, f"nobody subscribed to {channel} in time"
-        time.sleep(0.02)
-
-
-def _publish_stop(node: RedisServer, channel: str) -> None:
-    payload = (
-        '{"name": "__stop__", "from_state": "closed", "to_state": "open", '
-        '"reason": "stop", "generation": 0, "at_ms": 0}'
-    )
-    with node.client() as r:
-        r.publish(channel, payload)
 
 
 @pytest.mark.parametrize("scheme", ["REDIS+CLUSTER", "Redis+Cluster"])

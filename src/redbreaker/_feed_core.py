@@ -26,6 +26,7 @@ __all__ = [
     "CONFIRM_WAIT",
     "IDLE",
     "POLL",
+    "SHARD_POLL",
     "WATCH_WAIT",
     "ConnectionSource",
     "FeedCore",
@@ -33,6 +34,7 @@ __all__ = [
     "confirms",
     "ends_quietly",
     "subscriber_settings",
+    "text",
     "transition",
     "unconfirmed",
 ]
@@ -45,6 +47,9 @@ CONFIRM_WAIT = 1.0
 """How long a SUBSCRIBE may go unconfirmed before the subscription counts as failed."""
 WATCH_WAIT = 0.25
 """How often a watching caller checks whether the store was closed."""
+SHARD_POLL = 0.005
+"""How long a watcher of a cluster's shards (one connection each) sleeps when none of
+them had a message."""
 
 
 def channel(prefix: str) -> str:
@@ -76,6 +81,11 @@ def subscriber_settings(source: ConnectionSource, retry: object) -> dict[str, An
     return {**kept, **overrides, "connection_class": source.connection_class}
 
 
+def text(raw: bytes | str) -> str:
+    """A channel name as read (undecoded connections give bytes)."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 def confirms(message: Mapping[str, Any] | None) -> bool:
     """Whether a read returned the server's confirmation of a SUBSCRIBE."""
     return message is not None and message.get("type") == "subscribe"
@@ -89,8 +99,8 @@ def unconfirmed(channel: str) -> str:
 def transition(message: Mapping[str, Any] | None) -> Transition | None:
     """The transition a read returned; None for anything else (nothing, a subscription's
     confirmation, a stranger's message on our channel). Payloads are JSON, never
-    evaluated."""
-    if message is None or message.get("type") != "message":
+    evaluated. A sharded channel's messages (``smessage``) count like any other."""
+    if message is None or message.get("type") not in ("message", "smessage"):
         return None
     try:
         return decode_event(message["data"])

@@ -13,6 +13,7 @@ from redis.retry import Retry
 
 from . import _fork
 from ._clock import Clock, SystemClock
+from ._cluster import ClusterRouter
 from ._config import hooks_setting, seconds_setting
 from ._direct import DirectPath, is_plain
 from ._exceptions import ConfigError
@@ -30,6 +31,7 @@ from ._memory import fakeredis_module, memory_server
 from ._observe import BreakerObserver, observers_setting
 from ._pool_limit import call_limit
 from ._scripts import SCRIPT_NAMES, function_name, library_source, script_source
+from ._shard_feed import ShardedFeed, watch_shards
 from ._url import StoreURL, parse_store_url
 from ._view import FleetView
 
@@ -89,9 +91,13 @@ class Store:
         }
         self._functions = {name: function_name(name) for name in SCRIPT_NAMES}
         # FCALL until the server shows it cannot (Redis < 7, an ACL without it): then the
-        # same scripts by EVALSHA. A cluster client would spend a COMMAND GETKEYS round
-        # trip routing each FCALL (its keys are "movable"), so clusters use EVALSHA.
-        self._route = ScriptRoute(functions=not isinstance(client, RedisCluster))
+        # same scripts by EVALSHA. On a cluster each FCALL goes to its slot's primary by
+        # the breaker's hash tag (see _cluster), never through redis-py's routing, which
+        # would spend a COMMAND GETKEYS round trip on it (FCALL's keys are "movable").
+        self._route = ScriptRoute(functions=True)
+        self._cluster = (
+            ClusterRouter(client, self.prefix) if isinstance(client, RedisCluster) else None
+        )
         # A pool limits its connections (redis-py's default: 100): calls beyond it wait
         # for one in flight to end, never "Too many connections" (which would read as an
         # outage). A plain client is driven a level lower (see _direct): up to half the
@@ -106,7 +112,15 @@ class Store:
         self._closed = False
         # What this process knows without asking: rejections it repeats, transitions heard.
         self.view = FleetView(self.prefix, self.clock)
-        self._feed = TransitionFeed(client, self.prefix, self.view, lambda: self._closed)
+        self._shard_feed: ShardedFeed | None = None
+        self._feed: TransitionFeed
+        if self._cluster is None:
+            self._feed = TransitionFeed(client, self.prefix, self.view, lambda: self._closed)
+        else:
+            # Each breaker's transitions in its own shard (sharded pub/sub, Redis >= 7).
+            self._feed = self._shard_feed = ShardedFeed(
+                self._cluster, self.prefix, self.view, lambda: self._closed
+            )
         # Read the transitions published since the feed was last read (no I/O when it was
         # read less than a ms ago); bound once, as every cached call makes it.
         self.poll_feed: Callable[[], None] = self._feed.poll
@@ -164,6 +178,12 @@ class Store:
             gate.release()
 
     def _call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        cluster = self._cluster
+        if cluster is not None and cluster.sharded():
+            # ARGV[2] names the sharded channel of the breaker's slot: the scripts
+            # SPUBLISH it (it has a brace, which a prefix never has).
+            assert self._shard_feed is not None
+            args = [args[0], self._shard_feed.channel(keys.name), *args[2:]]
         route = self._route
         if route.functions:
             try:
@@ -171,7 +191,7 @@ class Store:
             except redis.ResponseError as exc:
                 if route.after_fcall_error(exc) == "load":
                     try:
-                        self._load_library()
+                        self._load_library(keys)
                     except redis.ResponseError as load_exc:
                         route.after_load_error(load_exc)
                     else:
@@ -179,6 +199,8 @@ class Store:
         return self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
 
     def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        if self._cluster is not None:
+            return self._cluster.fcall(self._functions[script], keys, args)
         if self._direct is None:
             return self.client.execute_command(  # type: ignore[no-untyped-call]
                 "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
@@ -187,8 +209,12 @@ class Store:
         packed = direct.packer.fcall(self._functions[script], keys.state, keys.probes, args)
         return direct.send(packed)
 
-    def _load_library(self) -> None:
-        if self._direct is not None:
+    def _load_library(self, keys: BreakerKeys) -> None:
+        """FUNCTION LOAD where the call was refused: the server, or on a cluster the
+        primary of the breaker's slot (each primary gets it when it first lacks it)."""
+        if self._cluster is not None:
+            self._cluster.load(keys)
+        elif self._direct is not None:
             self._direct.send(self._direct.packer.function_load(library_source()))
         else:
             self.client.function_load(library_source(), replace=True)
@@ -228,10 +254,14 @@ class Store:
         _fork.reinit_lock(self._fallback_lock)
         self._gate = self._new_gate()  # parent threads inside a call at the fork hold slots
         _release_client_locks(self.client)
+        if self._cluster is not None:
+            _fork.reinit_lock(self._cluster.lock)
         self._feed.after_fork_in_child()
 
     def transitions(self) -> Iterator[Transition]:
-        """Every transition of every breaker under this prefix, as it is PUBLISHed.
+        """Every transition of every breaker under this prefix, as it is PUBLISHed (on a
+        Redis Cluster, SPUBLISHed: the channels of all 16384 slots, each subscribed on its
+        primary).
 
         The subscription is live when this returns, so no event published after the call
         is missed. Iterating blocks; it ends when the caller stops or the store is closed.
@@ -242,6 +272,12 @@ class Store:
             StoreUnavailableError: Redis could not be reached, or the connection was lost
                 while watching.
         """
+        cluster = self._cluster
+        if cluster is not None:
+            with library_errors(f"asking {self.prefix!r}'s cluster for its version", self.prefix):
+                sharded = cluster.sharded()
+            if sharded:  # every slot's sharded channel, each on its primary
+                return watch_shards(cluster, self.prefix, lambda: self._closed)
         return watch(self.client, self.prefix, lambda: self._closed)
 
     def breaker_names(self) -> list[str]:

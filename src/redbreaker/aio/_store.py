@@ -37,9 +37,11 @@ from .._pool_limit import call_limit
 from .._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from .._url import StoreURL, parse_store_url
 from .._view import FleetView
+from ._cluster import ClusterRouter
 from ._direct import DirectPath, is_plain
 from ._feed import TransitionFeed, TransitionStream
 from ._gate import CallGate
+from ._shard_feed import ShardedFeed, ShardedStream
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -107,9 +109,13 @@ class Store:
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
         # FCALL until the server shows it cannot (Redis < 7, an ACL without it): then the
-        # same scripts by EVALSHA. A cluster client would spend a COMMAND GETKEYS round
-        # trip routing each FCALL (its keys are "movable"), so clusters use EVALSHA.
-        self._route = ScriptRoute(functions=not isinstance(client, RedisCluster))
+        # same scripts by EVALSHA. On a cluster each FCALL goes to its slot's primary by
+        # the breaker's hash tag (see _cluster), never through redis-py's routing, which
+        # would spend a COMMAND GETKEYS round trip on it (FCALL's keys are "movable").
+        self._route = ScriptRoute(functions=True)
+        self._cluster = (
+            ClusterRouter(client, self.prefix) if isinstance(client, RedisCluster) else None
+        )
         # A plain client is driven a level lower (see _direct), each breaker's FCALL head
         # encoded once.
         self._direct = DirectPath(client) if is_plain(client) else None
@@ -119,7 +125,15 @@ class Store:
         self._gate = None if self._limit is None else CallGate(self._limit.calls)
         self._closed = False
         self.view = FleetView(self.prefix, self.clock)
-        self._feed = TransitionFeed(client, self.prefix, self.view, self._is_closed)
+        self._shard_feed: ShardedFeed | None = None
+        self._feed: TransitionFeed
+        if self._cluster is None:
+            self._feed = TransitionFeed(client, self.prefix, self.view, self._is_closed)
+        else:
+            # Each breaker's transitions in its own shard (sharded pub/sub, Redis >= 7).
+            self._feed = self._shard_feed = ShardedFeed(
+                self._cluster, self.prefix, self.view, self._is_closed
+            )
         # Whether poll_feed() would read (over a ms since the last read, none running):
         # bound once and checked first, so that most cached calls await nothing.
         self.feed_due: Callable[[], bool] = self._feed.due
@@ -181,6 +195,12 @@ class Store:
             gate.release()
 
     async def _call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        cluster = self._cluster
+        if cluster is not None and (cluster.known_sharded or await cluster.sharded()):
+            # ARGV[2] names the sharded channel of the breaker's slot: the scripts
+            # SPUBLISH it (it has a brace, which a prefix never has).
+            assert self._shard_feed is not None
+            args = [args[0], self._shard_feed.channel(keys.name), *args[2:]]
         route = self._route
         if route.functions:
             try:
@@ -188,7 +208,7 @@ class Store:
             except redis.ResponseError as exc:
                 if route.after_fcall_error(exc) == "load":
                     try:
-                        await self._load_library()
+                        await self._load_library(keys)
                     except redis.ResponseError as load_exc:
                         route.after_load_error(load_exc)
                     else:
@@ -196,6 +216,8 @@ class Store:
         return await self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
 
     async def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        if self._cluster is not None:
+            return await self._cluster.fcall(self._functions[script], keys, args)
         direct = self._direct
         if direct is None:
             return await self.client.execute_command(
@@ -205,8 +227,12 @@ class Store:
             direct.packer.fcall(self._functions[script], keys.state, keys.probes, args)
         )
 
-    async def _load_library(self) -> None:
-        if self._direct is None:
+    async def _load_library(self, keys: BreakerKeys) -> None:
+        """FUNCTION LOAD where the call was refused: the server, or on a cluster the
+        primary of the breaker's slot (each primary gets it when it first lacks it)."""
+        if self._cluster is not None:
+            await self._cluster.load(keys)
+        elif self._direct is None:
             await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", self._library)
         else:
             await self._direct.execute(self._direct.packer.function_load(self._library))
@@ -259,8 +285,9 @@ class Store:
             with contextlib.suppress(Exception):
                 pool.reset()
 
-    def transitions(self) -> TransitionStream:
-        """Every transition of every breaker under this prefix, as it is PUBLISHed::
+    def transitions(self) -> TransitionStream | ShardedStream:
+        """Every transition of every breaker under this prefix, as it is PUBLISHed (on a
+        Redis Cluster, SPUBLISHed: the channels of all 16384 slots, each on its primary)::
 
             async with store.transitions() as events:   # subscribed when this is entered
                 async for transition in events:
@@ -275,6 +302,10 @@ class Store:
                 while watching.
             StoreError: Redis refused (credentials, ACL).
         """
+        if self._cluster is not None:
+            # Where the scripts SPUBLISH (Redis >= 7), every slot's channel, each on its
+            # primary; else the prefix's channel. Which, is asked when the stream starts.
+            return ShardedStream(self._cluster, self.prefix, self._is_closed)
         return TransitionStream(self.client, self.prefix, self._is_closed)
 
     async def breaker_names(self) -> list[str]:
