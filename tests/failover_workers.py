@@ -1,43 +1,72 @@
 """Worker processes for tests/test_failover.py: each calls a healthy dependency through a
 shared breaker on a Sentinel-managed Redis until told to stop, and reports what its
 callers saw (outcomes by type) and when its store lost and regained Redis (wall time: the
-parent compares it with when it killed the primary)."""
+parent compares it with when it killed the primary).
+
+tests/test_cluster_failover.py runs :func:`run` with several ``names`` (breakers on every
+shard of a Redis Cluster): a cluster store's health is one per store, so which shard a
+call reached Redis on is told per name, by ``through_redis``.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redbreaker
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-def run(index: int, url: str, policy: str, *, ready: Any, stop: Any, results: Any) -> None:
+
+def run(
+    index: int,
+    url: str,
+    policy: str,
+    *,
+    ready: Any,
+    stop: Any,
+    results: Any,
+    names: Sequence[str] = ("payments",),
+) -> None:
+    """Call every breaker of ``names`` in turn until ``stop``. ``through_redis`` in the
+    report holds, per name, the (wall time, went through Redis) edges of its calls: the
+    store call was made and answered, or it was skipped or failed (the policy decided)."""
     events: list[tuple[str, float]] = []
     store = redbreaker.connect(
         url, store_timeout=0.5, on_store_event=lambda e: events.append((e.kind, time.time()))
     )
-    breaker = redbreaker.Breaker("payments", store=store, on_store_error=policy)
+    breakers = [redbreaker.Breaker(name, store=store, on_store_error=policy) for name in names]
     outcomes: Counter[str] = Counter()
     last_ok_through_redis = 0.0
+    through_redis: dict[str, list[tuple[float, bool]]] = {name: [] for name in names}
     try:
         if index == 0:
             ready.set()
         while not stop.is_set():
-            try:
-                assert breaker.call(lambda: "ok") == "ok"
-                outcomes["ok"] += 1
-                if not store.health.degraded:
-                    last_ok_through_redis = time.time()
-            except Exception as exc:  # what a caller would see, by type
-                outcomes[type(exc).__name__] += 1
-            time.sleep(0.002)
+            for breaker in breakers:
+                via_redis = False
+                try:
+                    assert breaker.call(lambda: "ok") == "ok"
+                    outcomes["ok"] += 1
+                    # One thread: the health after the call is this call's store call's.
+                    via_redis = not store.health.degraded
+                    if via_redis:
+                        last_ok_through_redis = time.time()
+                except Exception as exc:  # what a caller would see, by type
+                    outcomes[type(exc).__name__] += 1
+                edges = through_redis[breaker.name]
+                if not edges or edges[-1][1] != via_redis:
+                    edges.append((time.time(), via_redis))
+                time.sleep(0.002)
         results.put(
             {
                 "index": index,
                 "outcomes": dict(outcomes),
                 "events": events,
                 "last_ok_through_redis": last_ok_through_redis,
+                "through_redis": through_redis,
                 "degraded_at_end": store.health.degraded,
             }
         )
