@@ -20,6 +20,7 @@ import _variants
 import redbreaker
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from multiprocessing.connection import Connection
 
 
@@ -150,19 +151,25 @@ def worker_main(conn: Connection, url: str, index: int) -> None:
     worker = _Worker(conn, url, index)
     conn.send(("ok", index))
     try:
-        while True:
-            try:
-                order = conn.recv()
-            except EOFError:
-                return
-            if order[0] == "stop":
-                return
-            try:
-                conn.send(("ok", getattr(worker, order[0])(*order[1:])))
-            except Exception:
-                conn.send(("error", traceback.format_exc()))
+        serve_orders(conn, lambda order: getattr(worker, order[0])(*order[1:]))
     finally:
         worker.close()
+
+
+def serve_orders(conn: Connection, handle: Callable[[tuple[Any, ...]], Any]) -> None:
+    """Answer the parent's orders with ("ok", handle(order)) or ("error", traceback) until
+    it says stop or goes away."""
+    while True:
+        try:
+            order = conn.recv()
+        except EOFError:
+            return
+        if order[0] == "stop":
+            return
+        try:
+            conn.send(("ok", handle(order)))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
 
 
 # --------------------------------------------------------------------------- the parent
@@ -219,13 +226,18 @@ class Fleet:
         return [self.expect(i, "ok", timeout) for i in range(n)]
 
     def close(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.send(("stop",))
-        for proc in self.procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
-        for conn in self.conns:
-            conn.close()
+        stop_workers(self.conns, self.procs)
+
+
+def stop_workers(conns: list[Connection], procs: list[Any]) -> None:
+    """Ask every worker to stop, wait for it (terminated after 10 s), close the pipes."""
+    for conn in conns:
+        with contextlib.suppress(OSError):
+            conn.send(("stop",))
+    for proc in procs:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=5)
+    for conn in conns:
+        conn.close()
