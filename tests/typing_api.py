@@ -45,3 +45,20 @@ with redbreaker.set_testing(max_attempts=2):
 redbreaker.Breaker("typo", store=store, failure_treshold=5)  # type: ignore[call-arg]
 redbreaker.Breaker("typed", store=store, failure_threshold="5")  # type: ignore[arg-type]
 payments.guard(attempt_timout=1)  # type: ignore[call-arg]
+
+
+# The asyncio twin keeps the same types through await.
+async def _aio_api() -> None:
+    import redbreaker.aio
+
+    aio_store = redbreaker.aio.connect("memory://")
+    orders = redbreaker.aio.Breaker("orders-api", store=aio_store)
+
+    async def fetch(url: str) -> bytes:
+        return url.encode()
+
+    body: bytes = await orders.call(fetch, "https://example.invalid")
+    size: int = await orders.call(len, "abc")  # a plain function's result as it is
+    wrong_body: str = await orders.call(fetch, "x")  # type: ignore[call-overload]
+    await orders.call(fetch, 1)  # type: ignore[call-overload]
+    del body, size, wrong_body

@@ -95,6 +95,7 @@ class Breaker(BreakerBase[Store]):
 
     def _built(self) -> None:
         self._lane = quiet_lane(self._core)
+        self._refreshed = threading.Condition()
         self._runner: AttemptRunner | None = None
         self._runner_lock = threading.Lock()
         _fork.after_fork_in_child(self)
@@ -104,6 +105,7 @@ class Breaker(BreakerBase[Store]):
     def _after_fork_in_child(self) -> None:
         self._core._forget_local_knowledge()
         self._runner_lock = threading.Lock()
+        self._refreshed = threading.Condition()
 
     def acquire(self, *, max_wait: Seconds | None = 0) -> Permit:
         """Ask for leave to make one call.
@@ -128,8 +130,29 @@ class Breaker(BreakerBase[Store]):
         local = core.admit_without_redis()
         if local is not None:
             return Permit(self, local)
-        if self._cached:
-            self.store.start_feed()
+        if not self._cached:
+            return self._ask_redis()
+        self.store.start_feed()
+        with self._refreshed:
+            role = core.refresh_role()
+            if role == "follow":
+                self._refreshed.wait_for(lambda: not core.refresh_in_flight, core.follow_wait)
+        if role == "follow":
+            local = core.admit_without_redis()
+            if local is not None:
+                return Permit(self, local)
+        if role != "lead":
+            return self._ask_redis()
+        try:
+            return self._ask_redis()
+        finally:
+            with self._refreshed:
+                core.refresh_ended()
+                self._refreshed.notify_all()
+
+    def _ask_redis(self) -> Permit:
+        """The acquire script's permit (or the store-error policy's, Redis unreachable)."""
+        core = self._core
         heard = core.heard()
         started = core.now()
         args = core.acquire_args()

@@ -150,11 +150,34 @@ class LocalKnowledge:
         self.copy: LocalCopy | None = None
         self._held_open: HeldOpen | None = None
         self.batch = Batch(batch_lock())
+        # A copy that only grew old (no transition heard) is renewed by one caller while
+        # the others wait for its answer: else every thread or task calling the breaker
+        # when the copy expires asks Redis at once, which is most of a busy fleet's load.
+        self._renewable = False
+        self.refreshing = False
 
     def forget_copies(self) -> None:
         """Ask Redis again at the next call (this process gave an order)."""
         self.copy = None
         self._held_open = None
+        self._renewable = False
+
+    def refresh_role(self) -> str:
+        """How a caller the copy did not admit asks Redis: "lead" (it renews the copy for
+        everyone: call :meth:`refresh_ended` after), "follow" (another caller is renewing
+        it: wait for that, then try the copy again) or "alone" (nothing to share: the
+        copy did not just grow old, e.g. a transition was heard or there was none; only
+        a closed breaker's admissions are shared, so a leader never holds a probe slot)."""
+        if not self._renewable:
+            return "alone"
+        if self.refreshing:
+            return "follow"
+        self.refreshing = True
+        return "lead"
+
+    def refresh_ended(self) -> None:
+        """The leading caller has Redis's answer (or an error) in."""
+        self.refreshing = False
 
     def fresh_copy(self, heard: int, now: float) -> LocalCopy | None:
         """The local copy if it may still admit: no transition heard since it was taken
@@ -168,6 +191,7 @@ class LocalKnowledge:
         if copy is not None and (
             now - copy.taken_at >= self._max_staleness or heard != copy.heard
         ):
+            self._renewable = heard == copy.heard  # it only grew old
             copy = self.copy = None  # a transition was pushed, or the copy is too old
         if copy is None:
             self._check_held_open(heard, now)
@@ -194,6 +218,7 @@ class LocalKnowledge:
             and not reply.transitions
         ):
             self._held_open = HeldOpen(heard, taken_at)
+        self._renewable = False
         if reply.verdict == "admit" and reply.state in LOCAL_STATES and not reply.transitions:
             self.copy = LocalCopy(
                 reply.generation, reply.incarnation, reply.consecutive_failures, heard, taken_at,

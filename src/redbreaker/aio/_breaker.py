@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .._bases import BreakerBase, PermitBase
 from .._callables import require_async
@@ -168,6 +168,10 @@ class Breaker(BreakerBase[Store]):
     # One event loop runs every call: the batch needs no lock.
     _batch_lock = contextlib.nullcontext
 
+    def _built(self) -> None:
+        # Set when the task renewing the local copy has Redis's answer (see _acquire).
+        self._refreshed: asyncio.Event | None = None
+
     # -- admission -----------------------------------------------------------------------
 
     def acquire(self, *, max_wait: Seconds | None = 0) -> _Acquiring:
@@ -251,8 +255,28 @@ class Breaker(BreakerBase[Store]):
         local = core.admit_without_redis()
         if local is not None:
             return Permit(self, local)
-        if self._cached:
-            self.store.start_feed()
+        if not self._cached:
+            return await self._ask_redis()
+        self.store.start_feed()
+        role = core.refresh_role()
+        if role == "follow" and self._refreshed is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._refreshed.wait(), core.follow_wait)
+            local = core.admit_without_redis()
+            if local is not None:
+                return Permit(self, local)
+        if role != "lead":
+            return await self._ask_redis()
+        self._refreshed = asyncio.Event()
+        try:
+            return await self._ask_redis()
+        finally:
+            core.refresh_ended()
+            self._refreshed.set()
+
+    async def _ask_redis(self) -> Permit:
+        """The acquire script's permit (or the store-error policy's, Redis unreachable)."""
+        core = self._core
         heard = core.heard()
         started = core.now()
         args = core.acquire_args()
@@ -315,6 +339,16 @@ class Breaker(BreakerBase[Store]):
         if args is not None:
             with contextlib.suppress(StoreUnavailableError, StoreError):
                 await self.store.run("record", self._keys, args)
+
+    # Two signatures, not one with a union: mypy cannot infer R through the union (a
+    # coroutine function's result came out as Never).
+    @overload
+    async def call(
+        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+
+    @overload
+    async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
     async def call(
         self, fn: Callable[P, Awaitable[R]] | Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
