@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 
@@ -33,7 +34,12 @@ def store(clock: ManualClock) -> redbreaker.Store:
 
 def _cached(store: redbreaker.Store, **settings: object) -> Breaker:
     breaker = Breaker(NAME, store=store, consistency="cached", **settings)  # type: ignore[arg-type]
-    breaker.call(lambda: "warm")  # the first call asks Redis and leaves a local copy
+    breaker.call(lambda: "warm")  # the first call asks Redis and starts the feed
+    deadline = time.monotonic() + 5
+    while not store.feed_live and time.monotonic() < deadline:
+        time.sleep(0.01)  # a subscription counts as news: a copy taken before it is stale
+    breaker._core._local.forget_copies()
+    breaker.call(lambda: "warm")  # asks Redis again and leaves a local copy
     assert breaker._lane is not None
     assert breaker._core._local.copy is not None
     return breaker
@@ -45,7 +51,7 @@ def test_plain_successes_go_through_the_lane_and_reach_redis_in_the_batch(
     breaker = _cached(store, flush_interval=10.0, max_staleness=60.0)
     for _ in range(25):
         assert breaker.call(lambda: "ok") == "ok"
-    assert breaker.snapshot().window_calls == 26  # snapshot() flushes the batch first
+    assert breaker.snapshot().window_calls == 27  # snapshot() flushes the batch first
 
 
 def test_a_result_failure_leaves_the_lane_and_trips(store: redbreaker.Store) -> None:
@@ -97,7 +103,7 @@ def test_an_awaitable_result_is_refused_and_counts_nothing(store: redbreaker.Sto
     with pytest.raises(AsyncCallError):
         breaker.call(lambda: coroutine)
     coroutine.close()
-    assert breaker.snapshot().window_calls == 1  # the warm-up call only
+    assert breaker.snapshot().window_calls == 2  # the warm-up calls only
     asyncio.run(work())  # the event loop is fine: nothing was left pending
 
 
@@ -114,5 +120,5 @@ def test_observers_hear_of_every_call_of_the_lane(clock: ManualClock) -> None:
         breaker = _cached(observed, flush_interval=10.0, max_staleness=60.0)
         for _ in range(5):
             breaker.call(lambda: "ok")
-        assert seen == [("success", "closed")] * 6
+        assert seen == [("success", "closed")] * 7
         assert Breaker(NAME, store=observed)._lane is None  # strict: never

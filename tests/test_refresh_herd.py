@@ -137,4 +137,6 @@ def test_a_transition_heard_is_not_shared() -> None:
         store.view.heard  # noqa: B018 (the view's counter is what fresh_copy compares)
         core._local.copy.heard -= 1  # as if a transition had been heard since
         assert core.admit_without_redis() is None
-        assert (core.refresh_role(), core.refresh_role()) == ("alone", "alone")
+        lane = breaker._lane
+        assert lane is not None
+        assert (lane.refresh_role(), lane.refresh_role()) == ("alone", "alone")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._core import BreakerCore
 from ._exceptions import CircuitOpenError, ConfigError, PermitError
+from ._lane import quiet_lane
 from ._waiting import AdmissionWait, defer_delay, max_wait_setting, wake_spread
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ class BreakerBase(Generic[S]):
         self.store = store
         self._keys = self._core.keys
         self._cached = self.config.consistency == "cached"
+        # The cached mode's local decisions (None in strict mode: Redis admits every call).
+        self._lane = quiet_lane(self._core)
         self._hooks = on_transition
         self._wake_spread = wake_spread(self.config)
         # This process's own breaker while Redis is unreachable (on_store_error="local").

@@ -37,7 +37,6 @@ from ._exceptions import (
     StoreUnavailableError,
 )
 from ._guard import BreakerLink, Guard, GuardConfig, build_guard
-from ._lane import quiet_lane
 from ._observe import quiet_rejections
 from ._permit import LeaseHold, Permit
 from ._store import Store
@@ -94,7 +93,6 @@ class Breaker(BreakerBase[Store]):
     _batch_lock = threading.Lock
 
     def _built(self) -> None:
-        self._lane = quiet_lane(self._core)
         self._refreshed = threading.Condition()
         self._runner: AttemptRunner | None = None
         self._runner_lock = threading.Lock()
@@ -130,13 +128,14 @@ class Breaker(BreakerBase[Store]):
         local = core.admit_without_redis()
         if local is not None:
             return Permit(self, local)
-        if not self._cached:
+        lane = self._lane
+        if lane is None:
             return self._ask_redis()
         self.store.start_feed()
         with self._refreshed:
-            role = core.refresh_role()
+            role = lane.refresh_role()
             if role == "follow":
-                self._refreshed.wait_for(lambda: not core.refresh_in_flight, core.follow_wait)
+                self._refreshed.wait_for(lambda: not lane.refresh_in_flight, lane.follow_wait)
         if role == "follow":
             local = core.admit_without_redis()
             if local is not None:
@@ -147,7 +146,7 @@ class Breaker(BreakerBase[Store]):
             return self._ask_redis()
         finally:
             with self._refreshed:
-                core.refresh_ended()
+                lane.refresh_ended()
                 self._refreshed.notify_all()
 
     def _ask_redis(self) -> Permit:

@@ -184,26 +184,6 @@ class BreakerCore:
                 self.reports.rejection(exc.state)
             raise
 
-    def refresh_role(self) -> str:
-        """How a caller the local copy did not admit asks Redis: "lead", "follow" (wait
-        up to ``follow_wait`` for the leader, then try the copy again) or "alone"
-        (:meth:`LocalKnowledge.refresh_role`; always "alone" in strict mode)."""
-        return self._local.refresh_role() if self._cached else "alone"
-
-    def refresh_ended(self) -> None:
-        """The caller that led a refresh has its answer (or an error) in."""
-        self._local.refresh_ended()
-
-    @property
-    def refresh_in_flight(self) -> bool:
-        """A caller is renewing the local copy."""
-        return self._local.refreshing
-
-    @property
-    def follow_wait(self) -> float:
-        """The longest a follower waits for the leader's refresh: then it asks itself."""
-        return self._max_staleness
-
     def heard(self) -> int:
         """The view's count of transitions of this breaker (0 in strict mode, which keeps
         no local copy to compare it with)."""

@@ -2,7 +2,8 @@
 the local copy and end in a plain success, which Redis learns later in a batch. The lane
 decides those calls with no permit and no round trip (observers are told as usual);
 anything else (a failure, a slow call, a streak to end, a batch to send) leaves the lane
-and takes the full path, which decides it as it always did. No I/O here.
+and takes the full path, which decides it as it always did. When the copy grows old the
+lane also says which caller renews it and which wait for that. No I/O here.
 """
 
 from __future__ import annotations
@@ -72,6 +73,28 @@ class QuietLane:
         if core._observers:
             core.reports.call("success", copy.state, now - started)
         return True
+
+    # -- renewing the copy: one caller asks, the others wait for its answer ---------------
+
+    def refresh_role(self) -> str:
+        """How a caller the local copy did not admit asks Redis: "lead", "follow" (wait
+        up to :attr:`follow_wait` for the leader, then try the copy again) or "alone"
+        (:meth:`LocalKnowledge.refresh_role`)."""
+        return self._core._local.refresh_role()
+
+    def refresh_ended(self) -> None:
+        """The caller that led a refresh has its answer (or an error) in."""
+        self._core._local.refresh_ended()
+
+    @property
+    def refresh_in_flight(self) -> bool:
+        """A caller is renewing the local copy."""
+        return self._core._local.refreshing
+
+    @property
+    def follow_wait(self) -> float:
+        """The longest a follower waits for the leader's refresh: then it asks itself."""
+        return self._staleness
 
     @staticmethod
     def permit(copy: LocalCopy, started: float) -> PermitState:

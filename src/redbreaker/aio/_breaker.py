@@ -255,13 +255,14 @@ class Breaker(BreakerBase[Store]):
         local = core.admit_without_redis()
         if local is not None:
             return Permit(self, local)
-        if not self._cached:
+        lane = self._lane
+        if lane is None:
             return await self._ask_redis()
         self.store.start_feed()
-        role = core.refresh_role()
+        role = lane.refresh_role()
         if role == "follow" and self._refreshed is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._refreshed.wait(), core.follow_wait)
+                await asyncio.wait_for(self._refreshed.wait(), lane.follow_wait)
             local = core.admit_without_redis()
             if local is not None:
                 return Permit(self, local)
@@ -271,7 +272,7 @@ class Breaker(BreakerBase[Store]):
         try:
             return await self._ask_redis()
         finally:
-            core.refresh_ended()
+            lane.refresh_ended()
             self._refreshed.set()
 
     async def _ask_redis(self) -> Permit:
