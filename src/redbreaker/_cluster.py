@@ -16,6 +16,10 @@ exist (never loaded, FUNCTION FLUSH, a replica promoted without it, a new owner 
 after a resharding, a node an ASK points to): FUNCTION LOAD on that very node, then the
 call again. Where FUNCTION LOAD is refused (an ACL), its error reaches the store's
 :class:`~redbreaker._health.ScriptRoute`, which turns to EVALSHA for good.
+
+The store's health keeps one record per primary (:mod:`redbreaker._reach`): a call is
+told the name of its slot's primary from the slot table as it is (:meth:`node_name`, no
+I/O), and the health hears which primaries a refreshed table names, to forget the dead.
 """
 
 from __future__ import annotations
@@ -25,21 +29,25 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, TryAgainError
+from redis.exceptions import AskError, MovedError, RedisClusterException, TryAgainError
 
-from ._health import no_such_function
+from ._health import library_errors, no_such_function
 from ._scripts import library_source
+from ._shard_feed import ShardedFeed, watch_shards
 from ._shards import TRYAGAIN_PAUSES, SlotChannels, scripts_spublish
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
-    from redis.cluster import ClusterNode, RedisCluster
+    from redis.cluster import ClusterNode
 
     from ._keys import BreakerKeys
+    from ._state import Transition
+    from ._view import FleetView
 
-__all__ = ["ClusterRouter", "slot_of"]
+__all__ = ["ClusterRouter", "cluster_client", "node_pools", "router_for", "slot_of", "slot_owners"]
 
 
 def slot_of(keys: BreakerKeys) -> int:
@@ -47,15 +55,50 @@ def slot_of(keys: BreakerKeys) -> int:
     return key_slot(keys.state.encode())
 
 
-class ClusterRouter:
-    """Sends a breaker's FCALL (or FUNCTION LOAD) to the primary that owns its slot."""
+def slot_owners(slots: Mapping[int, Sequence[Any]]) -> set[str]:
+    """The names of the primaries a slot table (redis-py's ``slots_cache``) names."""
+    return {nodes[0].name for nodes in slots.values() if nodes}
 
-    def __init__(self, client: RedisCluster, prefix: str) -> None:
+
+def cluster_client(url: str, store_timeout: float | None) -> RedisCluster:
+    """A cluster client for a ``redis+cluster://`` URL (as ``redis://``), each node's
+    connect, send and reply bounded by ``store_timeout``."""
+    return RedisCluster.from_url(
+        url, socket_timeout=store_timeout, socket_connect_timeout=store_timeout
+    )
+
+
+def router_for(
+    client: object, prefix: str, on_table: Callable[[Collection[str]], None]
+) -> ClusterRouter | None:
+    """The router of a cluster client; None for any other client."""
+    return ClusterRouter(client, prefix, on_table) if isinstance(client, RedisCluster) else None
+
+
+def node_pools(client: RedisCluster) -> list[redis.ConnectionPool]:
+    """The connection pools of the node clients ``client`` made so far."""
+    nodes = client.get_nodes()  # type: ignore[no-untyped-call]
+    return [n.redis_connection.connection_pool for n in nodes if n.redis_connection]
+
+
+class ClusterRouter:
+    """Sends a breaker's FCALL (or FUNCTION LOAD) to the primary that owns its slot.
+
+    Args:
+        on_table: told the primaries' names after each refresh of the slot table.
+    """
+
+    def __init__(
+        self, client: RedisCluster, prefix: str, on_table: Callable[[Collection[str]], None]
+    ) -> None:
         self.client = client
+        self.prefix = prefix
         self._probe_channel = SlotChannels(prefix).of_slot(0)
         self._stale = False  # a connection was lost: refresh the slot table first
         self._sharded: bool | None = None
+        self._on_table = on_table
         self.lock = threading.Lock()  # guards the slot table's refresh
+        self.feed: ShardedFeed | None = None  # the store's, which hears the slot channels
 
     def refresh(self) -> None:
         """Ask the cluster for its slot table again if a connection was lost since."""
@@ -64,6 +107,45 @@ class ClusterRouter:
                 if self._stale:
                     self.client.nodes_manager.initialize()
                     self._stale = False
+                    self._on_table(slot_owners(self.client.nodes_manager.slots_cache))
+
+    def sharded_feed(self, view: FleetView, closed: Callable[[], bool]) -> ShardedFeed:
+        """The store's transition feed: each breaker's transitions heard in its own shard
+        (sharded pub/sub, Redis >= 7), where the scripts publish them."""
+        self.feed = ShardedFeed(self, self.prefix, view, closed)
+        return self.feed
+
+    def close_pools(self) -> None:
+        """Close the node clients' pools: those RedisCluster.from_url builds do not close
+        the pools they were handed, whose sockets would stay open until collected."""
+        for pool in node_pools(self.client):
+            pool.disconnect()
+
+    def node_name(self, keys: BreakerKeys) -> str:
+        """The name of the primary of this breaker's slot, as the slot table says now (no
+        I/O): which record of the store's health its calls go by. ``""`` (the cluster as
+        a whole) where the table does not say."""
+        try:
+            node = self.client.nodes_manager.get_node_from_slot(slot_of(keys))
+        except (RedisClusterException, KeyError, IndexError):  # not covered, no table yet
+            self._stale = True  # asked again, after which "" is forgotten (it owns nothing)
+            return ""
+        return str(node.name)
+
+    def script_args(self, keys: BreakerKeys, args: Sequence[str]) -> Sequence[str]:
+        """A script's arguments, with ARGV[2] naming the sharded channel of the breaker's
+        slot where the scripts SPUBLISH (it has a brace, which a prefix never has)."""
+        if not self.sharded():
+            return args
+        assert self.feed is not None
+        return [args[0], self.feed.channel(keys.name), *args[2:]]
+
+    def transitions(self, closed: Callable[[], bool]) -> Iterator[Transition] | None:
+        """Every slot's sharded channel, each subscribed on its primary; None where the
+        scripts PUBLISH on the prefix's channel instead (no SPUBLISH: Redis < 7, an ACL)."""
+        with library_errors(f"asking {self.prefix!r}'s cluster for its version", self.prefix):
+            sharded = self.sharded()
+        return watch_shards(self, self.prefix, closed) if sharded else None
 
     def owner(self, slot: int) -> ClusterNode:
         """The primary that serves ``slot``, as the slot table says now."""

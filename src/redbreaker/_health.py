@@ -1,9 +1,11 @@
 """Is the store reachable? One answer per store and process, with edges reported once.
 
-After a store call fails for lack of Redis, the store is degraded: calls skip Redis (and
-follow their breaker's ``on_store_error``) until a backoff with jitter has passed, then
-one call tries Redis again. The first success ends the outage. Each edge is logged and
-sent to the store's hooks exactly once, never once per call.
+After a store call fails for lack of Redis, its node is degraded (the server; on a
+cluster, the primary of the breaker's slot): calls to it skip Redis (and follow their
+breaker's ``on_store_error``) until a backoff with jitter has passed, then one call tries
+it again. The store is degraded from the first node's failure until a call answers with
+no node degraded (:mod:`redbreaker._reach` decides). Each edge is logged and sent to the
+store's hooks exactly once, never once per call.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from redis.exceptions import (
 )
 
 from ._exceptions import StoreError, StoreOutageWarning, StoreUnavailableError
+from ._reach import Reachability
 
 # What a script call may raise that the library maps (RedisClusterException is not a
 # RedisError: a cluster client raises it for a cluster it cannot use).
@@ -38,7 +41,7 @@ SCRIPT_CALL_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Collection, Iterator
 
     from ._clock import Clock
 
@@ -115,7 +118,12 @@ class StoreEvent:
 
 
 class StoreHealth:
-    """The reachability of one store in this process. Thread-safe."""
+    """The reachability of one store in this process, node by node. Thread-safe.
+
+    Each method takes the ``node`` a call went to: ``""`` for a standalone (or Sentinel's)
+    server, a primary's ``host:port`` on a cluster (see :mod:`redbreaker._reach`, which
+    decides; this class holds the lock, reads the clock, logs and runs the hooks).
+    """
 
     def __init__(
         self, prefix: str, clock: Clock, hooks: tuple[Callable[[StoreEvent], None], ...]
@@ -124,10 +132,8 @@ class StoreHealth:
         self._clock = clock
         self._hooks = hooks
         self._lock = threading.Lock()
-        self._degraded_since: float | None = None
-        self._next_try = 0.0
-        self._failures = 0
         self._backoff = STORE_BACKOFF
+        self._reach = Reachability(lambda failures: wait_after(self._backoff, failures))
         self._outage_error = ""
         self._warned = False  # a StoreOutageWarning went out for this outage
 
@@ -137,39 +143,32 @@ class StoreHealth:
 
     @property
     def degraded(self) -> bool:
-        """True while the last store call failed for lack of Redis."""
-        return self._degraded_since is not None
+        """True from a store call that failed for lack of Redis (on any primary of a
+        cluster) until one answers with no node degraded."""
+        return self._reach.degraded
 
-    def wait_left(self) -> float:
-        """Seconds until Redis may be tried again; 0 when it may be tried now.
+    def wait_left(self, node: str = "") -> float:
+        """Seconds until ``node`` may be tried again; 0 when it may be tried now.
 
-        The caller that gets 0 while degraded is the one that tries: the next try is moved
-        on at once, so a thousand callers do not all try a dead Redis together.
+        The caller that gets 0 while it is degraded is the one that tries: the next try
+        is moved on at once, so a thousand callers do not all try a dead Redis together.
         """
-        if self._degraded_since is None:
+        if not self._reach.down(node):
             return 0.0
         with self._lock:
-            now = self._clock.monotonic()
-            if now < self._next_try:
-                return self._next_try - now
-            self._next_try = now + wait_after(self._backoff, self._failures)
-            return 0.0
+            return self._reach.claim_try(node, self._clock.monotonic())
 
-    def wait_left_peek(self) -> float:
-        """Seconds until Redis may be tried again, without claiming the try."""
-        if self._degraded_since is None:
+    def wait_left_peek(self, node: str = "") -> float:
+        """Seconds until ``node`` may be tried again, without claiming the try."""
+        if not self._reach.down(node):
             return 0.0
-        return max(0.0, self._next_try - self._clock.monotonic())
+        return self._reach.wait_left(node, self._clock.monotonic())
 
-    def failed(self, exc: BaseException) -> None:
-        """A store call failed for lack of Redis."""
+    def failed(self, exc: BaseException, node: str = "") -> None:
+        """A store call on ``node`` failed for lack of Redis."""
         with self._lock:
-            now = self._clock.monotonic()
-            self._failures += 1
-            self._next_try = now + wait_after(self._backoff, self._failures)
-            if self._degraded_since is not None:
-                return
-            self._degraded_since = now
+            if not self._reach.failed(node, self._clock.monotonic()):
+                return  # the store was degraded already: its edge was reported
             detail = f"{type(exc).__name__}: {exc}"
             self._outage_error = detail
         logger.warning(
@@ -180,40 +179,37 @@ class StoreHealth:
         )
         self._emit(StoreEvent("store_degraded", self._prefix, detail, None))
 
-    def before_call(self, name: str) -> None:
-        """Let a store call through, or refuse it without I/O while the backoff after an
-        outage has not passed.
+    def before_call(self, name: str, node: str = "") -> None:
+        """Let a store call on ``node`` through, or refuse it without I/O while the
+        backoff after its failure has not passed.
 
         Raises:
             StoreUnavailableError: Redis failed recently and is not to be tried yet.
         """
-        wait = self.wait_left()
+        wait = self.wait_left(node)
         if wait > 0:
             raise StoreUnavailableError(name, wait, "not retried yet after an error")
 
-    def answered(self, script: str, reply: object) -> list[Any]:
-        """Take in a script's reply: Redis is reachable, and the reply is a list.
+    def answered(self, script: str, reply: object, node: str = "") -> list[Any]:
+        """Take in a script's reply: ``node`` is reachable, and the reply is a list.
 
         Raises:
             StoreError: the reply is not a list (not one of our scripts answered).
         """
-        self.succeeded()
+        self.succeeded(node)
         if not isinstance(reply, list):
             raise StoreError(f"the {script} script replied {reply!r}, not a list")
         return reply
 
-    def succeeded(self) -> None:
-        """A store call answered."""
-        if self._degraded_since is None:
+    def succeeded(self, node: str = "") -> None:
+        """A store call on ``node`` answered."""
+        if not self._reach.degraded:
             return
         with self._lock:
-            since = self._degraded_since
-            if since is None:
-                return
-            self._degraded_since = None
-            self._failures = 0
+            outage = self._reach.succeeded(node, self._clock.monotonic())
+            if outage is None:
+                return  # no outage, or another node is still degraded
             self._warned = False
-            outage = self._clock.monotonic() - since
         logger.warning(
             "store %r recovered after %.3fs; shared breaker state is used again",
             self._prefix,
@@ -221,6 +217,21 @@ class StoreHealth:
             extra={"event": "store_recovered", "prefix": self._prefix, "outage": outage},
         )
         self._emit(StoreEvent("store_recovered", self._prefix, None, outage))
+
+    def serving(self, owners: Collection[str]) -> None:
+        """The slot table now names ``owners`` as the cluster's primaries: forget the
+        degraded nodes it does not (a dead primary a failover replaced)."""
+        if not self._reach.degraded:
+            return
+        with self._lock:
+            gone = self._reach.forget_all_but(owners)
+        if gone:
+            logger.info(
+                "store %r: %s no longer serve slots; forgotten",
+                self._prefix,
+                ", ".join(gone),
+                extra={"event": "store_nodes_forgotten", "prefix": self._prefix},
+            )
 
     def unguarded(self, name: str, policy: str) -> None:
         """A call of breaker ``name`` runs without the shared breaker (its
@@ -246,7 +257,7 @@ class StoreHealth:
         )
         _warn_at_caller(message)
 
-    def script_error(self, exc: BaseException, script: str, name: str) -> Exception:
+    def script_error(self, exc: BaseException, script: str, name: str, node: str = "") -> Exception:
         """The library's exception for a script call that raised ``exc`` (one of
         :data:`SCRIPT_CALL_ERRORS`), after taking in what it says of reachability. Both
         drivers raise it ``from exc``."""
@@ -256,14 +267,14 @@ class StoreHealth:
         if isinstance(reason, REFUSED):
             # Wrong credentials are a configuration error, not an outage: no policy may
             # quietly run every call unguarded because of them.
-            self.succeeded()
+            self.succeeded(node)
             return StoreError(f"Redis refused the credentials: {type(reason).__name__}: {reason}")
         if isinstance(reason, UNAVAILABLE):
-            self.failed(reason)
+            self.failed(reason, node)
             return StoreUnavailableError(
-                name, self.wait_left_peek(), f"{type(exc).__name__}: {exc}"
+                name, self.wait_left_peek(node), f"{type(exc).__name__}: {exc}"
             )
-        self.succeeded()  # it answered: reachable, but it said no
+        self.succeeded(node)  # it answered: reachable, but it said no
         return StoreError(f"Redis refused the {script} script: {exc}")
 
     def _emit(self, event: StoreEvent) -> None:

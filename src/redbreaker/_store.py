@@ -13,25 +13,18 @@ from redis.retry import Retry
 
 from . import _fork
 from ._clock import Clock, SystemClock
-from ._cluster import ClusterRouter
+from ._cluster import cluster_client, node_pools, router_for
 from ._config import hooks_setting, seconds_setting
 from ._direct import DirectPath, is_plain
 from ._exceptions import ConfigError
 from ._feed import TransitionFeed, watch
 from ._gate import CallGate
-from ._health import (
-    SCRIPT_CALL_ERRORS,
-    ScriptRoute,
-    StoreEvent,
-    StoreHealth,
-    library_errors,
-)
+from ._health import SCRIPT_CALL_ERRORS, ScriptRoute, StoreEvent, StoreHealth, library_errors
 from ._keys import BreakerKeys, check_prefix
 from ._memory import fakeredis_module, memory_server
 from ._observe import BreakerObserver, observers_setting
 from ._pool_limit import call_limit
 from ._scripts import SCRIPT_NAMES, function_name, library_source, script_source
-from ._shard_feed import ShardedFeed, watch_shards
 from ._url import StoreURL, parse_store_url
 from ._view import FleetView
 
@@ -50,7 +43,6 @@ StoreHook = Callable[[StoreEvent], None]
 
 RedisClient = Union[redis.Redis, RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
 """A synchronous redis-py client: standalone, from a Sentinel, or a cluster client."""
-
 
 
 class Store:
@@ -91,13 +83,11 @@ class Store:
         }
         self._functions = {name: function_name(name) for name in SCRIPT_NAMES}
         # FCALL until the server shows it cannot (Redis < 7, an ACL without it): then the
-        # same scripts by EVALSHA. On a cluster each FCALL goes to its slot's primary by
-        # the breaker's hash tag (see _cluster), never through redis-py's routing, which
-        # would spend a COMMAND GETKEYS round trip on it (FCALL's keys are "movable").
+        # same scripts by EVALSHA. On a cluster each goes to its slot's primary (_cluster).
         self._route = ScriptRoute(functions=True)
-        self._cluster = (
-            ClusterRouter(client, self.prefix) if isinstance(client, RedisCluster) else None
-        )
+        hooks = hooks_setting("on_store_event", on_store_event)
+        self.health = StoreHealth(self.prefix, self.clock, hooks)
+        self._cluster = router_for(client, self.prefix, self.health.serving)
         # A pool limits its connections (redis-py's default: 100): calls beyond it wait
         # for one in flight to end, never "Too many connections" (which would read as an
         # outage). A plain client is driven a level lower (see _direct): up to half the
@@ -112,21 +102,15 @@ class Store:
         self._closed = False
         # What this process knows without asking: rejections it repeats, transitions heard.
         self.view = FleetView(self.prefix, self.clock)
-        self._shard_feed: ShardedFeed | None = None
-        self._feed: TransitionFeed
-        if self._cluster is None:
-            self._feed = TransitionFeed(client, self.prefix, self.view, lambda: self._closed)
-        else:
-            # Each breaker's transitions in its own shard (sharded pub/sub, Redis >= 7).
-            self._feed = self._shard_feed = ShardedFeed(
-                self._cluster, self.prefix, self.view, lambda: self._closed
-            )
+        self._feed: TransitionFeed = (
+            TransitionFeed(client, self.prefix, self.view, lambda: self._closed)
+            if self._cluster is None
+            else self._cluster.sharded_feed(self.view, lambda: self._closed)
+        )
         # Read the transitions published since the feed was last read (no I/O when it was
         # read less than a ms ago); bound once, as every cached call makes it.
         self.poll_feed: Callable[[], None] = self._feed.poll
         _fork.after_fork_in_child(self)
-        hooks = hooks_setting("on_store_event", on_store_event)
-        self.health = StoreHealth(self.prefix, self.clock, hooks)
         # Connections connect() opened beside the client (a Sentinel's), closed with it.
         self._also_close: list[Callable[[], None]] = []
         self._fallback: Store | None = None
@@ -145,7 +129,8 @@ class Store:
                 backoff before trying it again has not passed: no I/O then).
             StoreError: Redis answered with an error (a key of the wrong type, NOPERM...).
         """
-        self.health.before_call(keys.name)
+        node = "" if self._cluster is None else self._cluster.node_name(keys)
+        self.health.before_call(keys.name, node)
         try:
             direct = self._direct
             if self._gate is None or (
@@ -155,8 +140,8 @@ class Store:
             else:
                 reply = self._gated_call(script, keys, args)
         except SCRIPT_CALL_ERRORS as exc:
-            raise self.health.script_error(exc, script, keys.name) from exc
-        return self.health.answered(script, reply)
+            raise self.health.script_error(exc, script, keys.name, node) from exc
+        return self.health.answered(script, reply, node)
 
     def _new_gate(self) -> CallGate | None:
         """The gate on calls that check a connection out of the pool: all of its slots but
@@ -178,12 +163,8 @@ class Store:
             gate.release()
 
     def _call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
-        cluster = self._cluster
-        if cluster is not None and cluster.sharded():
-            # ARGV[2] names the sharded channel of the breaker's slot: the scripts
-            # SPUBLISH it (it has a brace, which a prefix never has).
-            assert self._shard_feed is not None
-            args = [args[0], self._shard_feed.channel(keys.name), *args[2:]]
+        if self._cluster is not None:
+            args = self._cluster.script_args(keys, args)
         route = self._route
         if route.functions:
             try:
@@ -272,13 +253,9 @@ class Store:
             StoreUnavailableError: Redis could not be reached, or the connection was lost
                 while watching.
         """
-        cluster = self._cluster
-        if cluster is not None:
-            with library_errors(f"asking {self.prefix!r}'s cluster for its version", self.prefix):
-                sharded = cluster.sharded()
-            if sharded:  # every slot's sharded channel, each on its primary
-                return watch_shards(cluster, self.prefix, lambda: self._closed)
-        return watch(self.client, self.prefix, lambda: self._closed)
+        closed = lambda: self._closed  # noqa: E731
+        shards = None if self._cluster is None else self._cluster.transitions(closed)
+        return shards if shards is not None else watch(self.client, self.prefix, closed)
 
     def breaker_names(self) -> list[str]:
         """Names of the breakers under this prefix, sorted (SCAN; never KEYS)."""
@@ -294,12 +271,8 @@ class Store:
     def close(self) -> None:
         """Close the client's connections (and end any :meth:`transitions` loop)."""
         self._closed = True
-        if isinstance(self.client, RedisCluster):
-            # Node clients built by RedisCluster.from_url do not close the pools they were
-            # handed; without this their sockets stay open until garbage collection.
-            for node in self.client.get_nodes():  # type: ignore[no-untyped-call]
-                if node.redis_connection is not None:
-                    node.redis_connection.connection_pool.disconnect()
+        if self._cluster is not None:
+            self._cluster.close_pools()
         self.client.close()
         for close in self._also_close:
             close()
@@ -326,11 +299,7 @@ def _release_client_locks(client: RedisClient) -> None:
     embedded server): a parent thread inside the pool at the fork leaves them held, and
     redis-py would wait on them forever, or 5 s before raising ChildDeadlockedError. The
     pool's own fork check then drops the parent's connections as usual."""
-    if isinstance(client, RedisCluster):
-        nodes = client.get_nodes()  # type: ignore[no-untyped-call]
-        pools = [n.redis_connection.connection_pool for n in nodes if n.redis_connection]
-    else:
-        pools = [getattr(client, "connection_pool", None)]
+    pools = node_pools(client) if isinstance(client, RedisCluster) else [client.connection_pool]
     for pool in pools:
         for name in ("_fork_lock", "_lock"):
             _fork.reinit_lock(getattr(pool, name, None))
@@ -418,9 +387,7 @@ def connect(
         elif spec.scheme == "redis+sentinel":
             client, also_close = _sentinel_client(spec, socket)
         elif spec.scheme == "redis+cluster":
-            client = RedisCluster.from_url(
-                spec.client_url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
+            client = cluster_client(spec.client_url, timeout)
         else:
             client = redis.Redis.from_url(spec.client_url, **socket)
     except ValueError as exc:

@@ -4,7 +4,8 @@ The twin of :mod:`redbreaker._cluster`: the slot from the breaker's hash tag, th
 that primary's connections (never redis-py's routing, which would ask ``COMMAND
 GETKEYS`` first), one MOVED or ASK followed, TRYAGAIN sent again after a short pause
 (twice at most), the slot table refreshed after a lost connection, the library loaded on
-a node (the owner, or the one an ASK points to) when it first lacks it.
+a node (the owner, or the one an ASK points to) when it first lacks it; the store's
+health told each call's primary (no I/O) and the primaries of each slot table learnt.
 """
 
 from __future__ import annotations
@@ -13,40 +14,68 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, TryAgainError
+from redis.exceptions import AskError, MovedError, RedisClusterException, TryAgainError
 
-from .._cluster import slot_of
+from .._cluster import slot_of, slot_owners
 from .._health import no_such_function
 from .._scripts import library_source
 from .._shards import TRYAGAIN_PAUSES, SlotChannels, scripts_spublish
+from ._shard_feed import ShardedFeed, ShardedStream
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Collection, Sequence
 
-    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.cluster import ClusterNode
 
     from .._keys import BreakerKeys
+    from .._view import FleetView
 
-__all__ = ["ClusterRouter"]
+__all__ = ["ClusterRouter", "cluster_client", "router_for"]
+
+
+def cluster_client(url: str, store_timeout: float | None) -> RedisCluster:
+    """A cluster client for a ``redis+cluster://`` URL (as ``redis://``), each node's
+    connect, send and reply bounded by ``store_timeout``."""
+    return RedisCluster.from_url(
+        url, socket_timeout=store_timeout, socket_connect_timeout=store_timeout
+    )
+
+
+def router_for(
+    client: object, prefix: str, on_table: Callable[[Collection[str]], None]
+) -> ClusterRouter | None:
+    """The router of a cluster client; None for any other client."""
+    return ClusterRouter(client, prefix, on_table) if isinstance(client, RedisCluster) else None
 
 
 class ClusterRouter:
-    """Sends a breaker's FCALL (or FUNCTION LOAD) to the primary that owns its slot."""
+    """Sends a breaker's FCALL (or FUNCTION LOAD) to the primary that owns its slot.
 
-    def __init__(self, client: RedisCluster, prefix: str) -> None:
+    Args:
+        on_table: told the primaries' names each time the slot table is learnt.
+    """
+
+    def __init__(
+        self, client: RedisCluster, prefix: str, on_table: Callable[[Collection[str]], None]
+    ) -> None:
         self.client = client
+        self.prefix = prefix
         self._probe_channel = SlotChannels(prefix).of_slot(0)
         # Read now, so that no call reads a file on the event loop later.
         self._library = library_source()
         self._stale = False  # a connection was lost: refresh the slot table first
         self._sharded: bool | None = None
+        self._on_table = on_table
+        self.feed: ShardedFeed | None = None  # the store's, which hears the slot channels
 
     async def refresh(self) -> None:
         """Learn the slot table: at first use (the client's own start, under its lock),
         and again after a connection was lost (callers meanwhile use the old table)."""
         if getattr(self.client, "_initialize", False):
             await self.client.initialize()
+            self._on_table(slot_owners(self.client.nodes_manager.slots_cache))
         if self._stale:
             self._stale = False
             try:
@@ -54,6 +83,38 @@ class ClusterRouter:
             except BaseException:
                 self._stale = True
                 raise
+            self._on_table(slot_owners(self.client.nodes_manager.slots_cache))
+
+    def sharded_feed(self, view: FleetView, closed: Callable[[], bool]) -> ShardedFeed:
+        """The store's transition feed: each breaker's transitions heard in its own shard
+        (sharded pub/sub, Redis >= 7), where the scripts publish them."""
+        self.feed = ShardedFeed(self, self.prefix, view, closed)
+        return self.feed
+
+    def transitions(self, closed: Callable[[], bool]) -> ShardedStream:
+        """Every slot's sharded channel, each on its primary, where the scripts SPUBLISH;
+        else the prefix's channel. Which, is asked when the stream starts."""
+        return ShardedStream(self, self.prefix, closed)
+
+    def node_name(self, keys: BreakerKeys) -> str:
+        """The name of the primary of this breaker's slot, as the slot table says now (no
+        I/O): which record of the store's health its calls go by. ``""`` (the cluster as
+        a whole) where the table does not say (not learnt yet, the slot not covered)."""
+        try:
+            node = self.client.nodes_manager.get_node_from_slot(slot_of(keys))
+        except (RedisClusterException, KeyError, IndexError):
+            if not getattr(self.client, "_initialize", False):  # else learnt at first use
+                self._stale = True  # asked again: "" is forgotten then (it owns nothing)
+            return ""
+        return str(node.name)
+
+    async def script_args(self, keys: BreakerKeys, args: Sequence[str]) -> Sequence[str]:
+        """A script's arguments, with ARGV[2] naming the sharded channel of the breaker's
+        slot where the scripts SPUBLISH (it has a brace, which a prefix never has)."""
+        if not (self.known_sharded or await self.sharded()):
+            return args
+        assert self.feed is not None
+        return [args[0], self.feed.channel(keys.name), *args[2:]]
 
     async def owner(self, slot: int) -> ClusterNode:
         """The primary that serves ``slot``, as the slot table says now."""
@@ -67,9 +128,7 @@ class ClusterRouter:
 
     async def fcall(self, function: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
         """FCALL ``function`` for one breaker, on its slot's primary."""
-        return await self.send(
-            slot_of(keys), "FCALL", function, 2, keys.state, keys.probes, *args
-        )
+        return await self.send(slot_of(keys), "FCALL", function, 2, keys.state, keys.probes, *args)
 
     async def load(self, keys: BreakerKeys) -> None:
         """FUNCTION LOAD the library on the primary of this breaker's slot."""

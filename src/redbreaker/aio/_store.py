@@ -23,13 +23,7 @@ from .. import _fork
 from .._clock import Clock, SystemClock
 from .._config import hooks_setting, seconds_setting
 from .._exceptions import ConfigError
-from .._health import (
-    SCRIPT_CALL_ERRORS,
-    ScriptRoute,
-    StoreEvent,
-    StoreHealth,
-    library_errors,
-)
+from .._health import SCRIPT_CALL_ERRORS, ScriptRoute, StoreEvent, StoreHealth, library_errors
 from .._keys import BreakerKeys, check_prefix
 from .._memory import fakeredis_module, memory_server
 from .._observe import BreakerObserver, observers_setting
@@ -37,11 +31,10 @@ from .._pool_limit import call_limit
 from .._scripts import SCRIPT_NAMES, function_name, library_source, script_source
 from .._url import StoreURL, parse_store_url
 from .._view import FleetView
-from ._cluster import ClusterRouter
+from ._cluster import cluster_client, router_for
 from ._direct import DirectPath, is_plain
 from ._feed import TransitionFeed, TransitionStream
 from ._gate import CallGate
-from ._shard_feed import ShardedFeed, ShardedStream
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -50,6 +43,7 @@ if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
     from .._doctor_core import DoctorReport
+    from ._shard_feed import ShardedStream
 
 __all__ = ["AsyncRedisClient", "Store", "StoreHook", "connect"]
 
@@ -101,6 +95,7 @@ class Store:
         self.observers = observers_setting(observers)
         self.clock: Clock = clock if clock is not None else SystemClock()
         hooks = hooks_setting("on_store_event", on_store_event)
+        self.health = StoreHealth(self.prefix, self.clock, hooks)
         # Read (and cached) now, so that no call reads a file on the event loop later.
         self._library = library_source()
         self._functions = {name: function_name(name) for name in SCRIPT_NAMES}
@@ -109,13 +104,9 @@ class Store:
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
         # FCALL until the server shows it cannot (Redis < 7, an ACL without it): then the
-        # same scripts by EVALSHA. On a cluster each FCALL goes to its slot's primary by
-        # the breaker's hash tag (see _cluster), never through redis-py's routing, which
-        # would spend a COMMAND GETKEYS round trip on it (FCALL's keys are "movable").
+        # same scripts by EVALSHA. On a cluster each goes to its slot's primary (_cluster).
         self._route = ScriptRoute(functions=True)
-        self._cluster = (
-            ClusterRouter(client, self.prefix) if isinstance(client, RedisCluster) else None
-        )
+        self._cluster = router_for(client, self.prefix, self.health.serving)
         # A plain client is driven a level lower (see _direct), each breaker's FCALL head
         # encoded once.
         self._direct = DirectPath(client) if is_plain(client) else None
@@ -125,19 +116,14 @@ class Store:
         self._gate = None if self._limit is None else CallGate(self._limit.calls)
         self._closed = False
         self.view = FleetView(self.prefix, self.clock)
-        self._shard_feed: ShardedFeed | None = None
-        self._feed: TransitionFeed
-        if self._cluster is None:
-            self._feed = TransitionFeed(client, self.prefix, self.view, self._is_closed)
-        else:
-            # Each breaker's transitions in its own shard (sharded pub/sub, Redis >= 7).
-            self._feed = self._shard_feed = ShardedFeed(
-                self._cluster, self.prefix, self.view, self._is_closed
-            )
+        self._feed: TransitionFeed = (
+            TransitionFeed(client, self.prefix, self.view, self._is_closed)
+            if self._cluster is None
+            else self._cluster.sharded_feed(self.view, self._is_closed)
+        )
         # Whether poll_feed() would read (over a ms since the last read, none running):
         # bound once and checked first, so that most cached calls await nothing.
         self.feed_due: Callable[[], bool] = self._feed.due
-        self.health = StoreHealth(self.prefix, self.clock, hooks)
         # Clients connect() opened beside the client (a Sentinel's), closed with it.
         self._also_close: list[Callable[[], Awaitable[object]]] = []
         self._fallback: Store | None = None
@@ -173,15 +159,16 @@ class Store:
                 backoff before trying it again has not passed: no I/O then).
             StoreError: Redis answered with an error (a key of the wrong type, NOPERM...).
         """
-        self.health.before_call(keys.name)
+        node = "" if self._cluster is None else self._cluster.node_name(keys)
+        self.health.before_call(keys.name, node)
         try:
             if self._gate is None:
                 reply = await self._call(script, keys, args)
             else:
                 reply = await self._gated_call(script, keys, args)
         except SCRIPT_CALL_ERRORS as exc:
-            raise self.health.script_error(exc, script, keys.name) from exc
-        return self.health.answered(script, reply)
+            raise self.health.script_error(exc, script, keys.name, node) from exc
+        return self.health.answered(script, reply, node)
 
     async def _gated_call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
         gate, limit = self._gate, self._limit
@@ -195,12 +182,8 @@ class Store:
             gate.release()
 
     async def _call(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
-        cluster = self._cluster
-        if cluster is not None and (cluster.known_sharded or await cluster.sharded()):
-            # ARGV[2] names the sharded channel of the breaker's slot: the scripts
-            # SPUBLISH it (it has a brace, which a prefix never has).
-            assert self._shard_feed is not None
-            args = [args[0], self._shard_feed.channel(keys.name), *args[2:]]
+        if self._cluster is not None:
+            args = await self._cluster.script_args(keys, args)
         route = self._route
         if route.functions:
             try:
@@ -303,9 +286,7 @@ class Store:
             StoreError: Redis refused (credentials, ACL).
         """
         if self._cluster is not None:
-            # Where the scripts SPUBLISH (Redis >= 7), every slot's channel, each on its
-            # primary; else the prefix's channel. Which, is asked when the stream starts.
-            return ShardedStream(self._cluster, self.prefix, self._is_closed)
+            return self._cluster.transitions(self._is_closed)
         return TransitionStream(self.client, self.prefix, self._is_closed)
 
     async def breaker_names(self) -> list[str]:
@@ -358,9 +339,7 @@ def _sentinel_client(
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(spec.sentinels), sentinel_kwargs={**auth, **socket}, **socket
     )
-    master: redis.asyncio.Redis = sentinel.master_for(
-        spec.service, db=spec.db, **auth, **socket
-    )
+    master: redis.asyncio.Redis = sentinel.master_for(spec.service, db=spec.db, **auth, **socket)
     return master, [s.aclose for s in sentinel.sentinels]
 
 
@@ -425,9 +404,7 @@ def connect(
         elif spec.scheme == "redis+sentinel":
             client, also_close = _sentinel_client(spec, socket)
         elif spec.scheme == "redis+cluster":
-            client = RedisCluster.from_url(
-                spec.client_url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
+            client = cluster_client(spec.client_url, timeout)
         else:
             client = redis.asyncio.Redis.from_url(spec.client_url, **socket)
     except ValueError as exc:
