@@ -221,10 +221,15 @@ local function publish(from, to, reason, generation, retry_after_ms)
   EVENTS[#EVENTS + 1] = reason
   -- A cluster store's channel carries a hash tag (a prefix cannot): sharded pub/sub keeps
   -- the event on the shard that owns the breaker instead of every node.
-  redis.call(string.find(CHANNEL, '{', 1, true) and 'SPUBLISH' or 'PUBLISH', CHANNEL, cjson.encode({
+  local event = cjson.encode({
     name = NAME, from_state = from, to_state = to, reason = reason,
     generation = generation, at_ms = NOW, retry_after_ms = retry_after_ms or 0,
-  }))
+  })
+  if string.find(CHANNEL, '{', 1, true) then
+    redis.call('SPUBLISH', CHANNEL, event)
+  else
+    redis.call('PUBLISH', CHANNEL, event)
+  end
 end
 
 -- Drop the whole window (a new generation counts afresh).

@@ -15,7 +15,11 @@ import redbreaker
 import redbreaker.aio
 from redbreaker import _doctor_core as core
 from redbreaker._cli import main
-from redbreaker._doctor_findings import SCRIPT_COMMANDS, eviction_finding
+from redbreaker._doctor_findings import (
+    CLUSTER_SCRIPT_COMMANDS,
+    SCRIPT_COMMANDS,
+    eviction_finding,
+)
 from redis_servers import RedisServer, find_free_port, redis_server_binary
 
 if TYPE_CHECKING:
@@ -70,7 +74,7 @@ def test_script_commands_are_those_of_the_lua() -> None:
     called = set()
     for path in lua.glob("*.lua"):
         called |= set(re.findall(r"redis\.p?call\(\s*'([A-Za-z]+)'", path.read_text()))
-    assert {c.upper() for c in called} == set(SCRIPT_COMMANDS)
+    assert {c.upper() for c in called} == {*SCRIPT_COMMANDS, *CLUSTER_SCRIPT_COMMANDS}
 
 
 def test_healthy_redis_warns_only_about_persistence(redis_url: str) -> None:

@@ -21,6 +21,8 @@ SCRIPT_COMMANDS = (
     "DEL", "HDEL", "HGET", "HGETALL", "HMGET", "HSET", "PERSIST", "PEXPIRE", "PUBLISH",
     "TIME", "TYPE", "ZADD", "ZCARD", "ZCOUNT", "ZRANGE", "ZREM", "ZREMRANGEBYSCORE",
 )  # fmt: skip
+CLUSTER_SCRIPT_COMMANDS = ("SPUBLISH",)
+"""What the scripts call only on a Redis Cluster: transitions on sharded pub/sub."""
 SLOW_ROUND_TRIP_MS = 5.0
 
 
@@ -120,7 +122,7 @@ def permissions_finding(method: str, missing: list[str], prefix: str) -> Finding
         f"Grant the user the documented ACL (docs/security.md): ~{prefix}:* "
         f"&{prefix}:events +fcall +function|load (or +evalsha +script|load) and "
         + " ".join(f"+{c.lower()}" for c in SCRIPT_COMMANDS)
-        + " +scan +subscribe.",
+        + " +scan +subscribe (on a Redis Cluster also +spublish +ssubscribe).",
     )
 
 
