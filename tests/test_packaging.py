@@ -17,7 +17,7 @@ import pytest
 
 import redbreaker
 from redbreaker import _scripts
-from redbreaker._config import SCRIPT_FIELDS
+from redbreaker._config import SCRIPT_FIELDS, script_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 LUA_FILES = sorted(p.name for p in (REPO / "lua").glob("*.lua"))
@@ -79,8 +79,13 @@ def test_current_install_finds_scripts() -> None:
         assert folder.resolve() == (package_dir.parents[1] / "lua").resolve()
     assert sorted(p.name for p in folder.glob("*.lua")) == LUA_FILES
     common = (folder / "_common.lua").read_text(encoding="utf-8")
-    # The Lua parser's field list is written in from the one Python table.
-    fields = ", ".join(f"{{ '{f.name}', {str(f.may_be_empty).lower()} }}" for f in SCRIPT_FIELDS)
+    # The Lua parser's field list is written in from the one Python table, with each
+    # field's default (BreakerConfig()'s text).
+    defaults = script_defaults()
+    fields = ", ".join(
+        f"{{ '{f.name}', {str(f.may_be_empty).lower()}, '{defaults[f.name]}' }}"
+        for f in SCRIPT_FIELDS
+    )
     common = common.replace("{--[[SCRIPT_FIELDS]]}", f"{{ {fields} }}")
     library = _scripts.library_source()
     assert library.startswith(f"#!lua name={_scripts.library_name()}\n{common}")
