@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import queue
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,9 +39,8 @@ from test_topologies import (
     NAMES,
     _cluster_info,
     _keyslot,
-    _require_binaries,
-    _start_cluster_node,
     _stop_all,
+    create_cluster,
 )
 
 if TYPE_CHECKING:
@@ -125,29 +123,9 @@ def _converged(nodes: list[RedisServer]) -> bool:
 def failover_cluster() -> Iterator[FailoverCluster]:
     """3 primaries with a replica each, converged (every node: cluster_state ok, 6 nodes
     known; every replica's link up), and the breaker names of each shard."""
-    _, cli = _require_binaries()
     nodes: list[RedisServer] = []
     try:
-        for _ in range(6):
-            nodes.append(_start_cluster_node())
-        created = subprocess.run(
-            [
-                *(cli, "--cluster", "create"),
-                *(f"{node.host}:{node.port}" for node in nodes),
-                *("--cluster-replicas", "1", "--cluster-yes"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        if created.returncode != 0:
-            pytest.fail(
-                f"redis-cli --cluster create failed ({created.returncode}):\n"
-                f"{created.stdout}\n{created.stderr}",
-                pytrace=False,
-            )
+        create_cluster(nodes, primaries=3, replicas=1)
         _wait(lambda: _converged(nodes), "the cluster did not converge")
         by_port = {node.port: node for node in nodes}
         shards = []

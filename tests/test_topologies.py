@@ -172,32 +172,39 @@ def _start_cluster_node() -> RedisServer:
     raise AssertionError("unreachable")
 
 
+def create_cluster(nodes: list[RedisServer], *, primaries: int, replicas: int) -> None:
+    """Start ``primaries * (1 + replicas)`` cluster-enabled servers into ``nodes`` (so the
+    caller stops them whatever happens) and join them with ``redis-cli --cluster create``;
+    the caller waits for convergence."""
+    _, cli = _require_binaries()
+    for _ in range(primaries * (1 + replicas)):
+        nodes.append(_start_cluster_node())
+    created = subprocess.run(
+        [
+            *(cli, "--cluster", "create"),
+            *(f"{node.host}:{node.port}" for node in nodes),
+            *("--cluster-replicas", str(replicas), "--cluster-yes"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    if created.returncode != 0:
+        pytest.fail(
+            f"redis-cli --cluster create failed ({created.returncode}):\n"
+            f"{created.stdout}\n{created.stderr}",
+            pytrace=False,
+        )
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[list[RedisServer]]:
     """A 3-primary Redis Cluster (no replicas), converged: every node says cluster_state:ok."""
-    _, cli = _require_binaries()
     nodes: list[RedisServer] = []
     try:
-        for _ in range(3):
-            nodes.append(_start_cluster_node())
-        created = subprocess.run(
-            [
-                *(cli, "--cluster", "create"),
-                *(f"{node.host}:{node.port}" for node in nodes),
-                *("--cluster-replicas", "0", "--cluster-yes"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        if created.returncode != 0:
-            pytest.fail(
-                f"redis-cli --cluster create failed ({created.returncode}):\n"
-                f"{created.stdout}\n{created.stderr}",
-                pytrace=False,
-            )
+        create_cluster(nodes, primaries=3, replicas=0)
         deadline = time.monotonic() + _READY_TIMEOUT
         while True:
             infos = [_cluster_info(node) for node in nodes]
