@@ -9,6 +9,9 @@
 --
 -- keys[1]  the breaker hash            <prefix>:{<name>}
 -- keys[2]  the probe leases (ZSET)     <prefix>:{<name>}:probes   member = token, score = expiry ms
+--          and one key named after keys[1], in its slot by the same hash tag:
+--          the reporters (ZSET)        <prefix>:{<name>}:reporters member = process identity,
+--                                      score = its last failure ms (only min_reporters > 1)
 --
 -- argv[1]  server time override in Unix ms, or '' to use Redis TIME (the override is a test seam)
 -- argv[2]  the pub/sub channel transitions are PUBLISHed on
@@ -28,6 +31,16 @@
 local NBUCKETS = 10
 local BUCKET_FIELDS = {}
 for i = 0, NBUCKETS - 1 do BUCKET_FIELDS[#BUCKET_FIELDS + 1] = 'w.' .. i end
+-- The retries a retry budget granted, one 'start count' text per bucket: separate from the
+-- call buckets, whose text stays 'start calls failures slow'.
+local RETRY_FIELDS = {}
+for i = 0, NBUCKETS - 1 do RETRY_FIELDS[#RETRY_FIELDS + 1] = 'r.' .. i end
+-- A transition drops both windows in one HDEL (the calls' buckets first, then the retries').
+local WINDOW_FIELDS = {}
+for i = 1, NBUCKETS do
+  WINDOW_FIELDS[i] = BUCKET_FIELDS[i]
+  WINDOW_FIELDS[NBUCKETS + i] = RETRY_FIELDS[i]
+end
 
 local STATE_FIELDS = {
   'state', 'generation', 'consecutive_failures', 'open_until', 'consecutive_opens',
@@ -73,7 +86,7 @@ local ZERO_ABSENT = {
 
 -- The per-call context, set by begin() before anything else runs. Redis runs one script
 -- at a time, so these upvalues belong to exactly one call while it runs.
-local A, KEY, PROBES, CHANNEL, NAME, JITTER_SAMPLE, CFG, NOW, EVENTS
+local A, KEY, PROBES, REPORTERS, CHANNEL, NAME, JITTER_SAMPLE, CFG, NOW, EVENTS
 -- Window bucket texts this call already knows, by field (false: the field is absent), so
 -- the admission's bucket arrives with the state in one HMGET instead of its own HGET.
 local BUCKET_TEXT
@@ -138,6 +151,7 @@ end
 -- Set the per-call context; returns an error text when the arguments are unusable.
 local function begin(keys, argv)
   A, KEY, PROBES = argv, keys[1], keys[2]
+  REPORTERS = KEY .. ':reporters'
   CHANNEL, NAME = argv[2], argv[3]
   JITTER_SAMPLE = tonumber(argv[4]) or 0
   local cfg, err = config_of(argv[5] or '')
@@ -232,10 +246,11 @@ local function publish(from, to, reason, generation, retry_after_ms)
   end
 end
 
--- Drop the whole window (a new generation counts afresh).
+-- Drop the whole window, its retries and its reporters (a new generation counts afresh).
 local function clear_buckets()
-  redis.call('HDEL', KEY, unpack(BUCKET_FIELDS))
+  redis.call('HDEL', KEY, unpack(WINDOW_FIELDS))
   for _, field in ipairs(BUCKET_FIELDS) do BUCKET_TEXT[field] = false end
+  if CFG.min_reporters > 1 then redis.call('DEL', REPORTERS) end
 end
 
 -- Every transition starts a new generation with empty counts: outcomes of calls admitted

@@ -2,9 +2,10 @@
 --
 -- KEYS[1], KEYS[2], ARGV[1..5]: as in _common.lua (composed before this file).
 --
--- Returns {now_ms, probes_in_flight, field_1, value_1, field_2, value_2, ...}: the hash as
--- HGETALL gives it (empty when the breaker does not exist), and the probe leases that have
--- not expired. Due time-driven transitions are not applied: the next acquire applies them.
+-- Returns {now_ms, probes_in_flight, reporters, field_1, value_1, field_2, value_2, ...}: the
+-- hash as HGETALL gives it (empty when the breaker does not exist), the probe leases that
+-- have not expired, and the distinct processes that reported a failure within the window
+-- (counted only with min_reporters > 1; the set keeps at most min_reporters of them). Due time-driven transitions are not applied: the next acquire applies them.
 -- Errors: as acquire.lua.
 
 local function inspect(keys, argv)
@@ -19,7 +20,11 @@ local function inspect(keys, argv)
   if redis.call('TYPE', PROBES)['ok'] == 'zset' then
     probes = redis.call('ZCOUNT', PROBES, '(' .. int(NOW), '+inf')
   end
-  local reply = { NOW, probes }
+  local reporters = 0
+  if redis.call('TYPE', REPORTERS)['ok'] == 'zset' then
+    reporters = redis.call('ZCOUNT', REPORTERS, '(' .. int(NOW - CFG.window_ms), '+inf')
+  end
+  local reply = { NOW, probes, reporters }
   for _, v in ipairs(redis.call('HGETALL', KEY)) do reply[#reply + 1] = v end
   return reply
 end

@@ -5,11 +5,13 @@ that do no I/O, written once. The drivers subclass them and add only the sending
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._core import BreakerCore
 from ._exceptions import CircuitOpenError, ConfigError, PermitError
 from ._lane import quiet_lane
+from ._state import State
 from ._waiting import AdmissionWait, defer_delay, max_wait_setting, wake_spread
 
 if TYPE_CHECKING:
@@ -41,6 +43,10 @@ class StoreLike(Protocol):
 
     def local_fallback(self) -> Self:
         """The embedded store breakers of this one fall back to during an outage."""
+        ...
+
+    def process_store(self) -> Self:
+        """The embedded store of the breakers processes keep of their own (a quorum's)."""
         ...
 
 
@@ -86,15 +92,49 @@ class BreakerBase(Generic[S]):
         self.store = store
         self._keys = self._core.keys
         self._cached = self.config.consistency == "cached"
+        # With a quorum every call also asks this process's own breaker: no quiet lane.
+        self._quorum = self.config.min_reporters > 1
         # The cached mode's local decisions (None in strict mode: Redis admits every call).
-        self._lane = quiet_lane(self._core)
+        self._lane = None if self._quorum else quiet_lane(self._core)
         self._hooks = on_transition
         self._wake_spread = wake_spread(self.config)
         # This process's own breaker while Redis is unreachable (on_store_error="local").
         self._local: Self | None = None
         if self.config.on_store_error == "local":
             self._embedded_store()  # fails now, not in an outage, if fakeredis is missing
+        # The breaker this process keeps of its own (min_reporters > 1), made on first call.
+        self._own: Self | None = None
+        if self._quorum:
+            self.store.process_store()  # fails now, not at the first call, without fakeredis
         self._built()
+
+    def _own_breaker(self) -> Self:
+        """This process's own breaker (min_reporters > 1): same name and trip rules, on
+        an in-process Redis, fed this process's outcomes only; it rejects this process's
+        calls while the fleet's breaker waits for a quorum."""
+        own = self._own
+        if own is None:
+            own = type(self)(
+                self.name,
+                store=self.store.process_store(),
+                config=self._core.own_config(),
+                on_transition=self._core.own_transition,
+            )
+            own._core.scope = "process"
+            self._own = own
+        return own
+
+    def _process_rejection(self, exc: CircuitOpenError) -> CircuitOpenError:
+        """The rejection of this process's own breaker, as this breaker raises it."""
+        if self._core._observers:
+            self._core.reports.rejection(exc.state)
+        return CircuitOpenError(self.name, exc.state, exc.retry_after, "process")
+
+    def _with_process_state(self, snapshot: Snapshot, own: Snapshot | None) -> Snapshot:
+        """``snapshot`` with the state of this process's own breaker (a quorum's)."""
+        if not self._quorum:
+            return snapshot
+        return replace(snapshot, process_state=State.CLOSED if own is None else own.state)
 
     def _local_breaker(self) -> Self:
         """This process's own breaker while Redis is unreachable (on_store_error="local"):

@@ -37,6 +37,7 @@ from ._exceptions import (
     StoreUnavailableError,
 )
 from ._guard import BreakerLink, Guard, GuardConfig, build_guard
+from ._hooks import logger
 from ._observe import quiet_rejections
 from ._permit import LeaseHold, Permit
 from ._store import Store
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
     from ._config import Seconds
     from ._guard_config import GuardSettings
+    from ._policies import RetryVerdict
     from ._state import RecordReply, Snapshot, State
 
 __all__ = ["Breaker", "LeaseHold", "Permit", "TransitionHook"]
@@ -102,6 +104,7 @@ class Breaker(BreakerBase[Store]):
 
     def _after_fork_in_child(self) -> None:
         self._core._forget_local_knowledge()
+        self._own = None  # a forked child is a new reporter with a breaker of its own
         self._runner_lock = threading.Lock()
         self._refreshed = threading.Condition()
 
@@ -122,6 +125,26 @@ class Breaker(BreakerBase[Store]):
         """
         if max_wait != 0:
             return self._acquire_waiting(max_wait)
+        if self._quorum:
+            return self._acquire_with_own()
+        return self._acquire_now()
+
+    def _acquire_with_own(self) -> Permit:
+        """Ask this process's own breaker, then the fleet's: both must admit the call,
+        and its outcome goes to both."""
+        try:
+            own = self._own_breaker().acquire()
+        except CircuitOpenError as exc:
+            raise self._process_rejection(exc) from None
+        try:
+            permit = self._acquire_now()
+        except BaseException:
+            own.release()
+            raise
+        permit._state.own = own
+        return permit
+
+    def _acquire_now(self) -> Permit:
         core = self._core
         if self._cached:
             self.store.poll_feed()  # a transition published meanwhile counts from now on
@@ -221,6 +244,11 @@ class Breaker(BreakerBase[Store]):
             return False
 
     def _would_admit(self) -> bool:
+        if self._own is not None:
+            try:
+                self._own._would_admit()
+            except CircuitOpenError as exc:
+                raise CircuitOpenError(self.name, exc.state, exc.retry_after, "process") from None
         try:
             snapshot = self.snapshot()
         except StoreUnavailableError as exc:
@@ -251,7 +279,46 @@ class Breaker(BreakerBase[Store]):
         *,
         slow: bool | None = None,
     ) -> RecordReply | None:
+        if permit.own is not None:
+            self._settle_own(permit, outcome=outcome)
         return self._send_record(permit, outcome, self._core.record_args(permit, outcome, slow))
+
+    def _settle_own(
+        self,
+        permit: PermitState,
+        *,
+        outcome: Outcome | None = None,
+        exc: BaseException | None = None,
+        result: object = None,
+    ) -> None:
+        """Settle the permit of this process's own breaker as the call's own."""
+        own, permit.own = permit.own, None
+        assert isinstance(own, Permit)
+        try:
+            if outcome is not None:
+                own._settle(outcome)
+            else:
+                own._finish(exc=exc, result=result)
+        except Exception:
+            # Its bookkeeping must never break the call, nor hide its outcome.
+            logger.exception("circuit %r: this process's own breaker could not record", self.name)
+
+    def _ask_retry(self, permit: PermitState) -> RetryVerdict:
+        """The fleet's retry budget's answer to one retry of ``permit``'s call (one round
+        trip; a call admitted without Redis, "allow" in an outage, is not limited).
+
+        Raises:
+            CircuitOpenError: the breaker is open: no more retries.
+            StoreUnavailableError: Redis could not be asked.
+        """
+        if permit.offline:
+            return "retry"
+        try:
+            raw = self.store.run("record", self._keys, self._core.retry_args(permit))
+        except StoreError as exc:
+            self._core.on_record_refused("retry", exc)
+            return "retry"
+        return self._core.on_retry_reply(raw)
 
     def _send_record(
         self,
@@ -389,6 +456,8 @@ class Breaker(BreakerBase[Store]):
         ``hold``: the call's attempt may still run, abandoned; a probe's lease then stays
         until it ends.
         """
+        if permit.own is not None:
+            self._settle_own(permit, exc=exc, result=result)
         keep_lease = exc is not None and hold is not None and hold.keep()
         outcome, args = self._core.finish_args(
             permit, exc=exc, result=result, keep_lease=keep_lease
@@ -416,7 +485,11 @@ class Breaker(BreakerBase[Store]):
         sending of a cached breaker's counted successes)."""
         self.flush()
         raw = self.store.run("inspect", self._keys, self._core.inspect_args())
-        return self._core.on_inspect_reply(raw)
+        snapshot = self._core.on_inspect_reply(raw)
+        if self._quorum:
+            own = self._own
+            return self._with_process_state(snapshot, None if own is None else own.snapshot())
+        return snapshot
 
     @property
     def state(self) -> State:

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any, Literal, NamedTuple, TypedDict, Union
 
 from ._exceptions import ConfigError
+from ._policy_config import fleet_policy_values
 
 __all__ = [
     "SCRIPT_FIELDS",
@@ -163,6 +164,9 @@ SCRIPT_FIELDS: tuple[ScriptField, ...] = (
     ScriptField("probe_lease_ms", False, "how long a probe holds its slot at most"),
     ScriptField("half_open_max_wait_ms", True, "longest stay in half_open (empty: none)"),
     ScriptField("key_ttl_ms", True, "idle lifetime of both keys (empty: they never expire)"),
+    ScriptField("retry_budget", True, "retries per call over the window, fleet-wide (empty: off)"),
+    ScriptField("retry_budget_floor", False, "retries per second allowed on top of the ratio"),
+    ScriptField("min_reporters", False, "distinct processes whose failures a trip needs"),
 )
 """The one list of what the scripts read: the config text is built from it, and the Lua
 parser's field list is written from it when the library is composed (``_scripts``)."""
@@ -201,6 +205,18 @@ class BreakerConfig:
             abandoned breaker vanishes and comes back closed. None: the keys never
             expire, which also keeps them out of a ``volatile-*`` eviction policy's reach
             on a Redis shared with a cache (abandoned breakers then stay until deleted).
+
+    Fleet policies (see docs/policies.md; both off by default):
+        retry_budget: retries a guard may make, fleet-wide, as a fraction of the calls in
+            the window (0.2: retries stay under 20% of calls, plus the floor). Asked in one
+            round trip before each retry, which also stands in for the guard's
+            ``recheck_breaker``; an exhausted budget ends the retries. None: no budget.
+        retry_budget_floor: retries per second (over the window) the budget allows on top
+            of the ratio, so a quiet dependency can still be retried.
+        min_reporters: distinct processes whose failures (or slow calls) in the window a
+            trip rule needs before the fleet's breaker opens; 1 trips on anyone's. Above 1,
+            each process also keeps a breaker of its own with the same settings, which
+            rejects that process's calls alone while the fleet's stays closed.
 
     When Redis cannot be reached (local to each process):
         on_store_error: ``"allow"`` lets calls through unguarded (fail open; outcomes are
@@ -253,6 +269,9 @@ class BreakerConfig:
     probe_lease: Seconds = 10.0
     half_open_max_wait: Seconds | None = None
     key_ttl: Seconds | None = 86_400.0
+    retry_budget: float | None = None
+    retry_budget_floor: float = 10.0
+    min_reporters: int = 1
     on_store_error: StoreErrorPolicy = "allow"
     consistency: Consistency = "strict"
     max_staleness: Seconds = 1.0
@@ -352,6 +371,7 @@ class BreakerConfig:
             "probe_lease_ms": _ms(lease),
             "half_open_max_wait_ms": _ms(max_wait),
             "key_ttl_ms": _ms(ttl),
+            **fleet_policy_values(self),
         }
         argv = tuple(values.pop(f.name) for f in SCRIPT_FIELDS)
         assert not values, f"fields missing from SCRIPT_FIELDS: {sorted(values)}"
@@ -416,6 +436,9 @@ class BreakerSettings(TypedDict, total=False):
     probe_lease: Seconds
     half_open_max_wait: Seconds | None
     key_ttl: Seconds | None
+    retry_budget: float | None
+    retry_budget_floor: float
+    min_reporters: int
     on_store_error: StoreErrorPolicy
     consistency: Consistency
     max_staleness: Seconds

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._cache import LocalKnowledge
 from ._classify import Outcome, classify_exception, classify_result
@@ -41,6 +41,7 @@ from ._hooks import LOUD, TransitionHook, announce, logger, transition_hooks
 from ._keys import breaker_keys, check_name
 from ._observe import Reports
 from ._permit_state import PermitState
+from ._policies import FleetPolicies, RetryVerdict, own_config, process_identity
 from ._state import (
     RecordReply,
     Snapshot,
@@ -123,6 +124,9 @@ class BreakerCore:
         # Local monotonic seconds, from the injected clock (bound once: the cached hot
         # path reads it twice per call).
         self.now: Callable[[], float] = clock.monotonic
+        self.policies = FleetPolicies(self.name, self.config, self.reports)
+        # "process" for the breaker a process keeps of its own (min_reporters > 1).
+        self.scope: Literal["fleet", "process"] = "fleet"
         self._forget_local_knowledge()
 
     def _forget_local_knowledge(self) -> None:
@@ -242,7 +246,16 @@ class BreakerCore:
 
     def local_config(self) -> BreakerConfig:
         """The config of this process's own breaker for an outage ("local")."""
-        return replace(self.config, on_store_error="reject")
+        return replace(self.config, on_store_error="reject", min_reporters=1)
+
+    def own_config(self) -> BreakerConfig:
+        """The config of the breaker this process keeps of its own (min_reporters > 1)."""
+        return own_config(self.config)
+
+    def own_transition(self, transition: Transition) -> None:
+        """This process's own breaker changed state: the store's observers hear it."""
+        if self._observers:
+            self.reports.transition(transition)
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -325,9 +338,28 @@ class BreakerCore:
             permit.incarnation,
             str(riding + own_call),
         )
-        if keep_lease:
+        if self.policies.quorum:
+            args += ("1" if keep_lease else "0", process_identity())
+        elif keep_lease:
             args.append("1")
         return args
+
+    def retry_args(self, permit: PermitState) -> list[str]:
+        """The record script's arguments that ask the fleet's retry budget for one retry
+        of ``permit``'s call (an attempt failed; nothing else is counted)."""
+        return self._args(
+            "retry", str(permit.generation), "", "0", "", permit.incarnation, "0"
+        )
+
+    def on_retry_reply(self, raw: list[Any]) -> RetryVerdict:
+        """The budget's answer to a retry (hooks fire for transitions it made).
+
+        Raises:
+            CircuitOpenError: the shared breaker is open: the guard stops retrying.
+        """
+        reply = decode_record(self.name, raw)
+        self._fire(reply.transitions)
+        return self.policies.on_retry_reply(reply)
 
     def _flush_args(self, generation: int, incarnation: str, calls: int) -> list[str]:
         return self._args("flush", str(generation), "", "0", "", incarnation, str(calls))
@@ -352,13 +384,15 @@ class BreakerCore:
         if self._cached:
             self._local.learn(reply)
         self._fire(reply.transitions)
+        if self.policies.quorum and reply.status == "recorded":
+            self.policies.on_failure_reply(reply)
         return reply
 
     def on_record_unavailable(self) -> None:
         """Redis could not take an outcome: the local copy can no longer be trusted."""
         self._local.copy = None
 
-    def on_record_refused(self, outcome: Outcome, exc: Exception) -> None:
+    def on_record_refused(self, outcome: str, exc: Exception) -> None:
         """Redis refused an outcome: say so; bookkeeping never masks the call's result."""
         logger.warning(
             "circuit %r: could not record a %s: %s: %s",
@@ -414,7 +448,8 @@ class BreakerCore:
     # -- hooks ---------------------------------------------------------------------------
 
     def _fire(self, transitions: Iterable[Transition]) -> None:
-        for transition in transitions:
+        for made in transitions:
+            transition = made if self.scope == "fleet" else replace(made, scope=self.scope)
             self._view.forget_rejection(self.keys.state)
             announce(transition, self._hooks)
             if self._observers:

@@ -29,7 +29,7 @@ One warning category, shown by Python's default filters with no logging configur
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "AsyncCallError",
@@ -75,23 +75,34 @@ class CircuitOpenError(RedbreakerError):
             ``"half_open"`` when every probe slot is taken), as stored in Redis.
         retry_after: seconds until a call may be admitted again, measured on the Redis
             server's clock, or ``None`` when no deadline is known (forced open without one).
+        scope: ``"fleet"`` when the shared breaker rejected the call; ``"process"`` when
+            this process's own breaker did (``min_reporters`` > 1: this process failed on
+            its own while the fleet's breaker stays closed).
     """
 
-    def __init__(self, name: str, state: str, retry_after: float | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        state: str,
+        retry_after: float | None,
+        scope: Literal["fleet", "process"] = "fleet",
+    ) -> None:
         # The arguments, not the message, in args: whatever rebuilds an exception as
         # cls(*args) (celery's JSON results) gets the rejection back, state and deadline.
         super().__init__(name, state, retry_after)
         self.name = name
         self.state = state
         self.retry_after = retry_after
+        self.scope = scope
 
     def __str__(self) -> str:
         retry_after = self.retry_after
         when = "no deadline" if retry_after is None else f"retry after {retry_after:.3f}s"
-        return f"circuit {self.name!r} is {self.state}; {when}"
+        where = "" if self.scope == "fleet" else " in this process (its own breaker)"
+        return f"circuit {self.name!r} is {self.state}{where}; {when}"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.name, self.state, self.retry_after))
+        return (type(self), (self.name, self.state, self.retry_after, self.scope))
 
 
 class AttemptTimeoutError(RedbreakerError, TimeoutError):

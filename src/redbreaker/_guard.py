@@ -103,6 +103,7 @@ class Guard(GuardCore):
         breaker = link.breaker
         super().__init__(breaker.name, config, breaker.store.clock, threading.Lock())
         self.breaker = breaker
+        self._budgeted = breaker.config.retry_budget is not None
         self._link = link
         _fork.after_fork_in_child(self)
 
@@ -150,6 +151,7 @@ class Guard(GuardCore):
         # Nothing between the permit and the try: an interrupt there would hold a probe's
         # slot until its lease expired.
         try:
+            call.permit = permit
             call.hold = self._link.lease_hold(permit)
             self._begin(call, permit.is_probe)
             result = self._with_retries(call, fn)
@@ -189,8 +191,13 @@ class Guard(GuardCore):
             self.breaker.store.clock.sleep(seconds)
 
     def _attempt(self, call: GuardCall, fn: Callable[[], R]) -> R:
-        if call.attempts and self.config.recheck_breaker:
-            self._recheck()
+        if call.attempts:
+            # The retry budget's round trip also stands in for the recheck.
+            if self._budgeted:
+                if not self._retry_granted(call):
+                    return self._budget_spent(call)  # type: ignore[no-any-return]
+            elif self.config.recheck_breaker:
+                self._recheck()
         budget = self._budget(call)
         call.attempts += 1
         clock = self.breaker.store.clock
@@ -211,8 +218,24 @@ class Guard(GuardCore):
             duration = budget if isinstance(exc, AttemptTimeoutError) and budget else None
             self._attempted(call, duration or clock.monotonic() - started, exc)
             raise
+        call.last_error, call.last_value = None, result
         self._attempted(call, clock.monotonic() - started, None)
         return result
+
+    def _retry_granted(self, call: GuardCall) -> bool:
+        """Ask the fleet's retry budget for one retry (one round trip).
+
+        Raises:
+            CircuitOpenError: the breaker opened meanwhile (or this process holds a
+                rejection of it): no more retries.
+        """
+        self._link.check_cached_rejection()
+        permit: Permit = call.permit
+        try:
+            return permit._breaker._ask_retry(permit._state) == "retry"
+        except StoreUnavailableError as exc:
+            self._recheck_unavailable(exc, self.breaker.config.on_store_error)
+            return True
 
     def _recheck(self) -> None:
         """Stop retrying if the shared breaker opened meanwhile (by any process)."""

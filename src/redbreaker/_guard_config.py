@@ -32,7 +32,12 @@ __all__ = [
 R = TypeVar("R")
 
 FailureReason = Literal[
-    "circuit_open", "timeout", "retries_exhausted", "store_unavailable", "error"
+    "circuit_open",
+    "timeout",
+    "retries_exhausted",
+    "retry_budget_exhausted",
+    "store_unavailable",
+    "error",
 ]
 """Why a guarded call failed, as its fallback is told."""
 
@@ -47,7 +52,9 @@ class Failure:
     Attributes:
         reason: ``"circuit_open"`` (rejected, the call never ran), ``"timeout"`` (the
             attempt outlived its budget), ``"retries_exhausted"`` (more than one attempt,
-            all failed), ``"store_unavailable"`` (Redis could not be asked), ``"error"``.
+            all failed), ``"retry_budget_exhausted"`` (an attempt failed and the fleet's
+            retry budget refused the retry), ``"store_unavailable"`` (Redis could not be
+            asked), ``"error"``.
         exception: the exception that ended the call.
         breaker: the breaker's name.
         attempts: attempts made (0 when the call never ran).

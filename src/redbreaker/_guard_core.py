@@ -111,11 +111,14 @@ class GuardCall:
 
     __slots__ = (
         "attempts",
+        "budget_exhausted",
         "deadline_ms",
         "give_up",
         "hold",
         "last_error",
+        "last_value",
         "max_attempts",
+        "permit",
         "store_failed",
     )
 
@@ -130,6 +133,11 @@ class GuardCall:
         self.give_up = False
         self.store_failed = False
         self.last_error: BaseException | None = None
+        # The last attempt's value, when a result was asked to be retried (retry_result).
+        self.last_value: Any = None
+        # The call's permit (either driver's), for the retry budget's questions.
+        self.permit: Any = None
+        self.budget_exhausted = False
 
 
 class GuardCore:
@@ -179,6 +187,15 @@ class GuardCore:
             # 2011.0000000000002 in floats, and its ceiling would overshoot by a ms.
             call.deadline_ms = self._now_ms() + math.ceil(round(self._deadline * 1000, 6))
 
+    def _budget_spent(self, call: GuardCall) -> Any:  # noqa: ANN401 (the last value)
+        """The fleet's retry budget refused this retry: the call ends with its last
+        attempt's outcome (its error raised again, or the value asked to be retried), and
+        the stop rule ends the loop."""
+        call.budget_exhausted = True
+        if call.last_error is not None:
+            raise call.last_error
+        return call.last_value
+
     def _recheck_unavailable(self, exc: StoreUnavailableError, on_store_error: str) -> None:
         """Redis could not be asked before a retry: the outage is the breaker's policy's
         business, so the retry goes on unless that policy rejects."""
@@ -210,6 +227,8 @@ class GuardCore:
             return "store_unavailable"
         if isinstance(exc, CircuitOpenError):
             return "circuit_open"
+        if call.budget_exhausted:
+            return "retry_budget_exhausted"
         if call.attempts > 1:
             return "retries_exhausted"
         if isinstance(exc, AttemptTimeoutError):
@@ -294,7 +313,7 @@ class GuardCore:
         return delay
 
     def _stop(self, call: GuardCall, state: _t.RetryCallState) -> bool:
-        if call.give_up or state.attempt_number >= call.max_attempts:
+        if call.give_up or call.budget_exhausted or state.attempt_number >= call.max_attempts:
             return True
         if call.deadline_ms is None:
             return False

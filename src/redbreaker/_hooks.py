@@ -43,7 +43,9 @@ def announce(transition: Transition, hooks: Iterable[TransitionHook]) -> None:
     previous = transition.previous.value if transition.previous else "unreadable"
     logger.log(
         level,
-        "circuit %r: %s -> %s (%s)",
+        "circuit %r: %s -> %s (%s)"
+        if transition.scope == "fleet"
+        else "circuit %r, this process's own breaker: %s -> %s (%s)",
         transition.name,
         previous,
         transition.current.value,
@@ -55,6 +57,7 @@ def announce(transition: Transition, hooks: Iterable[TransitionHook]) -> None:
             "to_state": transition.current.value,
             "reason": transition.reason,
             "generation": transition.generation,
+            "scope": transition.scope,
         },
     )
     for hook in hooks:

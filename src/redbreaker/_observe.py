@@ -29,12 +29,16 @@ __all__ = [
     "BreakerObserver",
     "CallKind",
     "CallRecord",
+    "PolicyEvent",
     "Reports",
     "observers_setting",
     "quiet_rejections",
     "tell_call",
     "tell_transition",
 ]
+
+PolicyEvent = Literal["retry_budget_exhausted"]
+"""What a fleet policy did to one call: the retry budget refused a retry."""
 
 CallKind = Literal["success", "failure", "ignored", "rejected"]
 """How a call ended for the breaker: ``ignored`` calls count as no call (``ignore_on``, an
@@ -77,7 +81,12 @@ class BreakerObserver(Protocol):
 
     def on_transition(self, transition: Transition) -> None:
         """A script this process ran changed a breaker's state (each transition is made by
-        exactly one process, so summing over processes counts each once)."""
+        exactly one process, so summing over processes counts each once). A transition
+        whose ``scope`` is ``"process"`` is one of this process's own breaker
+        (``min_reporters`` > 1).
+
+        An observer may also have ``on_policy_event(breaker, event)``: told of each
+        :data:`PolicyEvent` (a retry the fleet's budget refused); it is optional."""
 
 
 def observers_setting(observers: object) -> tuple[BreakerObserver, ...]:
@@ -176,3 +185,14 @@ class Reports:
     def transition(self, transition: Transition) -> None:
         """This process's script made ``transition``."""
         tell_transition(self._observers, transition)
+
+    def policy(self, event: PolicyEvent) -> None:
+        """A fleet policy did ``event`` to a call (observers without the method skip it)."""
+        for observer in self._observers:
+            method = getattr(observer, "on_policy_event", None)
+            if method is None:
+                continue
+            try:
+                method(self._name, event)
+            except Exception:
+                logger.exception("redbreaker observer %r failed on a policy event", observer)

@@ -16,6 +16,7 @@ class PermitState:
         "generation",
         "incarnation",
         "offline",
+        "own",
         "probe_token",
         "settled",
         "started",
@@ -48,5 +49,7 @@ class PermitState:
         self.consecutive_failures_at_admission = consecutive_failures
         self.started = started
         self.settled = False
+        # The permit of this process's own breaker (min_reporters > 1), settled with this one.
+        self.own: object | None = None
         # ``state``: the state the call was admitted in, set by the core only when the
         # store has observers (they are told it; nothing else reads it).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from ._config import script_defaults
 
@@ -62,6 +62,9 @@ class Transition:
             ``"operator_deadline_passed"``, ``"reset"``, ``"repaired_invalid_fields"``.
         generation: the breaker's generation after the change.
         at_ms: when, in Unix ms on the Redis server's clock.
+        scope: ``"fleet"`` for the shared breaker; ``"process"`` for the breaker a process
+            keeps of its own with ``min_reporters`` > 1 (its transitions are this process's
+            alone: they are never published).
     """
 
     name: str
@@ -70,6 +73,7 @@ class Transition:
     reason: str
     generation: int
     at_ms: int
+    scope: Literal["fleet", "process"] = "fleet"
 
 
 class AcquireReply(NamedTuple):
@@ -94,6 +98,8 @@ class RecordReply(NamedTuple):
     generation: int
     consecutive_failures: int
     now_ms: int
+    retry_after_ms: int
+    reporters: int  # short of min_reporters when a trip rule fired; else 0
     transitions: tuple[Transition, ...]
 
 
@@ -136,6 +142,13 @@ class Snapshot:
         changed_at_ms: time of the last transition.
         last_reason: reason of the last transition.
         now_ms: the server time the snapshot was taken at.
+        window_retries: retries the fleet's retry budget granted in the window.
+        retry_budget_exhausted_count: retries the budget refused since the breaker was
+            created (fleet-wide).
+        reporters: distinct processes that reported a failure or slow call in the window
+            (kept only with ``min_reporters`` > 1, at most that many).
+        process_state: the state of this process's own breaker (``min_reporters`` > 1),
+            which rejects this process's calls alone; None without one.
     """
 
     name: str
@@ -159,6 +172,10 @@ class Snapshot:
     changed_at_ms: int | None
     last_reason: str | None
     now_ms: int
+    window_retries: int = 0
+    retry_budget_exhausted_count: int = 0
+    reporters: int = 0
+    process_state: State | None = None
 
 
 def _text(value: object) -> str:
@@ -240,7 +257,9 @@ def decode_record(name: str, reply: Sequence[object]) -> RecordReply:
         generation=generation,
         consecutive_failures=_int(reply[3]),
         now_ms=now_ms,
-        transitions=_transitions(name, generation, now_ms, reply[5:]) if len(reply) > 5 else (),
+        retry_after_ms=_int(reply[5]),
+        reporters=_int(reply[6]),
+        transitions=_transitions(name, generation, now_ms, reply[7:]) if len(reply) > 7 else (),
     )
 
 
@@ -278,6 +297,18 @@ def decode_event(payload: bytes | str) -> Transition:
 
 
 _BUCKET_FIELDS = tuple(f"w.{i}" for i in range(10))
+_RETRY_FIELDS = tuple(f"r.{i}" for i in range(10))
+
+
+def _window_retries(fields: dict[str, str], now_ms: int, window_ms: int) -> int:
+    retries = 0
+    for key in _RETRY_FIELDS:
+        parts = fields.get(key, "").split(" ")
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            start, count = (int(p) for p in parts)
+            if now_ms - window_ms < start <= now_ms:
+                retries += count
+    return retries
 
 
 def _window(fields: dict[str, str], now_ms: int, window_ms: int) -> tuple[int, int, int]:
@@ -311,11 +342,12 @@ def decode_snapshot(name: str, reply: Sequence[object], window_ms: int) -> Snaps
     that drove it last), else ``window_ms``: a reader with other settings, such as the
     CLI, still sees the counts the breaker trips on.
     """
-    now_ms, probes = _int(reply[0]), _int(reply[1])
-    flat = [_text(v) for v in reply[2:]]
+    now_ms, probes, reporters = _int(reply[0]), _int(reply[1]), _int(reply[2])
+    flat = [_text(v) for v in reply[3:]]
     fields = dict(zip(flat[0::2], flat[1::2], strict=False))
     state = _maybe_state(fields.get("state", "closed")) or State.CLOSED
-    calls, failures, slow = _window(fields, now_ms, _stored_window_ms(fields) or window_ms)
+    stored_window_ms = _stored_window_ms(fields) or window_ms
+    calls, failures, slow = _window(fields, now_ms, stored_window_ms)
     open_until = _int(fields.get("open_until")) or None
     forced_until = _int(fields.get("forced_until")) or None
     retry_after: float | None = 0.0
@@ -345,4 +377,7 @@ def decode_snapshot(name: str, reply: Sequence[object], window_ms: int) -> Snaps
         changed_at_ms=_int(fields.get("changed_at")) or None,
         last_reason=fields.get("last_reason"),
         now_ms=now_ms,
+        window_retries=_window_retries(fields, now_ms, stored_window_ms),
+        retry_budget_exhausted_count=_int(fields.get("retry_budget_exhausted_count")),
+        reporters=reporters,
     )

@@ -114,6 +114,7 @@ class Store:
         # Connections connect() opened beside the client (a Sentinel's), closed with it.
         self._also_close: list[Callable[[], None]] = []
         self._fallback: Store | None = None
+        self._process: Store | None = None
         self._fallback_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -228,11 +229,21 @@ class Store:
                 )
             return self._fallback
 
+    def process_store(self) -> Store:
+        """The in-process store of the breakers each process keeps of its own
+        (``min_reporters`` > 1): one, made on first need, with no observers (their
+        owners report for them), new in a forked child (a new process has a new one)."""
+        with self._fallback_lock:
+            if self._process is None:
+                self._process = connect("memory://", prefix=self.prefix, clock=self.clock)
+            return self._process
+
     def _after_fork_in_child(self) -> None:
         """In a forked child: the feed starts afresh, and locks a parent thread held at the
         fork (the client's pools' included) are released."""
         self.health.after_fork()
         _fork.reinit_lock(self._fallback_lock)
+        self._process = None  # the parent's own breakers are not this process's
         self._gate = self._new_gate()  # parent threads inside a call at the fork hold slots
         _release_client_locks(self.client)
         if self._cluster is not None:
@@ -278,6 +289,8 @@ class Store:
             close()
         if self._fallback is not None:
             self._fallback.close()
+        if self._process is not None:
+            self._process.close()
 
     def doctor(self) -> DoctorReport:
         """Check this store's Redis and explain what is wrong: reachability and round

@@ -12,6 +12,7 @@ import contextlib
 import functools
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from .. import _fork
 from .._bases import BreakerBase, PermitBase
 from .._callables import require_async
 from .._exceptions import (
@@ -19,6 +20,7 @@ from .._exceptions import (
     StoreError,
     StoreUnavailableError,
 )
+from .._hooks import logger
 from .._observe import quiet_rejections
 from .._waiting import max_wait_setting
 from ._guard import BreakerLink, Guard, build_guard
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from .._config import Seconds
     from .._core import Outcome, PermitState
     from .._guard_config import GuardConfig, GuardSettings
+    from .._policies import RetryVerdict
     from .._state import RecordReply, Snapshot, State
 
 __all__ = ["Breaker", "Permit"]
@@ -45,10 +48,23 @@ R = TypeVar("R")
 _background: set[asyncio.Task[Any]] = set()
 
 
+async def _logged(name: str, recording: Awaitable[object]) -> None:
+    """Await the recording of a process's own breaker; its failure never breaks the call."""
+    try:
+        await recording
+    except Exception:
+        logger.exception("circuit %r: this process's own breaker could not record", name)
+
+
 def _in_background(work: Awaitable[Any]) -> None:
     task = asyncio.ensure_future(work)
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+async def _in_turn(first: Awaitable[object], then: Awaitable[object]) -> object:
+    await first
+    return await then
 
 
 class Permit(PermitBase["Breaker"]):
@@ -79,6 +95,10 @@ class Permit(PermitBase["Breaker"]):
     async def _settle(self, outcome: Outcome) -> None:
         self._take_settlement()
         breaker = self._breaker
+        if self._state.own is not None:
+            recording = breaker._settle_own(self._state, outcome=outcome)
+            if recording is not None:
+                await recording
         args = breaker._core.record_args(self._state, outcome)
         if args is not None:
             await breaker._send_record(self._state, outcome, args)
@@ -91,8 +111,14 @@ class Permit(PermitBase["Breaker"]):
         # The breaker that admitted the call records it: during an outage with
         # on_store_error="local" that is the process's own breaker, not the shared one.
         breaker = self._breaker
+        own = None
+        if self._state.own is not None:
+            own = breaker._settle_own(self._state, exc=exc, result=result)
         outcome, args = breaker._core.finish_args(self._state, exc=exc, result=result)
-        return None if args is None else breaker._send_record(self._state, outcome, args)
+        fleet = None if args is None else breaker._send_record(self._state, outcome, args)
+        if own is None:
+            return fleet
+        return own if fleet is None else _in_turn(own, fleet)
 
     async def __aenter__(self) -> Permit:
         return self
@@ -171,6 +197,10 @@ class Breaker(BreakerBase[Store]):
     def _built(self) -> None:
         # Set when the task renewing the local copy has Redis's answer (see _acquire).
         self._refreshed: asyncio.Event | None = None
+        _fork.after_fork_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._own = None  # a forked child is a new reporter with a breaker of its own
 
     # -- admission -----------------------------------------------------------------------
 
@@ -236,6 +266,11 @@ class Breaker(BreakerBase[Store]):
             return False
 
     async def _would_admit(self) -> bool:
+        if self._own is not None:
+            try:
+                await self._own._would_admit()
+            except CircuitOpenError as exc:
+                raise CircuitOpenError(self.name, exc.state, exc.retry_after, "process") from None
         try:
             snapshot = await self.snapshot()
         except StoreUnavailableError as exc:
@@ -249,6 +284,69 @@ class Breaker(BreakerBase[Store]):
         return True
 
     async def _acquire(self) -> Permit:
+        if self._quorum:
+            return await self._acquire_with_own()
+        return await self._acquire_now()
+
+    async def _acquire_with_own(self) -> Permit:
+        """Ask this process's own breaker, then the fleet's: both must admit the call,
+        and its outcome goes to both."""
+        try:
+            own = await self._own_breaker()._acquire()
+        except CircuitOpenError as exc:
+            raise self._process_rejection(exc) from None
+        try:
+            permit = await self._acquire_now()
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                await own.release()
+            else:
+                self._own_abandoned(own._state)
+            raise
+        permit._state.own = own
+        return permit
+
+    def _own_abandoned(self, own: PermitState) -> None:
+        """A cancelled call's own permit: settled at once, a probe's slot freed in a task."""
+        own.settled = True
+        if own.probe_token:
+            assert self._own is not None
+            self._own._free_slot(self._own._core.release_args(own))
+
+    def _settle_own(
+        self,
+        permit: PermitState,
+        *,
+        outcome: Outcome | None = None,
+        exc: BaseException | None = None,
+        result: object = None,
+    ) -> Awaitable[object] | None:
+        """Settle the permit of this process's own breaker as the call's own: what to
+        await, or None when its in-process Redis has nothing to learn (a success)."""
+        own, permit.own = permit.own, None
+        assert isinstance(own, Permit)
+        if outcome is not None:
+            return _logged(self.name, own._settle(outcome))
+        try:
+            recording = own._finish(exc=exc, result=result)
+        except Exception:
+            logger.exception("circuit %r: this process's own breaker could not record", self.name)
+            return None
+        return None if recording is None else _logged(self.name, recording)
+
+    async def _ask_retry(self, permit: PermitState) -> RetryVerdict:
+        """The fleet's retry budget's answer to one retry of ``permit``'s call: the twin
+        of :meth:`redbreaker.Breaker._ask_retry`."""
+        if permit.offline:
+            return "retry"
+        try:
+            raw = await self.store.run("record", self._keys, self._core.retry_args(permit))
+        except StoreError as exc:
+            self._core.on_record_refused("retry", exc)
+            return "retry"
+        return self._core.on_retry_reply(raw)
+
+    async def _acquire_now(self) -> Permit:
         core = self._core
         if self._cached and self.store.feed_due():
             await self.store.poll_feed()  # a transition published meanwhile counts now
@@ -389,6 +487,10 @@ class Breaker(BreakerBase[Store]):
                 await recording
             return
         state.settled = True
+        own = state.own
+        if isinstance(own, Permit):
+            state.own = None
+            self._own_abandoned(own._state)
         if state.probe_token:
             permit._breaker._free_slot(permit._breaker._core.release_args(state))
 
@@ -428,7 +530,13 @@ class Breaker(BreakerBase[Store]):
         sending of a cached breaker's counted successes)."""
         await self.flush()
         raw = await self.store.run("inspect", self._keys, self._core.inspect_args())
-        return self._core.on_inspect_reply(raw)
+        snapshot = self._core.on_inspect_reply(raw)
+        if self._quorum:
+            own = self._own
+            return self._with_process_state(
+                snapshot, None if own is None else await own.snapshot()
+            )
+        return snapshot
 
     # -- operator orders, fleet-wide -------------------------------------------------------
 

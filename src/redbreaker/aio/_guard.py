@@ -66,6 +66,7 @@ class Guard(GuardCore):
         # One event loop updates the counts: no lock.
         super().__init__(breaker.name, config, breaker.store.clock, contextlib.nullcontext())
         self.breaker = breaker
+        self._budgeted = breaker.config.retry_budget is not None
         self._link = link
 
     def __repr__(self) -> str:
@@ -119,6 +120,7 @@ class Guard(GuardCore):
             raise
         finishing = False
         try:
+            call.permit = permit
             self._begin(call, permit.is_probe)
             if call.max_attempts == 1:
                 result = await self._attempt(call, fn)
@@ -169,8 +171,13 @@ class Guard(GuardCore):
     # -- one attempt, with its timeout ---------------------------------------------------
 
     async def _attempt(self, call: GuardCall, fn: Callable[[], Awaitable[R]]) -> R:
-        if call.attempts and self.config.recheck_breaker:
-            await self._recheck()
+        if call.attempts:
+            # The retry budget's round trip also stands in for the recheck.
+            if self._budgeted:
+                if not await self._retry_granted(call):
+                    return self._budget_spent(call)  # type: ignore[no-any-return]
+            elif self.config.recheck_breaker:
+                await self._recheck()
         budget = self._budget(call)
         call.attempts += 1
         started = self._clock.monotonic()
@@ -205,8 +212,23 @@ class Guard(GuardCore):
         finally:
             if nested is not None:
                 IN_RETRY_LOOP.reset(nested)
+        call.last_error, call.last_value = None, result
         self._attempted(call, self._clock.monotonic() - started, None)
         return result
+
+    async def _retry_granted(self, call: GuardCall) -> bool:
+        """Ask the fleet's retry budget for one retry (one round trip).
+
+        Raises:
+            CircuitOpenError: the breaker opened meanwhile: no more retries.
+        """
+        self._link.check_cached_rejection()
+        permit: Permit = call.permit
+        try:
+            return await permit._breaker._ask_retry(permit._state) == "retry"
+        except StoreUnavailableError as exc:
+            self._recheck_unavailable(exc, self.breaker.config.on_store_error)
+            return True
 
     async def _within(self, attempt: Awaitable[R], budget: float, started: float) -> R:
         """``await attempt`` under ``asyncio.timeout``, cancelled once ``budget`` seconds

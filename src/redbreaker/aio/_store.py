@@ -127,6 +127,7 @@ class Store:
         # Clients connect() opened beside the client (a Sentinel's), closed with it.
         self._also_close: list[Callable[[], Awaitable[object]]] = []
         self._fallback: Store | None = None
+        self._process: Store | None = None
         _fork.after_fork_in_child(self)
 
     def __repr__(self) -> str:
@@ -253,11 +254,20 @@ class Store:
             )
         return self._fallback
 
+    def process_store(self) -> Store:
+        """The in-process store of the breakers each process keeps of its own
+        (``min_reporters`` > 1): one, made on first need, with no observers (their
+        owners report for them), new in a forked child (a new process has a new one)."""
+        if self._process is None:
+            self._process = connect("memory://", prefix=self.prefix, clock=self.clock)
+        return self._process
+
     def _after_fork_in_child(self) -> None:
         """In a forked child: the parent's loop, task and sockets are not the child's. The
         feed starts afresh, and the pool forgets the parent's connections (without closing
         them: they are the parent's to use)."""
         self.health.after_fork()
+        self._process = None  # the parent's own breakers are not this process's
         self._feed.after_fork_in_child()
         if self._gate is not None:
             self._gate.forget()
@@ -315,6 +325,8 @@ class Store:
             await close()
         if self._fallback is not None:
             await self._fallback.aclose()
+        if self._process is not None:
+            await self._process.aclose()
 
     close = aclose
     """An alias of :meth:`aclose`, as redis.asyncio has one."""
