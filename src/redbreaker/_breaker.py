@@ -22,23 +22,19 @@ import atexit
 import contextlib
 import functools
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from . import _fork
+from . import _breaker_policies, _breaker_waiting, _fork
 from ._bases import BreakerBase
 from ._callables import ASYNC_CODE, require_sync
 from ._core import Outcome, PermitState, TransitionHook
 from ._exceptions import (
     AsyncCallError,
-    CircuitOpenError,
     StoreError,
     StoreUnavailableError,
 )
 from ._guard import BreakerLink, Guard, GuardConfig, build_guard
-from ._hooks import logger
-from ._observe import quiet_rejections
 from ._permit import LeaseHold, Permit
 from ._store import Store
 from ._timeout import AttemptRunner
@@ -50,7 +46,6 @@ if TYPE_CHECKING:
 
     from ._config import Seconds
     from ._guard_config import GuardSettings
-    from ._policies import RetryVerdict
     from ._state import RecordReply, Snapshot, State
 
 __all__ = ["Breaker", "LeaseHold", "Permit", "TransitionHook"]
@@ -94,6 +89,15 @@ class Breaker(BreakerBase[Store]):
 
     _batch_lock = threading.Lock
 
+    # Waiting for admission and the fleet policies' sending live in modules of their own.
+    _acquire_waiting = _breaker_waiting.acquire_waiting
+    _waiting = _breaker_waiting.waiting
+    wait_admitting = _breaker_waiting.wait_admitting
+    _would_admit = _breaker_waiting.would_admit
+    _acquire_with_own = _breaker_policies.acquire_with_own
+    _settle_own = _breaker_policies.settle_own
+    _ask_retry = _breaker_policies.ask_retry
+
     def _built(self) -> None:
         self._refreshed = threading.Condition()
         self._runner: AttemptRunner | None = None
@@ -125,24 +129,9 @@ class Breaker(BreakerBase[Store]):
         """
         if max_wait != 0:
             return self._acquire_waiting(max_wait)
-        if self._quorum:
+        if self._quorum and not self._core.fleet_admits_all:
             return self._acquire_with_own()
         return self._acquire_now()
-
-    def _acquire_with_own(self) -> Permit:
-        """Ask this process's own breaker, then the fleet's: both must admit the call,
-        and its outcome goes to both."""
-        try:
-            own = self._own_breaker().acquire()
-        except CircuitOpenError as exc:
-            raise self._process_rejection(exc) from None
-        try:
-            permit = self._acquire_now()
-        except BaseException:
-            own.release()
-            raise
-        permit._state.own = own
-        return permit
 
     def _acquire_now(self) -> Permit:
         core = self._core
@@ -193,74 +182,6 @@ class Breaker(BreakerBase[Store]):
             self._free_slot(core.interrupted_acquire_args(args))
             raise
 
-    def _acquire_waiting(self, max_wait: Seconds | None) -> Permit:
-        try:
-            return self._waiting(max_wait, self.acquire)
-        except CircuitOpenError as exc:
-            self._core.reports.wait_gave_up(exc.state)  # one refused call, however long
-            raise
-
-    def _waiting(self, max_wait: Seconds | None, ask: Callable[[], R]) -> R:
-        """``ask()`` again after each rejection it raises, sleeping as the core says,
-        until it answers or ``max_wait`` is spent (the last rejection is raised then)."""
-        wait = self._admission_wait(max_wait)
-        store = self.store
-        store.start_feed()
-        while True:
-            heard = store.view.heard(self.name)
-            rejection = self._held_rejection(store.feed_live)
-            if rejection is None:
-                try:
-                    with quiet_rejections():
-                        return ask()
-                except CircuitOpenError as exc:
-                    rejection = exc
-            nap = wait.nap(rejection, self._core.now(), store.feed_live)
-            if nap is None:
-                raise rejection
-            if store.await_news(self.name, heard, nap):
-                time.sleep(wait.settle(self._core.now()))
-
-    def wait_admitting(self, max_wait: Seconds | None = None) -> bool:
-        """Wait until the breaker would admit a call, taking no permit: for a consumer
-        that pauses fetching while its breaker is open.
-
-        Woken by the breaker's deadline or by a transition heard on the store's feed
-        (started by the first wait), never by polling; every wake-up is jittered over a
-        tenth of ``recovery_timeout`` (50 ms to 1 s) so a fleet does not ask at once.
-        One round trip per wake-up at most.
-
-        Args:
-            max_wait: the longest wait in seconds; None waits as long as it takes.
-
-        Returns:
-            True once a call would be admitted (closed, half-open with a probe slot free,
-            open past its deadline, forced closed, metrics only); False when ``max_wait``
-            passed first.
-        """
-        try:
-            return self._waiting(max_wait, self._would_admit)
-        except CircuitOpenError:
-            return False
-
-    def _would_admit(self) -> bool:
-        if self._own is not None:
-            try:
-                self._own._would_admit()
-            except CircuitOpenError as exc:
-                raise CircuitOpenError(self.name, exc.state, exc.retry_after, "process") from None
-        try:
-            snapshot = self.snapshot()
-        except StoreUnavailableError as exc:
-            # What acquire() would do while Redis is unreachable: on_store_error decides.
-            if self._core.without_store(exc, 0.0) is not None:
-                return True  # "allow": calls run unguarded
-            return self._local_breaker()._would_admit()  # "local"
-        rejection = self._snapshot_rejection(snapshot)
-        if rejection is not None:
-            raise rejection
-        return True
-
     def _free_slot(self, args: list[str]) -> None:
         """Send a release for a probe slot an interrupted caller may hold (best effort)."""
         with contextlib.suppress(Exception):
@@ -282,43 +203,6 @@ class Breaker(BreakerBase[Store]):
         if permit.own is not None:
             self._settle_own(permit, outcome=outcome)
         return self._send_record(permit, outcome, self._core.record_args(permit, outcome, slow))
-
-    def _settle_own(
-        self,
-        permit: PermitState,
-        *,
-        outcome: Outcome | None = None,
-        exc: BaseException | None = None,
-        result: object = None,
-    ) -> None:
-        """Settle the permit of this process's own breaker as the call's own."""
-        own, permit.own = permit.own, None
-        assert isinstance(own, Permit)
-        try:
-            if outcome is not None:
-                own._settle(outcome)
-            else:
-                own._finish(exc=exc, result=result)
-        except Exception:
-            # Its bookkeeping must never break the call, nor hide its outcome.
-            logger.exception("circuit %r: this process's own breaker could not record", self.name)
-
-    def _ask_retry(self, permit: PermitState) -> RetryVerdict:
-        """The fleet's retry budget's answer to one retry of ``permit``'s call (one round
-        trip; a call admitted without Redis, "allow" in an outage, is not limited).
-
-        Raises:
-            CircuitOpenError: the breaker is open: no more retries.
-            StoreUnavailableError: Redis could not be asked.
-        """
-        if permit.offline:
-            return "retry"
-        try:
-            raw = self.store.run("record", self._keys, self._core.retry_args(permit))
-        except StoreError as exc:
-            self._core.on_record_refused("retry", exc)
-            return "retry"
-        return self._core.on_retry_reply(raw)
 
     def _send_record(
         self,
@@ -517,8 +401,13 @@ class Breaker(BreakerBase[Store]):
         return self._order("metrics_only", duration)
 
     def reset(self) -> State:
-        """Back to closed with empty counts and no open backoff, fleet-wide."""
-        return self._order("reset", None)
+        """Back to closed with empty counts and no open backoff, fleet-wide (and this
+        process's own breaker too, with ``min_reporters`` > 1; other processes' own
+        breakers close by their own recovery)."""
+        state = self._order("reset", None)
+        if self._own is not None:
+            self._own.reset()
+        return state
 
 
 # Cached breakers whose counted successes must be sent when the process exits normally.

@@ -25,31 +25,29 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._cache import LocalKnowledge
-from ._classify import Outcome, classify_exception, classify_result
+from ._classify import Outcome
 from ._config import (
     BreakerConfig,
     Seconds,
     seconds_setting,
 )
+from ._core_outcomes import OutcomeCore
 from ._exceptions import (
-    AttemptTimeoutError,
     CircuitOpenError,
     ConfigError,
     StoreUnavailableError,
 )
-from ._hooks import LOUD, TransitionHook, announce, logger, transition_hooks
+from ._hooks import LOUD, TransitionHook, announce, transition_hooks
 from ._keys import breaker_keys, check_name
 from ._observe import Reports
 from ._permit_state import PermitState
-from ._policies import FleetPolicies, RetryVerdict, own_config, process_identity
+from ._policies import FleetPolicies, own_config
 from ._state import (
-    RecordReply,
     Snapshot,
     State,
     Transition,
     decode_acquire,
     decode_control,
-    decode_record,
     decode_snapshot,
 )
 
@@ -63,7 +61,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BreakerCore", "Outcome", "PermitState", "TransitionHook"]
 
-class BreakerCore:
+# The operator states in which the fleet's breaker admits every call.
+_ADMITS_ALL = frozenset({State.FORCED_CLOSED, State.METRICS_ONLY})
+
+
+class BreakerCore(OutcomeCore):
     """Everything a breaker decides. Strictly private: drivers subclass it.
 
     Args:
@@ -127,6 +129,9 @@ class BreakerCore:
         self.policies = FleetPolicies(self.name, self.config, self.reports)
         # "process" for the breaker a process keeps of its own (min_reporters > 1).
         self.scope: Literal["fleet", "process"] = "fleet"
+        # The fleet's breaker was last seen in an operator state that admits every call
+        # (forced_closed, metrics_only): a process's own breaker stands aside meanwhile.
+        self.fleet_admits_all = False
         self._forget_local_knowledge()
 
     def _forget_local_knowledge(self) -> None:
@@ -206,6 +211,8 @@ class BreakerCore:
             CircuitOpenError: the script rejected the call.
         """
         reply = decode_acquire(self.name, raw)
+        if self.policies.quorum:
+            self.fleet_admits_all = reply.state in _ADMITS_ALL
         if self._cached:
             self._local.keep(reply, heard, started)
         self._fire(reply.transitions)
@@ -257,157 +264,13 @@ class BreakerCore:
         if self._observers:
             self.reports.transition(transition)
 
-    # -- outcomes ------------------------------------------------------------------------
-
-    def classify_exception(self, exc: BaseException) -> Outcome:
-        """What an exception that ended a call means for the breaker."""
-        return classify_exception(self.config, exc)
-
-    def classify_result(self, result: object) -> Outcome:
-        """What a returned value means for the breaker (``failure_result``)."""
-        return classify_result(self.config, result)
-
-    def finish_args(
-        self,
-        permit: PermitState,
-        *,
-        exc: BaseException | None = None,
-        result: object = None,
-        keep_lease: bool = False,
-    ) -> tuple[Outcome, list[str] | None]:
-        """Settle ``permit`` by how its call ended (raising ``exc``, or returning
-        ``result``): the outcome, and the record script's arguments (None: nothing to send).
-
-        ``keep_lease``: a probe's call still runs, abandoned; its lease stays until it ends.
-        """
-        permit.settled = True
-        if exc is None:
-            outcome = self.classify_result(result)
-            return outcome, self.record_args(permit, outcome)
-        outcome = self.classify_exception(exc)
-        if keep_lease and outcome == "release":
-            return outcome, None  # nothing to count; the lease goes with the attempt
-        # A timed-out call is slow by definition, whatever slow_call_duration says.
-        slow = True if isinstance(exc, AttemptTimeoutError) else None
-        return outcome, self.record_args(permit, outcome, slow, keep_lease=keep_lease)
-
-    def record_args(
-        self,
-        permit: PermitState,
-        outcome: Outcome,
-        slow: bool | None = None,
-        *,
-        keep_lease: bool = False,
-    ) -> list[str] | None:
-        """The record script's arguments, or None when Redis has nothing to learn.
-
-        ``slow`` overrides the measured duration (a timed-out call is slow by definition).
-        ``keep_lease``: a probe's outcome is known but its call still runs (abandoned).
-        """
-        if self._observers and outcome != "release":
-            self.reports.outcome(outcome, permit, self.now())
-        if permit.offline:
-            return None
-        if self._slow_after is None or outcome not in ("success", "failure"):
-            slow = False
-        elif slow is None:
-            slow = self.now() - permit.started >= self._slow_after
-        quiet = (
-            (outcome == "success" and not slow and permit.consecutive_failures_at_admission == 0)
-            or outcome == "release"
-            or (outcome == "ignore" and not permit.counted)
-        ) and not permit.probe_token
-        # A cached breaker's locally admitted call was not counted in Redis yet.
-        own_call = 0 if permit.counted or outcome in ("ignore", "release") else 1
-        if quiet:
-            # Nothing for Redis to learn now: a plain success was counted when admitted
-            # (strict), or joins the batch (cached), which goes out once it is due.
-            if not self._cached:
-                return None
-            batched = self._local.batch.add(permit, own_call, self._flush_interval, self.now())
-            return None if batched is None else self._flush_args(*batched)
-        riding = 0
-        if self._cached:
-            riding = self._local.batch.take(permit.generation, permit.incarnation)
-        args = self._args(
-            outcome,
-            str(permit.generation),
-            permit.probe_token,
-            "1" if slow else "0",
-            "" if permit.admitted_at_ms is None else str(permit.admitted_at_ms),
-            permit.incarnation,
-            str(riding + own_call),
-        )
-        if self.policies.quorum:
-            args += ("1" if keep_lease else "0", process_identity())
-        elif keep_lease:
-            args.append("1")
-        return args
-
-    def retry_args(self, permit: PermitState) -> list[str]:
-        """The record script's arguments that ask the fleet's retry budget for one retry
-        of ``permit``'s call (an attempt failed; nothing else is counted)."""
-        return self._args(
-            "retry", str(permit.generation), "", "0", "", permit.incarnation, "0"
-        )
-
-    def on_retry_reply(self, raw: list[Any]) -> RetryVerdict:
-        """The budget's answer to a retry (hooks fire for transitions it made).
-
-        Raises:
-            CircuitOpenError: the shared breaker is open: the guard stops retrying.
-        """
-        reply = decode_record(self.name, raw)
-        self._fire(reply.transitions)
-        return self.policies.on_retry_reply(reply)
-
-    def _flush_args(self, generation: int, incarnation: str, calls: int) -> list[str]:
-        return self._args("flush", str(generation), "", "0", "", incarnation, str(calls))
-
-    def release_args(self, permit: PermitState) -> list[str]:
-        """The record script's arguments that free ``permit``'s probe slot and count
-        nothing (for a caller interrupted or cancelled with a probe in hand)."""
-        return self._args(
-            "release", str(permit.generation), permit.probe_token, "0", "",
-            permit.incarnation, "0",
-        )
-
-    def flush_args(self) -> list[str] | None:
-        """The record script's arguments that send every counted success now; None when
-        there are none."""
-        batched = self._local.batch.drain()
-        return None if batched is None else self._flush_args(*batched)
-
-    def on_record_reply(self, raw: list[Any]) -> RecordReply:
-        """Take in the record script's reply: the local copy follows it, hooks fire."""
-        reply = decode_record(self.name, raw)
-        if self._cached:
-            self._local.learn(reply)
-        self._fire(reply.transitions)
-        if self.policies.quorum and reply.status == "recorded":
-            self.policies.on_failure_reply(reply)
-        return reply
-
-    def on_record_unavailable(self) -> None:
-        """Redis could not take an outcome: the local copy can no longer be trusted."""
-        self._local.copy = None
-
-    def on_record_refused(self, outcome: str, exc: Exception) -> None:
-        """Redis refused an outcome: say so; bookkeeping never masks the call's result."""
-        logger.warning(
-            "circuit %r: could not record a %s: %s: %s",
-            self.name,
-            outcome,
-            type(exc).__name__,
-            exc,
-            extra={"event": "record_failed", "breaker": self.name, "outcome": outcome},
-        )
-
     # -- operator orders and reading -----------------------------------------------------
 
     def on_control_reply(self, raw: list[Any]) -> State:
         """Take in an order's reply: this process asks Redis afresh, hooks fire."""
         reply = decode_control(self.name, raw)
+        if self.policies.quorum:
+            self.fleet_admits_all = reply.state in _ADMITS_ALL
         self._view.forget_rejection(self.keys.state)
         self._local.forget_copies()
         self._fire(reply.transitions)

@@ -16,13 +16,11 @@ from .. import _fork
 from .._bases import BreakerBase, PermitBase
 from .._callables import require_async
 from .._exceptions import (
-    CircuitOpenError,
     StoreError,
     StoreUnavailableError,
 )
-from .._hooks import logger
-from .._observe import quiet_rejections
 from .._waiting import max_wait_setting
+from . import _breaker_policies, _breaker_waiting
 from ._guard import BreakerLink, Guard, build_guard
 from ._store import Store
 
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
     from .._config import Seconds
     from .._core import Outcome, PermitState
     from .._guard_config import GuardConfig, GuardSettings
-    from .._policies import RetryVerdict
     from .._state import RecordReply, Snapshot, State
 
 __all__ = ["Breaker", "Permit"]
@@ -46,14 +43,6 @@ R = TypeVar("R")
 # Releases sent for cancelled callers run as tasks of their own (a cancelled task must not
 # await anything more); a reference keeps each alive until it is done.
 _background: set[asyncio.Task[Any]] = set()
-
-
-async def _logged(name: str, recording: Awaitable[object]) -> None:
-    """Await the recording of a process's own breaker; its failure never breaks the call."""
-    try:
-        await recording
-    except Exception:
-        logger.exception("circuit %r: this process's own breaker could not record", name)
 
 
 def _in_background(work: Awaitable[Any]) -> None:
@@ -194,6 +183,16 @@ class Breaker(BreakerBase[Store]):
     # One event loop runs every call: the batch needs no lock.
     _batch_lock = contextlib.nullcontext
 
+    # Waiting for admission and the fleet policies' sending live in modules of their own.
+    _acquire_waiting = _breaker_waiting.acquire_waiting
+    _waiting = _breaker_waiting.waiting
+    wait_admitting = _breaker_waiting.wait_admitting
+    _would_admit = _breaker_waiting.would_admit
+    _acquire_with_own = _breaker_policies.acquire_with_own
+    _own_abandoned = _breaker_policies.own_abandoned
+    _settle_own = _breaker_policies.settle_own
+    _ask_retry = _breaker_policies.ask_retry
+
     def _built(self) -> None:
         # Set when the task renewing the local copy has Redis's answer (see _acquire).
         self._refreshed: asyncio.Event | None = None
@@ -222,129 +221,10 @@ class Breaker(BreakerBase[Store]):
             max_wait_setting(max_wait)
         return _Acquiring(self, max_wait)
 
-    async def _acquire_waiting(self, max_wait: Seconds | None) -> Permit:
-        try:
-            return await self._waiting(max_wait, self._acquire)
-        except CircuitOpenError as exc:
-            self._core.reports.wait_gave_up(exc.state)  # one refused call, however long
-            raise
-
-    async def _waiting(
-        self, max_wait: Seconds | None, ask: Callable[[], Awaitable[R]]
-    ) -> R:
-        """``await ask()`` again after each rejection it raises, sleeping as the core
-        says, until it answers or ``max_wait`` is spent (the last rejection is raised)."""
-        wait = self._admission_wait(max_wait)
-        store = self.store
-        store.start_feed()
-        while True:
-            heard = store.view.heard(self.name)
-            rejection = self._held_rejection(store.feed_live)
-            if rejection is None:
-                try:
-                    with quiet_rejections():
-                        return await ask()
-                except CircuitOpenError as exc:
-                    rejection = exc
-            nap = wait.nap(rejection, self._core.now(), store.feed_live)
-            if nap is None:
-                raise rejection
-            if await store.await_news(self.name, heard, nap):
-                await asyncio.sleep(wait.settle(self._core.now()))
-
-    async def wait_admitting(self, max_wait: Seconds | None = None) -> bool:
-        """Wait until the breaker would admit a call, taking no permit: the twin of
-        :meth:`redbreaker.Breaker.wait_admitting` (woken by the deadline or the feed,
-        jittered, never polling).
-
-        Returns:
-            True once a call would be admitted; False when ``max_wait`` passed first.
-        """
-        try:
-            return await self._waiting(max_wait, self._would_admit)
-        except CircuitOpenError:
-            return False
-
-    async def _would_admit(self) -> bool:
-        if self._own is not None:
-            try:
-                await self._own._would_admit()
-            except CircuitOpenError as exc:
-                raise CircuitOpenError(self.name, exc.state, exc.retry_after, "process") from None
-        try:
-            snapshot = await self.snapshot()
-        except StoreUnavailableError as exc:
-            # What acquire() would do while Redis is unreachable: on_store_error decides.
-            if self._core.without_store(exc, 0.0) is not None:
-                return True  # "allow": calls run unguarded
-            return await self._local_breaker()._would_admit()  # "local"
-        rejection = self._snapshot_rejection(snapshot)
-        if rejection is not None:
-            raise rejection
-        return True
-
     async def _acquire(self) -> Permit:
-        if self._quorum:
+        if self._quorum and not self._core.fleet_admits_all:
             return await self._acquire_with_own()
         return await self._acquire_now()
-
-    async def _acquire_with_own(self) -> Permit:
-        """Ask this process's own breaker, then the fleet's: both must admit the call,
-        and its outcome goes to both."""
-        try:
-            own = await self._own_breaker()._acquire()
-        except CircuitOpenError as exc:
-            raise self._process_rejection(exc) from None
-        try:
-            permit = await self._acquire_now()
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                await own.release()
-            else:
-                self._own_abandoned(own._state)
-            raise
-        permit._state.own = own
-        return permit
-
-    def _own_abandoned(self, own: PermitState) -> None:
-        """A cancelled call's own permit: settled at once, a probe's slot freed in a task."""
-        own.settled = True
-        if own.probe_token:
-            assert self._own is not None
-            self._own._free_slot(self._own._core.release_args(own))
-
-    def _settle_own(
-        self,
-        permit: PermitState,
-        *,
-        outcome: Outcome | None = None,
-        exc: BaseException | None = None,
-        result: object = None,
-    ) -> Awaitable[object] | None:
-        """Settle the permit of this process's own breaker as the call's own: what to
-        await, or None when its in-process Redis has nothing to learn (a success)."""
-        own, permit.own = permit.own, None
-        assert isinstance(own, Permit)
-        if outcome is not None:
-            return _logged(self.name, own._settle(outcome))
-        try:
-            recording = own._finish(exc=exc, result=result)
-        except Exception:
-            logger.exception("circuit %r: this process's own breaker could not record", self.name)
-            return None
-        return None if recording is None else _logged(self.name, recording)
-
-    async def _ask_retry(self, permit: PermitState) -> RetryVerdict:
-        """The fleet's retry budget's answer to one retry of ``permit``'s call: the twin
-        of :meth:`redbreaker.Breaker._ask_retry`."""
-        if permit.offline:
-            return "retry"
-        try:
-            raw = await self.store.run("record", self._keys, self._core.retry_args(permit))
-        except StoreError as exc:
-            self._core.on_record_refused("retry", exc)
-            return "retry"
-        return self._core.on_retry_reply(raw)
 
     async def _acquire_now(self) -> Permit:
         core = self._core
@@ -559,5 +439,10 @@ class Breaker(BreakerBase[Store]):
         return await self._order("metrics_only", duration)
 
     async def reset(self) -> State:
-        """Back to closed with empty counts and no open backoff, fleet-wide."""
-        return await self._order("reset", None)
+        """Back to closed with empty counts and no open backoff, fleet-wide (and this
+        process's own breaker too, with ``min_reporters`` > 1; other processes' own
+        breakers close by their own recovery)."""
+        state = await self._order("reset", None)
+        if self._own is not None:
+            await self._own.reset()
+        return state
