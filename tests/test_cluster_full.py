@@ -311,3 +311,55 @@ def _slot_port(node: RedisServer, slot: int) -> int:
             if int(start) <= slot <= int(end):
                 return int(primary[1])
     raise AssertionError(f"slot {slot} is not served")
+
+
+def test_fleet_policies_keep_their_keys_in_the_breakers_slot(
+    cluster_nodes: list[RedisServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On each primary: the reporters set (a key the scripts name after the breaker's, not
+    one passed in KEYS) lives in the breaker's slot, so a quorum trips on a cluster; the
+    retry budget counts its retries there too."""
+    import redbreaker._core_outcomes as outcomes
+
+    identities = iter(["host:1:a", "host:1:a", "host:2:b"])
+    monkeypatch.setattr(outcomes, "process_identity", lambda: next(identities))
+    store = redbreaker.connect(_cluster_url(cluster_nodes), prefix="policies")
+    # Another process: a store of its own, so an own breaker of its own (one per store).
+    other = redbreaker.connect(_cluster_url(cluster_nodes), prefix="policies")
+    try:
+        for index, name in _one_name_per_node(cluster_nodes).items():
+            identities = iter(["host:1:a", "host:1:a", "host:2:b"])
+            first = redbreaker.Breaker(name, store=store, failure_threshold=2, min_reporters=2)
+            first.reset()
+            for _ in range(2):
+                with pytest.raises(ValueError, match="boom"):
+                    first.call(_boom)
+            assert first.snapshot().state is redbreaker.State.CLOSED  # one reporter
+            with cluster_nodes[index].client() as r:
+                key = f"policies:{{{name}}}:reporters"
+                assert r.zcard(key) == 1
+                assert 0 < r.pttl(key) <= 60_000
+            # Another process (its own breaker is closed): the second reporter trips it.
+            second = redbreaker.Breaker(name, store=other, failure_threshold=2, min_reporters=2)
+            with pytest.raises(ValueError, match="boom"):
+                second.call(_boom)
+            assert second.snapshot().state is redbreaker.State.OPEN
+            with cluster_nodes[index].client() as r:
+                assert r.exists(key) == 0  # the trip started a new generation
+
+            budgeted = redbreaker.Breaker(
+                f"{name}-budget", store=store, failure_threshold=None, failure_rate=1.0,
+                minimum_calls=1000, retry_budget=0.5, retry_budget_floor=0.0,
+            )
+            budgeted.reset()
+            guard = budgeted.guard(retry_on=ValueError, max_attempts=3)
+            for _ in range(4):
+                with pytest.raises(ValueError, match="boom"):
+                    guard.call(_boom)
+            snapshot = budgeted.snapshot()
+            # 0.5 retries per call: calls 2 and 4 get one retry each, every other ask is refused.
+            assert snapshot.window_retries == 2
+            assert snapshot.retry_budget_exhausted_count == 4  # 1 + 1 + 1 + 1 refusals
+    finally:
+        store.close()
+        other.close()
