@@ -66,6 +66,12 @@ def _breaker_json(snapshot: Snapshot, history: Iterable[dict[str, Any]]) -> dict
         "window_failures": snapshot.window_failures,
         "window_slow_calls": snapshot.window_slow_calls,
         "consecutive_failures": snapshot.consecutive_failures,
+        # The fleet policies: retries the budget granted in the window and refused in all,
+        # and a quorum's distinct reporters. Not process_state: the dashboard keeps no
+        # breaker of its own, so it would always be None here.
+        "window_retries": snapshot.window_retries,
+        "retry_budget_exhausted_count": snapshot.retry_budget_exhausted_count,
+        "reporters": snapshot.reporters,
         "retry_after": snapshot.retry_after,
         "open_until_ms": snapshot.open_until_ms,
         "forced_until_ms": snapshot.forced_until_ms,

@@ -33,6 +33,8 @@ def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
     ``now``: the ``*_ms`` times as ISO strings."""
     data = dataclasses.asdict(snapshot)
     data["state"] = snapshot.state.value
+    process = snapshot.process_state
+    data["process_state"] = None if process is None else process.value
     for field in ("open_until_ms", "forced_until_ms", "changed_at_ms", "now_ms"):
         data[field[: -len("_ms")]] = iso(getattr(snapshot, field))
     return data

@@ -30,19 +30,32 @@ def _when(at_ms: int, now_ms: int) -> str:
     return f"{at_ms} ({stamp}, {relative})"
 
 
+# The fleet policies' counts are listed with the window's, where a reader looks for them,
+# not at the end where the Snapshot fields were appended.
+_AFTER_WINDOW = ("window_retries", "retry_budget_exhausted_count", "reporters", "process_state")
+
+
+def _show_order(snapshot: Snapshot) -> list[str]:
+    names = [f.name for f in dataclasses.fields(snapshot) if f.name not in _AFTER_WINDOW]
+    at = names.index("window_slow_calls") + 1
+    return [*names[:at], *_AFTER_WINDOW, *names[at:]]
+
+
 def _show_text(snapshot: Snapshot) -> list[str]:
     lines = []
-    for item in dataclasses.fields(snapshot):
-        value: object = getattr(snapshot, item.name)
+    names = _show_order(snapshot)
+    width = max(len(name) for name in names)
+    for name in names:
+        value: object = getattr(snapshot, name)
         if value is None:
             text = "-"
-        elif item.name.endswith("_ms") and item.name != "now_ms" and isinstance(value, int):
+        elif name.endswith("_ms") and name != "now_ms" and isinstance(value, int):
             text = _when(value, snapshot.now_ms)
         elif isinstance(value, float):
             text = f"{value:g}"
         else:
             text = str(value)
-        lines.append(f"{item.name:<21} {text}")
+        lines.append(f"{name:<{width}} {text}")
     return lines
 
 

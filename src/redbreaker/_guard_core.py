@@ -84,6 +84,14 @@ def _server_delay(exc: BaseException | None) -> float | None:
     return float(value)
 
 
+def _retry_note(state: _t.RetryCallState) -> tuple[int, BaseException | None, float]:
+    """What a retry's log line says: the attempt that failed, its error, the delay."""
+    outcome = state.outcome
+    assert outcome is not None
+    exc = outcome.exception() if outcome.failed else None
+    return state.attempt_number, exc, state.upcoming_sleep
+
+
 def _never_retry_result(result: object) -> bool:
     return False
 
@@ -119,6 +127,7 @@ class GuardCall:
         "last_value",
         "max_attempts",
         "permit",
+        "retry_note",
         "store_failed",
     )
 
@@ -138,6 +147,8 @@ class GuardCall:
         # The call's permit (either driver's), for the retry budget's questions.
         self.permit: Any = None
         self.budget_exhausted = False
+        # The retry about to sleep (attempt, error, delay), said once the budget grants it.
+        self.retry_note: tuple[int, BaseException | None, float] = (0, None, 0.0)
 
 
 class GuardCore:
@@ -271,14 +282,19 @@ class GuardCore:
             return None
         return ReplayedFirst(error, value)
 
-    def _retry_policy(self, call: GuardCall) -> dict[str, Any]:
+    def _retry_policy(self, call: GuardCall, *, budgeted: bool = False) -> dict[str, Any]:
         """tenacity's settings for the retries of ``call``, for either driver's
-        ``Retrying`` (which adds only how to sleep)."""
+        ``Retrying`` (which adds only how to sleep). ``budgeted``: the retry is logged
+        only once the fleet's retry budget grants it (the driver's sleep asks)."""
         return {
             "stop": lambda state: self._stop(call, state),
             "wait": lambda state: self._wait(call, state),
             "retry": self._should_retry,
-            "before_sleep": lambda state: self._log_retry(call, state),
+            "before_sleep": (
+                (lambda state: setattr(call, "retry_note", _retry_note(state)))
+                if budgeted
+                else (lambda state: self._log_retry(call, state))
+            ),
             "retry_error_callback": lambda state: state.outcome.result(),
             "reraise": True,
         }
@@ -324,23 +340,24 @@ class GuardCore:
         return round(self._clock.monotonic() * 1000)
 
     def _log_retry(self, call: GuardCall, state: _t.RetryCallState) -> None:
-        outcome = state.outcome
-        assert outcome is not None
-        exc = outcome.exception() if outcome.failed else None
+        self._say_retry(call, _retry_note(state))
+
+    def _say_retry(self, call: GuardCall, note: tuple[int, BaseException | None, float]) -> None:
+        attempt, exc, delay = note
         error = f"{type(exc).__name__}: {exc}" if exc is not None else "result asked to retry"
         logger.warning(
             "circuit %r: attempt %d of %d failed (%s); retrying in %.3fs",
             self._name,
-            state.attempt_number,
+            attempt,
             call.max_attempts,
             error,
-            state.upcoming_sleep,
+            delay,
             extra={
                 "event": "retry",
                 "breaker": self._name,
-                "attempt": state.attempt_number,
+                "attempt": attempt,
                 "max_attempts": call.max_attempts,
-                "delay": state.upcoming_sleep,
+                "delay": delay,
                 "error": type(exc).__name__ if exc is not None else "result",
             },
         )

@@ -26,6 +26,7 @@ __all__ = [
     "fleet_gauges",
     "names",
     "naming_setting",
+    "process_open_value",
     "state_label",
     "transition_labels",
 ]
@@ -67,6 +68,17 @@ class Names:
     window_calls: str
     window_slow_calls: str | None
     consecutive_failures: str | None
+    # Per process, the fleet policies (issue 14). resilience4j has none of them: its names
+    # keep the resilience4j_circuitbreaker_ prefix, as the transitions counter does, so
+    # both namings can share one registry, and docs/metrics.md says they are ours.
+    retry_budget_exhausted: str
+    process_transitions: str
+    process_open: str
+    # Fleet-wide, read from Redis: redbreaker naming only (as the slow calls and the
+    # streak), since resilience4j exports nothing like them.
+    window_retries: str | None
+    reporters: str | None
+    fleet_retry_budget_exhausted: str | None
 
 
 _NAMES = {
@@ -82,6 +94,14 @@ _NAMES = {
         window_calls="redbreaker_window_calls",
         window_slow_calls="redbreaker_window_slow_calls",
         consecutive_failures="redbreaker_consecutive_failures",
+        retry_budget_exhausted="redbreaker_retry_budget_exhausted",
+        process_transitions="redbreaker_process_transitions",
+        process_open="redbreaker_process_open",
+        window_retries="redbreaker_window_retries",
+        reporters="redbreaker_reporters",
+        # Not redbreaker_retry_budget_exhausted: that is the per-process counter's family,
+        # and a registry holding both would refuse the second.
+        fleet_retry_budget_exhausted="redbreaker_fleet_retry_budget_exhausted",
     ),
     "resilience4j": Names(
         naming="resilience4j",
@@ -95,6 +115,12 @@ _NAMES = {
         window_calls="resilience4j_circuitbreaker_buffered_calls",
         window_slow_calls=None,
         consecutive_failures=None,
+        retry_budget_exhausted="resilience4j_circuitbreaker_retry_budget_exhausted",
+        process_transitions="resilience4j_circuitbreaker_process_transitions",
+        process_open="resilience4j_circuitbreaker_process_open",
+        window_retries=None,
+        reporters=None,
+        fleet_retry_budget_exhausted=None,
     ),
 }
 
@@ -138,6 +164,13 @@ def transition_labels(transition: Transition, naming: Naming) -> tuple[str, str,
     )
 
 
+def process_open_value(state: State | None) -> float:
+    """The process-open gauge of a process's own breaker in ``state``: 1 unless closed
+    (half-open still rejects every call but its probes); 0 for None (the unreadable state
+    a repair starts from)."""
+    return 0.0 if state is None or state is State.CLOSED else 1.0
+
+
 @dataclass(frozen=True)
 class FleetGauge:
     """One fleet gauge family: its name, help, label names and samples."""
@@ -169,6 +202,9 @@ def fleet_gauges(snapshots: list[Snapshot], naming: Naming) -> list[FleetGauge]:
     window: list[tuple[tuple[str, ...], float]] = []
     slow_calls: list[tuple[tuple[str, ...], float]] = []
     streak: list[tuple[tuple[str, ...], float]] = []
+    retries: list[tuple[tuple[str, ...], float]] = []
+    reporters: list[tuple[tuple[str, ...], float]] = []
+    refused: list[tuple[tuple[str, ...], float]] = []
     for snap in snapshots:
         now = state_label(snap.state, naming)
         state += [((snap.name, s), 1.0 if s == now else 0.0) for s in states]
@@ -181,6 +217,9 @@ def fleet_gauges(snapshots: list[Snapshot], naming: Naming) -> list[FleetGauge]:
                    ((snap.name, "failed"), float(snap.window_failures))]
         slow_calls.append(((snap.name,), float(snap.window_slow_calls)))
         streak.append(((snap.name,), float(snap.consecutive_failures)))
+        retries.append(((snap.name,), float(snap.window_retries)))
+        reporters.append(((snap.name,), float(snap.reporters)))
+        refused.append(((snap.name,), float(snap.retry_budget_exhausted_count)))
     gauges = [
         FleetGauge(n.state, "1 for the state each breaker is in, 0 for the others",
                    ("name", "state"), tuple(state)),
@@ -196,6 +235,19 @@ def fleet_gauges(snapshots: list[Snapshot], naming: Naming) -> list[FleetGauge]:
     if n.consecutive_failures is not None:
         gauges.append(FleetGauge(n.consecutive_failures, "Each breaker's failure streak",
                                  ("name",), tuple(streak)))
+    optional = (
+        (n.window_retries, "Retries the retry budget granted in each breaker's window",
+         retries),
+        (n.reporters, "Distinct processes that reported a failure or slow call in each "
+         "breaker's window (kept with min_reporters > 1, at most that many)", reporters),
+        # A gauge of a count that only grows (until the breaker's keys are recreated):
+        # increase() and rate() read it as a counter.
+        (n.fleet_retry_budget_exhausted, "Retries the fleet's retry budget refused since "
+         "each breaker was created", refused),
+    )
+    for name, documentation, samples in optional:
+        if name is not None:
+            gauges.append(FleetGauge(name, documentation, ("name",), tuple(samples)))
     return gauges
 
 

@@ -148,7 +148,9 @@ class Guard(GuardCore):
             first = self._replay_first(None, value)
             if first is None:
                 return value
-        retrying = _t.AsyncRetrying(sleep=self._sleep, **self._retry_policy(call))
+        sleep = functools.partial(self._sleep_if_granted, call) if self._budgeted else self._sleep
+        policy = self._retry_policy(call, budgeted=self._budgeted)
+        retrying = _t.AsyncRetrying(sleep=sleep, **policy)
         result: R = await retrying(self._attempt_after, first, call, fn)
         return result
 
@@ -172,11 +174,9 @@ class Guard(GuardCore):
 
     async def _attempt(self, call: GuardCall, fn: Callable[[], Awaitable[R]]) -> R:
         if call.attempts:
-            # The retry budget's round trip also stands in for the recheck.
-            if self._budgeted:
-                if not await self._retry_granted(call):
-                    return self._budget_spent(call)  # type: ignore[no-any-return]
-            elif self.config.recheck_breaker:
+            if call.budget_exhausted:
+                return self._budget_spent(call)  # type: ignore[no-any-return]
+            if not self._budgeted and self.config.recheck_breaker:
                 await self._recheck()
         budget = self._budget(call)
         call.attempts += 1
@@ -215,6 +215,15 @@ class Guard(GuardCore):
         call.last_error, call.last_value = None, result
         self._attempted(call, self._clock.monotonic() - started, None)
         return result
+
+    async def _sleep_if_granted(self, call: GuardCall, seconds: float) -> None:
+        """Before a retry's backoff, ask the fleet's retry budget (its round trip also
+        stands in for the recheck): refused, the call ends without sleeping."""
+        if await self._retry_granted(call):
+            self._say_retry(call, call.retry_note)
+            await self._sleep(seconds)
+        else:
+            call.budget_exhausted = True
 
     async def _retry_granted(self, call: GuardCall) -> bool:
         """Ask the fleet's retry budget for one retry (one round trip).

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._metric_names import DURATION_BUCKETS, call_kind_label, state_label
+from .._metric_names import DURATION_BUCKETS, call_kind_label, process_open_value, state_label
 
 try:
     from opentelemetry import metrics, trace
@@ -29,15 +29,33 @@ if TYPE_CHECKING:
     from .._observe import CallRecord
     from .._state import Transition
 
-__all__ = ["CALLS_DURATION", "NOT_PERMITTED", "STATE_CHANGE_EVENT", "TRANSITIONS", "OtelMetrics"]
+__all__ = [
+    "CALLS_DURATION",
+    "NOT_PERMITTED",
+    "PROCESS_OPEN",
+    "PROCESS_TRANSITIONS",
+    "RETRY_BUDGET_EXHAUSTED",
+    "STATE_CHANGE_EVENT",
+    "TRANSITIONS",
+    "OtelMetrics",
+]
 
 CALLS_DURATION = "redbreaker.calls.duration"
 """Histogram, seconds, attributes ``name`` and ``kind`` (successful, failed, ignored)."""
 NOT_PERMITTED = "redbreaker.calls.not_permitted"
 """Counter of refused calls, attribute ``name``."""
 TRANSITIONS = "redbreaker.transitions"
-"""Counter of the transitions this process made, attributes ``name``, ``from_state``,
-``to_state``."""
+"""Counter of the transitions of the fleet's breakers this process made, attributes
+``name``, ``from_state``, ``to_state``."""
+RETRY_BUDGET_EXHAUSTED = "redbreaker.retry_budget.exhausted"
+"""Counter of the retries the fleet's retry budget refused this process, attribute
+``name``."""
+PROCESS_TRANSITIONS = "redbreaker.process.transitions"
+"""Counter of the transitions of this process's own breaker (``min_reporters`` > 1),
+attributes ``name``, ``from_state``, ``to_state``."""
+PROCESS_OPEN = "redbreaker.process.open"
+"""UpDownCounter: 1 while this process's own breaker is open or half-open, else 0
+(summed over processes: how many reject on their own), attribute ``name``."""
 STATE_CHANGE_EVENT = "circuitbreaker.state_change"
 """The span event added for each transition this process's call made."""
 
@@ -48,13 +66,16 @@ _OUTCOMES = {"success": "success", "failure": "failure", "ignored": "ignored",
 class OtelMetrics:
     """An observer reporting calls and transitions through OpenTelemetry.
 
-    Metrics: :data:`CALLS_DURATION`, :data:`NOT_PERMITTED`, :data:`TRANSITIONS`.
+    Metrics: :data:`CALLS_DURATION`, :data:`NOT_PERMITTED`, :data:`TRANSITIONS`, and for
+    the fleet policies :data:`RETRY_BUDGET_EXHAUSTED`, :data:`PROCESS_TRANSITIONS`,
+    :data:`PROCESS_OPEN`.
 
     Spans (``spans=True``): the span current when a call's outcome is known gets
     ``circuitbreaker.name``, ``circuitbreaker.state`` (the state the call ran in, or
     that refused it) and ``circuitbreaker.outcome`` (``success``, ``failure``,
     ``ignored`` -- the breaker counted it as no call -- or ``rejected``); a transition
-    made by the call adds a :data:`STATE_CHANGE_EVENT` event to it. Several calls in one
+    made by the call adds a :data:`STATE_CHANGE_EVENT` event to it (one of this process's
+    own breaker with ``circuitbreaker.scope`` = ``process``). Several calls in one
     span: the last call's attributes win, every transition event stays.
 
     Args:
@@ -77,6 +98,25 @@ class OtelMetrics:
         )
         self._transitions = meter.create_counter(
             TRANSITIONS, unit="{transition}", description="State changes this process made"
+        )
+        self._budget_exhausted = meter.create_counter(
+            RETRY_BUDGET_EXHAUSTED,
+            unit="{retry}",
+            description="Retries the fleet's retry budget refused this process",
+        )
+        # A process's own breaker apart from the fleet's: summing the fleet counter over
+        # processes must count each fleet transition once.
+        self._process_transitions = meter.create_counter(
+            PROCESS_TRANSITIONS,
+            unit="{transition}",
+            description="State changes of this process's own breaker",
+        )
+        # An UpDownCounter, not a gauge: moved by each transition's change, and its sum over
+        # processes is how many reject on their own.
+        self._process_open = meter.create_up_down_counter(
+            PROCESS_OPEN,
+            unit="{breaker}",
+            description="1 while this process's own breaker is open or half-open",
         )
         self._spans = spans
         # Attribute dicts made once per breaker and kind, not once per call.
@@ -105,19 +145,34 @@ class OtelMetrics:
         """Count ``transition``, and add it to the current span as an event."""
         previous = state_label(transition.previous, "redbreaker")
         current = state_label(transition.current, "redbreaker")
-        self._transitions.add(
-            1, {"name": transition.name, "from_state": previous, "to_state": current}
-        )
+        attributes = {"name": transition.name, "from_state": previous, "to_state": current}
+        own = transition.scope == "process"
+        if own:
+            self._process_transitions.add(1, attributes)
+            now_open = process_open_value(transition.current)
+            change = int(now_open - process_open_value(transition.previous))
+            if change:
+                self._process_open.add(change, {"name": transition.name})
+        else:
+            self._transitions.add(1, attributes)
         if self._spans:
             span = trace.get_current_span()
             if span.is_recording():
-                span.add_event(STATE_CHANGE_EVENT, {
+                event: dict[str, str | int] = {
                     "circuitbreaker.name": transition.name,
                     "circuitbreaker.from_state": previous,
                     "circuitbreaker.to_state": current,
                     "circuitbreaker.reason": transition.reason,
                     "circuitbreaker.generation": transition.generation,
-                })
+                }
+                if own:
+                    event["circuitbreaker.scope"] = "process"
+                span.add_event(STATE_CHANGE_EVENT, event)
+
+    def on_policy_event(self, breaker: str, event: str) -> None:
+        """Count a fleet policy's event: a retry the budget refused."""
+        if event == "retry_budget_exhausted":
+            self._budget_exhausted.add(1, self._attributes(breaker, ""))
 
     def _attributes(self, breaker: str, kind: str) -> dict[str, str]:
         key = (breaker, kind)

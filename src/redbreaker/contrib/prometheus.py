@@ -29,6 +29,7 @@ from .._metric_names import (
     fleet_gauges,
     names,
     naming_setting,
+    process_open_value,
     transition_labels,
 )
 
@@ -176,8 +177,24 @@ class PrometheusMetrics:
             n.transitions, "State changes this process's calls made",
             ("name", "from_state", "to_state"), registry=None,
         )
+        self._budget_exhausted = Counter(
+            n.retry_budget_exhausted, "Retries the fleet's retry budget refused this process",
+            ("name",), registry=None,
+        )
+        # A process's own breaker (min_reporters > 1) apart from the fleet's: its
+        # transitions are this process's alone, and would break the fleet counter's sum.
+        self._process_transitions = Counter(
+            n.process_transitions, "State changes of this process's own breaker",
+            ("name", "from_state", "to_state"), registry=None,
+        )
+        self._process_open = Gauge(
+            n.process_open, "1 while this process's own breaker is open or half-open",
+            ("name",), registry=None, multiprocess_mode="livesum",
+        )
         _register_all(registry, [m for m in (calls, self._max, self._rejected,
-                                             self._transitions) if m is not None])
+                                             self._transitions, self._budget_exhausted,
+                                             self._process_transitions, self._process_open)
+                                 if m is not None])
         self.registry = registry
         self._lock = threading.Lock()
         self._call_children: dict[tuple[str, str], Callable[[float], None]] = {}
@@ -201,8 +218,21 @@ class PrometheusMetrics:
         observe(record.seconds)
 
     def on_transition(self, transition: Transition) -> None:
-        """Count a transition this process's script made."""
-        self._transitions.labels(*transition_labels(transition, self.naming)).inc()
+        """Count a transition this process's script made (one of this process's own
+        breaker in the process counter, and in the process-open gauge)."""
+        labels = transition_labels(transition, self.naming)
+        if transition.scope == "process":
+            self._process_transitions.labels(*labels).inc()
+            self._process_open.labels(transition.name).set(
+                process_open_value(transition.current)
+            )
+            return
+        self._transitions.labels(*labels).inc()
+
+    def on_policy_event(self, breaker: str, event: str) -> None:
+        """Count a fleet policy's event: a retry the budget refused."""
+        if event == "retry_budget_exhausted":
+            self._budget_exhausted.labels(breaker).inc()
 
     def _rejected_child(self, breaker: str) -> Any:  # noqa: ANN401 (prometheus_client's)
         with self._lock:
@@ -285,8 +315,9 @@ def fleet_collector(
 ) -> Collector:
     """The fleet gauges, for the one server that exports them (the dashboard), never for
     each worker: a state gauge per breaker and state (0/1), the failure and slow-call rates,
-    the window's calls by outcome (and, with redbreaker naming, its slow calls and the
-    failure streak).
+    the window's calls by outcome (and, with redbreaker naming, its slow calls, the failure
+    streak, the retries the retry budget granted in the window and refused in all, and the
+    distinct reporters of a quorum).
 
     Args:
         snapshots: a zero-argument callable returning the :class:`redbreaker.Snapshot` of
