@@ -88,8 +88,12 @@ class CircuitOpenError(RedbreakerError):
         scope: Literal["fleet", "process"] = "fleet",
     ) -> None:
         # The arguments, not the message, in args: whatever rebuilds an exception as
-        # cls(*args) (celery's JSON results) gets the rejection back, state and deadline.
-        super().__init__(name, state, retry_after)
+        # cls(*args) (celery's JSON results) gets the rejection back, state, deadline and
+        # a process's scope (a fleet rejection keeps its three).
+        if scope == "fleet":
+            super().__init__(name, state, retry_after)
+        else:
+            super().__init__(name, state, retry_after, scope)
         self.name = name
         self.state = state
         self.retry_after = retry_after

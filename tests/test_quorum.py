@@ -1,0 +1,380 @@
+"""Quorum opening (issue 14, ``min_reporters``): the fleet's breaker trips only once that
+many distinct processes reported failures in the window; meanwhile each failing process is
+protected by a breaker of its own. On both drivers, on the embedded store (and a real
+redis-server where the Lua's keys are looked at).
+
+Other processes are simulated by stores of their own on one ``memory://<name>`` server
+(each store has its own in-process store for its own breakers), each acting under an
+identity of its own: :func:`as_reporter` sets what ``process_identity()`` answers.
+Processes proper (fork, spawn) are in ``test_quorum_processes.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+
+import redbreaker
+from drivers import unwrap
+from redbreaker import (
+    Breaker,
+    BreakerConfig,
+    CircuitOpenError,
+    ConfigError,
+    ManualClock,
+    State,
+    StoreError,
+    Transition,
+    _policies,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from drivers import AnyBreaker, Driver
+
+PREFIX = "q"
+WINDOW_S = 10.0
+QUORUM: dict[str, Any] = {
+    "min_reporters": 3,
+    "failure_threshold": 3,
+    "recovery_timeout": 5,
+    "window": WINDOW_S,
+}
+
+
+@contextlib.contextmanager
+def as_reporter(identity: str) -> Iterator[None]:
+    """Run the block as another process: ``process_identity()`` answers ``identity``."""
+    saved = dict(_policies._identity)
+    _policies._identity.clear()
+    _policies._identity[os.getpid()] = identity
+    try:
+        yield
+    finally:
+        _policies._identity.clear()
+        _policies._identity.update(saved)
+
+
+def fail(breaker: AnyBreaker) -> None:
+    def down() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        breaker.call(down)
+
+
+def events(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == event]
+
+
+class Fleet:
+    """Simulated processes of one breaker: a store each on one embedded server."""
+
+    def __init__(self, driver: Driver, clock: ManualClock, **settings: Any) -> None:
+        self.url = f"memory://quorum-{uuid.uuid4().hex}"
+        self.driver = driver
+        self.clock = clock
+        self.settings = settings
+        self.first = driver.connect(self.url, clock=clock, prefix=PREFIX)
+        self.breakers: dict[str, AnyBreaker] = {}
+        # A plain client of the same server, to look at the keys.
+        self.raw = redbreaker.connect(self.url, prefix=PREFIX).client
+
+    def process(self, identity: str) -> AnyBreaker:
+        if identity not in self.breakers:
+            store = (
+                self.first
+                if not self.breakers
+                else self.driver.reconnect(self.first, clock=self.clock, prefix=PREFIX)
+            )
+            self.breakers[identity] = self.driver.breaker("dep", store=store, **self.settings)
+        return self.breakers[identity]
+
+    def fail(self, identity: str) -> None:
+        with as_reporter(identity):
+            fail(self.process(identity))
+
+    def reporters(self) -> list[str]:
+        return [m.decode() for m in self.raw.zrange(f"{PREFIX}:{{dep}}:reporters", 0, -1)]
+
+
+@pytest.fixture
+def fleet(driver: Driver, clock: ManualClock) -> Fleet:
+    return Fleet(driver, clock, **QUORUM)
+
+
+# -- settings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1, 1001, 2.0, True, "3", None])
+def test_an_invalid_min_reporters_is_named(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        BreakerConfig(min_reporters=value)  # type: ignore[arg-type]
+    assert info.value.field == "min_reporters"
+    assert isinstance(info.value, ValueError)
+
+
+def test_min_reporters_edges_and_script_config(driver: Driver, clock: ManualClock) -> None:
+    assert BreakerConfig(min_reporters=1).script_config == ""
+    assert BreakerConfig(min_reporters=1000).script_config == "min_reporters=1000"
+    store = driver.connect("memory://", clock=clock)
+    with pytest.raises(ConfigError) as info:
+        driver.breaker("bad", store=store, min_reporters=0)
+    assert info.value.field == "min_reporters"
+
+
+# -- one process failing alone ------------------------------------------------------------
+
+
+def test_a_process_failing_alone_is_stopped_by_its_own_breaker(fleet: Fleet) -> None:
+    breaker = fleet.process("a")
+    fresh = breaker.snapshot()
+    assert (fresh.process_state, fresh.reporters) == (State.CLOSED, 0)
+    for _ in range(3):
+        fleet.fail("a")
+    ran: list[int] = []
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(lambda: ran.append(1))
+    assert ran == []
+    assert (info.value.scope, info.value.state, info.value.retry_after) == ("process", "open", 5.0)
+    assert "in this process" in str(info.value)
+    snap = breaker.snapshot()
+    assert snap.state is State.CLOSED
+    assert snap.process_state is State.OPEN
+    assert snap.reporters == 1
+    assert (snap.consecutive_failures, snap.window_failures) == (3, 3)
+    assert fleet.reporters() == ["a"]
+
+
+def test_without_a_quorum_there_is_no_process_state(driver: Driver, clock: ManualClock) -> None:
+    store = driver.connect("memory://", clock=clock)
+    breaker = driver.breaker("dep", store=store, failure_threshold=3)
+    fail(breaker)
+    snap = breaker.snapshot()
+    assert (snap.process_state, snap.reporters) == (None, 0)
+
+
+# -- a fleet --------------------------------------------------------------------------------
+
+
+def test_the_fleet_trips_once_min_reporters_distinct_processes_failed(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="redbreaker")
+    fleet.fail("a")
+    fleet.fail("a")
+    fleet.fail("b")  # the streak (3) meets the rule; 2 reporters of 3
+    b = fleet.process("b")
+    snap = b.snapshot()
+    assert (snap.state, snap.consecutive_failures, snap.reporters) == (State.CLOSED, 3, 2)
+    # b's own breaker counts b's single failure alone: it still admits b's calls.
+    assert snap.process_state is State.CLOSED
+    [short] = events(caplog, "quorum_not_met")
+    assert (short.levelno, short.reporters, short.min_reporters) == (logging.WARNING, 2, 3)
+    fleet.fail("b")
+    fleet.fail("a")  # a's own breaker opens (its third); a is still one reporter
+    assert fleet.process("a").snapshot().process_state is State.OPEN
+    assert sorted(fleet.reporters()) == ["a", "b"]
+    assert fleet.process("a").snapshot().state is State.CLOSED
+    assert len(events(caplog, "quorum_not_met")) == 2  # once per breaker object: b's, a's
+    fleet.fail("c")
+    c = fleet.process("c")
+    snap = c.snapshot()
+    assert (snap.state, snap.last_reason) == (State.OPEN, "consecutive_failures")
+    assert snap.process_state is State.CLOSED
+    for identity in ("b", "c"):
+        with pytest.raises(CircuitOpenError) as info:
+            fleet.process(identity).call(lambda: None)
+        assert info.value.scope == "fleet"
+
+
+def test_the_reporters_set_holds_at_most_min_reporters_within_the_window(
+    driver: Driver, clock: ManualClock
+) -> None:
+    fleet = Fleet(driver, clock, **{**QUORUM, "failure_threshold": 1000})
+    for identity in "abcde":
+        fleet.fail(identity)
+        clock.advance(0.1)
+        assert len(fleet.reporters()) <= 3
+    assert fleet.reporters() == ["c", "d", "e"]  # the newest, by their last failure
+    ttl_ms = fleet.raw.pttl(f"{PREFIX}:{{dep}}:reporters")
+    assert 0 < ttl_ms <= WINDOW_S * 1000
+    assert fleet.process("a").snapshot().reporters == 3
+    clock.advance(WINDOW_S + 1)
+    assert fleet.process("a").snapshot().reporters == 0
+    fleet.fail("f")
+    assert fleet.reporters() == ["f"]  # the others left with the window
+
+
+@pytest.mark.parametrize("how", ["reset", "force_open", "metrics_only"])
+def test_a_fleet_transition_deletes_the_reporters(fleet: Fleet, how: str) -> None:
+    fleet.fail("a")
+    fleet.fail("b")
+    assert sorted(fleet.reporters()) == ["a", "b"]
+    breaker = fleet.process("a")
+    before = breaker.snapshot().generation
+    getattr(breaker, how)()
+    assert breaker.snapshot().generation > before
+    assert fleet.raw.exists(f"{PREFIX}:{{dep}}:reporters") == 0
+    assert breaker.snapshot().reporters == 0
+
+
+def test_a_trip_deletes_the_reporters(fleet: Fleet) -> None:
+    for identity in "abc":
+        fleet.fail(identity)
+    assert fleet.process("c").state is State.OPEN
+    assert fleet.raw.exists(f"{PREFIX}:{{dep}}:reporters") == 0
+
+
+def test_reporters_on_a_real_server(driver: Driver, redis_url: str, clock: ManualClock) -> None:
+    """The same Lua on redis-server: the set's members, bound and TTL; the trip clears it."""
+    url_store = driver.connect(redis_url, clock=clock, prefix=PREFIX)
+    raw = redis.Redis.from_url(redis_url)
+    key = f"{PREFIX}:{{dep}}:reporters"
+    breakers: dict[str, AnyBreaker] = {}
+    for identity in "abcd":
+        store = (
+            url_store if not breakers else driver.reconnect(url_store, clock=clock, prefix=PREFIX)
+        )
+        breakers[identity] = driver.breaker(
+            "dep", store=store, **{**QUORUM, "failure_threshold": 1000}
+        )
+        with as_reporter(identity):
+            fail(breakers[identity])
+        clock.advance(0.1)
+    assert [m.decode() for m in raw.zrange(key, 0, -1)] == ["b", "c", "d"]
+    assert 0 < raw.pttl(key) <= WINDOW_S * 1000
+    assert breakers["a"].snapshot().reporters == 3
+    breakers["a"].force_open()
+    assert raw.exists(key) == 0
+    raw.close()
+
+
+# -- the record script's contract ---------------------------------------------------------
+
+
+@pytest.mark.sync_only("sends the record script's arguments itself")
+def test_a_failure_without_the_reporter_is_refused(store: redbreaker.Store) -> None:
+    breaker = Breaker("dep", store=store, **QUORUM)
+    permit = breaker.acquire()
+    args = breaker._core.record_args(permit._state, "failure")
+    assert args is not None
+    assert args[-1] == _policies.process_identity()
+    for bad in (args[:-1], [*args[:-1], ""], [*args[:-1], "x" * 257]):
+        with pytest.raises(StoreError, match=r"min_reporters > 1 needs the reporter \(ARGV\[14\]"):
+            store.run("record", breaker._keys, bad)
+    assert breaker.snapshot().window_failures == 0  # nothing was counted
+    store.run("record", breaker._keys, args)
+    assert breaker.snapshot().window_failures == 1
+    permit.release()
+
+
+# -- what the own breaker says, and to whom ----------------------------------------------
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.transitions: list[Transition] = []
+
+    def on_call(self, record: redbreaker.CallRecord) -> None:
+        pass
+
+    def on_transition(self, transition: Transition) -> None:
+        self.transitions.append(transition)
+
+
+def test_own_transitions_are_logged_as_the_process_s_and_kept_from_hooks(
+    driver: Driver, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="redbreaker")
+    observer = Observer()
+    store = driver.connect("memory://", clock=clock, observers=[observer])
+    hooked: list[Transition] = []
+    breaker = driver.breaker("dep", store=store, on_transition=[hooked.append], **QUORUM)
+    breaker.call(lambda: "created")  # the fleet's breaker is made: its hook fires
+    # The own breaker (cached) caches a rejection its feed hears from when it hears it:
+    # on a ManualClock the event must be heard before time moves.
+    own_store = unwrap(store).process_store()
+    driver.wait_for(lambda: own_store.feed_live, "the own store's feed subscribed")
+    hooked.clear()
+    observer.transitions.clear()
+    caplog.clear()
+    for _ in range(3):
+        fail(breaker)
+    [opened] = events(caplog, "transition")
+    assert (opened.scope, opened.from_state, opened.to_state) == ("process", "closed", "open")
+    assert "this process's own breaker" in opened.getMessage()
+    assert [(t.scope, t.current) for t in observer.transitions] == [("process", State.OPEN)]
+    driver.wait_for(
+        lambda: (own_store.view.last_event("dep") or (0, ""))[1] == "open",
+        "the own store's feed heard the trip",
+    )
+    clock.advance(5)
+    assert breaker.call(lambda: "ok") == "ok"  # the own breaker's probe: it closes again
+    snap = breaker.snapshot()
+    assert (snap.process_state, snap.state) == (State.CLOSED, State.CLOSED)
+    assert [(t.scope, t.current) for t in observer.transitions] == [
+        ("process", State.OPEN),
+        ("process", State.HALF_OPEN),
+        ("process", State.CLOSED),
+    ]
+    assert {r.scope for r in events(caplog, "transition")} == {"process"}
+    assert hooked == []
+    breaker.force_open()  # a fleet transition reaches the hook, as ever
+    assert [(t.scope, t.current) for t in hooked] == [("fleet", State.FORCED_OPEN)]
+
+
+def test_the_own_breaker_counts_only_this_process_s_outcomes(fleet: Fleet) -> None:
+    for identity in "ab":
+        fleet.fail(identity)
+    a = fleet.process("a")
+    assert a.snapshot().consecutive_failures == 2  # the fleet's streak
+    own = unwrap(a)._own_breaker()
+    own_snap = own.snapshot() if not fleet.driver.is_aio else fleet.driver.run(own.snapshot())
+    assert (own_snap.consecutive_failures, own_snap.window_calls) == (1, 1)
+    assert own_snap.name == "dep"
+    a.call(lambda: "ok")
+    own_snap = own.snapshot() if not fleet.driver.is_aio else fleet.driver.run(own.snapshot())
+    assert (own_snap.consecutive_failures, own_snap.state) == (0, State.CLOSED)
+
+
+def test_a_store_without_observers_makes_the_own_breaker_just_the_same(
+    driver: Driver, clock: ManualClock
+) -> None:
+    store = driver.connect("memory://", clock=clock)
+    breaker = driver.breaker("dep", store=store, **QUORUM)
+    for _ in range(3):
+        fail(breaker)
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(lambda: None)
+    assert info.value.scope == "process"
+
+
+def test_reset_closes_this_process_s_own_breaker_too(fleet: Fleet) -> None:
+    for _ in range(3):
+        fleet.fail("a")
+    a = fleet.process("a")
+    assert a.snapshot().process_state is State.OPEN
+    a.reset()
+    assert a.snapshot().process_state is State.CLOSED
+    assert a.call(lambda: "ok") == "ok"
+
+
+@pytest.mark.parametrize("order", ["force_close", "metrics_only"])
+def test_an_operator_state_that_admits_all_sets_the_own_breaker_aside(
+    fleet: Fleet, order: str
+) -> None:
+    for _ in range(3):
+        fleet.fail("a")
+    a = fleet.process("a")
+    with pytest.raises(CircuitOpenError):
+        a.call(lambda: None)
+    getattr(a, order)()
+    assert a.call(lambda: "ok") == "ok"
