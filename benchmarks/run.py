@@ -34,6 +34,7 @@ import _counts
 import _latency
 import _memory
 import _multi
+import _policies
 import _scale
 import _variants
 import redis
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     import redbreaker
 
 SECTIONS = ("latency", "throughput", "roundtrips", "propagation", "leak", "memory", "aio",
-            "consumers", "scale")
+            "consumers", "scale", "policies")
 WORKERS = 8
 THRESHOLD = 5
 
@@ -71,19 +72,20 @@ class Plan:
     idle_window: float  # seconds idle consumers are counted
     adapter_rounds: int  # rounds of plan.calls jobs per adapter
     scale: _scale.Size  # processes x tasks on breakers (scale)
+    policies: _policies.Size  # retry budget and quorum runs (policies)
 
 
 FULL = Plan(
     calls=600, rounds=50, warmup=300, duration=1.0, reps=5, counts=(1, 2, 4, 8),
     trials=20, settle=0.15, lead=0.3, memory_n=1000, recovery=1.0,
     stream_messages=2000, stream_rounds=10, idle_window=5.0, adapter_rounds=20,
-    scale=_scale.FULL,
+    scale=_scale.FULL, policies=_policies.FULL,
 )  # fmt: skip
 SMOKE = Plan(
     calls=150, rounds=3, warmup=30, duration=0.2, reps=1, counts=(1, 2, 4, 8),
     trials=3, settle=0.1, lead=0.25, memory_n=50, recovery=1.0,
     stream_messages=150, stream_rounds=2, idle_window=0.5, adapter_rounds=2,
-    scale=_scale.SMOKE,
+    scale=_scale.SMOKE, policies=_policies.SMOKE,
 )  # fmt: skip
 
 
@@ -807,6 +809,8 @@ def main(argv: list[str] | None = None) -> int:
                 _consumers.section(report, plan, server)
             if "scale" in sections:
                 _scale.section(report, plan.scale, server)
+            if "policies" in sections:
+                _policies.section(report, plan.policies, server)
         finally:
             store.close()
             if fleet is not None:

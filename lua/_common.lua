@@ -246,9 +246,11 @@ local function publish(from, to, reason, generation, retry_after_ms)
   end
 end
 
--- Drop the whole window, its retries and its reporters (a new generation counts afresh).
-local function clear_buckets()
-  redis.call('HDEL', KEY, unpack(WINDOW_FIELDS))
+-- Drop the whole window, its reporters and (unless keep_retries) its retries: a new
+-- generation counts afresh. A would-trip of metrics_only keeps the retries: the budget
+-- bounds retries, not trips, and would start over with every would-trip otherwise.
+local function clear_buckets(keep_retries)
+  redis.call('HDEL', KEY, unpack(keep_retries and BUCKET_FIELDS or WINDOW_FIELDS))
   for _, field in ipairs(BUCKET_FIELDS) do BUCKET_TEXT[field] = false end
   if CFG.min_reporters > 1 then redis.call('DEL', REPORTERS) end
 end

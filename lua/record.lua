@@ -187,7 +187,7 @@ local function record(keys, argv)
           -- Shadow mode: say it would have tripped, then count afresh so it can say so again.
           s.would_trip_count = s.would_trip_count + 1
           s.consecutive_failures = 0
-          clear_buckets()
+          clear_buckets(true)
           redis.call('HSET', KEY, 'consecutive_failures', 0, 'would_trip_count',
             int(s.would_trip_count), 'last_would_trip_at', int(NOW), 'last_reason',
             'would_trip:' .. reason)

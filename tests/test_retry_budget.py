@@ -283,6 +283,25 @@ def test_metrics_only_keeps_the_budget(driver: Driver, mem: AnyStore) -> None:
     )
 
 
+def test_a_would_trip_keeps_the_granted_retries(driver: Driver, mem: AnyStore) -> None:
+    """metrics_only counts afresh after each would-trip, but the retries it granted stay
+    in the window: the budget holds over a run that would-trips every 5 failures."""
+    breaker = driver.breaker(
+        "dep", store=mem, retry_budget=0.2, retry_budget_floor=0.1, failure_threshold=5,
+        window=WINDOW_S,
+    )
+    breaker.metrics_only()
+    guard = breaker.guard(retry_on=ConnectionError, max_attempts=3, **FAST)
+    fn = Dependency()
+    for _ in range(100):
+        with pytest.raises(ConnectionError):
+            guard.call(fn)
+    snap = breaker.snapshot()
+    assert snap.would_trip_count >= 19  # 100 failed calls, one would-trip per 5
+    # Retries <= 0.2 * calls + 0.1/s * 10 s: at most 21 over the 100 calls.
+    assert fn.calls - 100 == snap.window_retries <= 0.2 * 100 + 0.1 * WINDOW_S
+
+
 def test_a_transition_clears_the_granted_retries(driver: Driver, mem: AnyStore) -> None:
     breaker = driver.breaker("dep", store=mem, retry_budget=0, retry_budget_floor=0.2, **QUIET)
     guard = breaker.guard(retry_on=ConnectionError, max_attempts=5, **FAST)
