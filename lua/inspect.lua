@@ -22,7 +22,11 @@ local function inspect(keys, argv)
   end
   local reporters = 0
   if redis.call('TYPE', REPORTERS)['ok'] == 'zset' then
-    reporters = redis.call('ZCOUNT', REPORTERS, '(' .. int(NOW - CFG.window_ms), '+inf')
+    -- Over the window the breaker's own config keeps (a reader, such as the CLI, may
+    -- have another), as decode_snapshot sums the window's counts.
+    local stored = kind == 'hash' and config_of(redis.call('HGET', KEY, 'config') or '') or nil
+    local window_ms = stored and stored.window_ms or CFG.window_ms
+    reporters = redis.call('ZCOUNT', REPORTERS, '(' .. int(NOW - window_ms), '+inf')
   end
   local reply = { NOW, probes, reporters }
   for _, v in ipairs(redis.call('HGETALL', KEY)) do reply[#reply + 1] = v end

@@ -154,6 +154,51 @@ def test_show_text(
     assert set(fields) == {f.name for f in redbreaker.Snapshot.__dataclass_fields__.values()}
 
 
+def _policy_breaker(redis_url: str, prefix: str) -> redbreaker.Store:
+    """'fleet' under ``prefix``: a retry budget of 3 retries per window (the floor alone)
+    spent by 3 guarded calls (3 granted, 2 refused), and one reporter of a quorum of 3."""
+    store = redbreaker.connect(redis_url, prefix=prefix)
+    fleet = redbreaker.Breaker(
+        "fleet",
+        store=store,
+        retry_budget=0.0,
+        retry_budget_floor=0.05,
+        min_reporters=3,
+        failure_threshold=100,
+    )
+    guard = fleet.guard(retry_on=ZeroDivisionError, max_attempts=3, backoff_base=0.001)
+    for _ in range(3):
+        with pytest.raises(ZeroDivisionError):
+            guard.call(lambda: 1 / 0)
+    return store
+
+
+def test_show_text_lists_the_fleet_policies_with_the_window(
+    capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    store = _policy_breaker(redis_url, "clipolicy")
+    try:
+        code, out, err = _run(capsys, "show", "fleet", "--url", redis_url, "--prefix", "clipolicy")
+    finally:
+        store.close()
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    names = [line.split(None, 1)[0] for line in lines]
+    at = names.index("window_slow_calls")
+    assert names[at + 1 : at + 5] == [
+        "window_retries",
+        "retry_budget_exhausted_count",
+        "reporters",
+        "process_state",
+    ]
+    fields = dict(line.split(None, 1) for line in lines)
+    assert (fields["window_retries"], fields["retry_budget_exhausted_count"]) == ("3", "2")
+    assert fields["reporters"] == "1"
+    assert fields["process_state"] == "-"  # the command keeps no breaker of its own
+    # One column for the values, however long the longest name.
+    assert len({len(line) - len(line.split(None, 1)[1]) for line in lines}) == 1
+
+
 def test_show_json_force_open_reset(
     capsys: pytest.CaptureFixture[str], breakers: redbreaker.Store, redis_url: str
 ) -> None:

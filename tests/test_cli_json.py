@@ -56,6 +56,33 @@ def test_show_json_has_every_snapshot_field_and_iso_times(
     assert data["forced_until"] is None
 
 
+def test_show_json_has_the_fleet_policies(
+    capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    """A retry budget spent (3 granted, 2 refused) and one reporter of a quorum of 3."""
+    store = redbreaker.connect(redis_url, prefix="jsonpolicy")
+    fleet = redbreaker.Breaker(
+        "fleet",
+        store=store,
+        retry_budget=0.0,
+        retry_budget_floor=0.05,
+        min_reporters=3,
+        failure_threshold=100,
+    )
+    guard = fleet.guard(retry_on=ZeroDivisionError, max_attempts=3, backoff_base=0.001)
+    for _ in range(3):
+        with pytest.raises(ZeroDivisionError):
+            guard.call(lambda: 1 / 0)
+    store.close()
+    code, data, err = _json(
+        capsys, "show", "fleet", "--url", redis_url, "--prefix", "jsonpolicy", "--json"
+    )
+    assert (code, err) == (0, "")
+    assert (data["window_retries"], data["retry_budget_exhausted_count"]) == (3, 2)
+    assert data["reporters"] == 1
+    assert data["process_state"] is None  # the command keeps no breaker of its own
+
+
 @pytest.mark.parametrize(
     ("command", "order", "state"),
     [

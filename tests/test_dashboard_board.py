@@ -43,6 +43,34 @@ def test_board_news_only_when_a_snapshot_changed(memory_store: redbreaker.Store)
     assert event["breaker"]["consecutive_failures"] == 1
 
 
+def test_board_shows_the_fleet_policies(memory_store: redbreaker.Store) -> None:
+    """A retry budget of 3 retries per window (the floor alone) spent by 3 guarded calls,
+    and one reporter of a quorum of 3: the board's JSON says so, and it is news."""
+    board = Board("redbreaker", admin_actions=False)
+    fleet = redbreaker.Breaker(
+        "fleet",
+        store=memory_store,
+        retry_budget=0.0,
+        retry_budget_floor=0.05,
+        min_reporters=3,
+        failure_threshold=100,
+    )
+    fleet.call(lambda: None)
+    board.update(fleet.snapshot())
+    quiet = board.breaker_json("fleet")
+    assert (quiet["window_retries"], quiet["retry_budget_exhausted_count"]) == (0, 0)
+    assert quiet["reporters"] == 0
+    guard = fleet.guard(retry_on=ZeroDivisionError, max_attempts=3, backoff_base=0.001)
+    for _ in range(3):
+        with pytest.raises(ZeroDivisionError):
+            guard.call(lambda: 1 / 0)
+    (event,) = board.update(fleet.snapshot())
+    shown = event["breaker"]
+    assert (shown["window_retries"], shown["retry_budget_exhausted_count"]) == (3, 2)
+    assert shown["reporters"] == 1
+    assert "process_state" not in shown  # the dashboard keeps no breaker of its own
+
+
 def test_board_keeps_heard_transitions_newest_first_and_bounded() -> None:
     board = Board("redbreaker", admin_actions=False)
     for generation in range(2, HISTORY_LENGTH + 12):
@@ -159,5 +187,3 @@ def test_a_bad_url_is_a_config_error() -> None:
             admin_token=None,
             out=io.StringIO(),
         )
-
-

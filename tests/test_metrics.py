@@ -235,6 +235,30 @@ def test_an_observer_that_raises_never_breaks_a_call(
     assert all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in failed)
 
 
+class RaisingOnPolicy(Recorder):
+    def on_policy_event(self, breaker: str, event: str) -> None:
+        raise RuntimeError("observer broken")
+
+
+def test_an_observer_whose_policy_method_raises_never_breaks_a_call(
+    driver: Driver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retry the budget refused still ends the call with the attempt's own error, and
+    the next observer still hears of the call."""
+    broken, seen = RaisingOnPolicy(), Recorder()
+    store = driver.connect("memory://", observers=[broken, seen])
+    breaker = driver.breaker(
+        "dep", store=store, retry_budget=0.0, retry_budget_floor=0.01, failure_threshold=100
+    )
+    guard = breaker.guard(retry_on=BoomError, max_attempts=3, backoff_base=0.001)
+    with caplog.at_level(logging.ERROR, logger="redbreaker"), pytest.raises(BoomError):
+        guard.call(boom)  # 0.01/s over 60 s allows no retry at all
+    assert seen.outcomes() == [("failure", "closed")]
+    failed = [r for r in caplog.records if "policy event" in r.getMessage()]
+    assert len(failed) == 1
+    assert failed[0].exc_info is not None
+
+
 class OnlyCalls:
     def on_call(self, record: CallRecord) -> None:
         """No on_transition."""

@@ -18,6 +18,9 @@ import redbreaker
 from redbreaker.contrib.otel import (
     CALLS_DURATION,
     NOT_PERMITTED,
+    PROCESS_OPEN,
+    PROCESS_TRANSITIONS,
+    RETRY_BUDGET_EXHAUSTED,
     STATE_CHANGE_EVENT,
     TRANSITIONS,
     OtelMetrics,
@@ -171,3 +174,43 @@ def test_with_no_sdk_configured_every_call_is_a_no_op() -> None:
     with pytest.raises(redbreaker.CircuitOpenError):
         breaker.call(ok)
     store.close()
+
+
+def test_the_fleet_policies(driver: Driver, otel: Otel, clock: redbreaker.ManualClock) -> None:
+    """Refused retries are counted; a process's own breaker (a quorum of 2, this process
+    alone failing) moves the process counter and the open count, never the fleet's."""
+    store = driver.connect("memory://", observers=[OtelMetrics(otel.meters)], clock=clock)
+    budget = driver.breaker(
+        "budget", store=store, retry_budget=0.0, retry_budget_floor=0.05, failure_threshold=100
+    )
+    guard = budget.guard(retry_on=BoomError, max_attempts=3, backoff_base=0.001)
+    for _ in range(3):  # 3 retries granted (0.05/s over 60 s), 2 refused
+        with pytest.raises(BoomError):
+            guard.call(boom)
+    quorum = driver.breaker(
+        "quorum", store=store, min_reporters=2, failure_threshold=2, recovery_timeout=5
+    )
+    with otel.tracer.start_as_current_span("trips-own"):
+        for _ in range(2):
+            with pytest.raises(BoomError):
+                quorum.call(boom)
+    with pytest.raises(redbreaker.CircuitOpenError):
+        quorum.call(ok)
+
+    def values(metric: str) -> dict[tuple[tuple[str, Any], ...], Any]:
+        return {k: p.value for k, p in otel.points(metric).items()}
+
+    assert values(RETRY_BUDGET_EXHAUSTED) == {(("name", "budget"),): 2}
+    assert values(PROCESS_TRANSITIONS) == {
+        (("from_state", "closed"), ("name", "quorum"), ("to_state", "open")): 1
+    }
+    assert values(PROCESS_OPEN) == {(("name", "quorum"),): 1}
+    assert values(TRANSITIONS) == {}
+    (event,) = otel.span("trips-own").events
+    assert (event.attributes or {})["circuitbreaker.scope"] == "process"
+
+    clock.advance(6)
+    assert quorum.call(ok) == "ok"  # the own breaker's probe: half_open, then closed
+    assert values(PROCESS_OPEN) == {(("name", "quorum"),): 0}
+    assert sum(values(PROCESS_TRANSITIONS).values()) == 3
+    assert values(TRANSITIONS) == {}

@@ -362,3 +362,188 @@ def test_fleet_gauges_resilience4j_naming(redis_url: str) -> None:
         == 1
     )
     assert not any(n.startswith("redbreaker") for n in types)
+
+
+# -- the fleet policies (issue 14) ----------------------------------------------------------
+
+
+def _spend_the_budget(driver: Driver, store: Any) -> Any:
+    """Three guarded calls of 3 attempts against a budget of 3 retries per window (the
+    floor alone: 0.05/s over 60 s): 3 retries granted, 2 refused."""
+    breaker = driver.breaker(
+        "budget", store=store, retry_budget=0.0, retry_budget_floor=0.05, failure_threshold=100
+    )
+    guard = breaker.guard(retry_on=BoomError, max_attempts=3, backoff_base=0.001)
+    for _ in range(3):
+        with pytest.raises(BoomError):
+            guard.call(boom)
+    return breaker
+
+
+def _trip_own(driver: Driver, store: Any) -> Any:
+    """A quorum of 2 with this process alone failing: its own breaker trips and rejects
+    this process's calls; the fleet's never moves."""
+    breaker = driver.breaker(
+        "quorum", store=store, min_reporters=2, failure_threshold=2, recovery_timeout=5
+    )
+    for _ in range(2):
+        with pytest.raises(BoomError):
+            breaker.call(boom)
+    with pytest.raises(redbreaker.CircuitOpenError) as rejected:
+        breaker.call(ok)
+    assert rejected.value.scope == "process"
+    return breaker
+
+
+@pytest.mark.parametrize("naming", ["redbreaker", "resilience4j"])
+def test_the_fleet_policies_per_process(
+    driver: Driver, clock: redbreaker.ManualClock, naming: str
+) -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry, naming=naming)
+    store = driver.connect("memory://", observers=[metrics], clock=clock)
+    _spend_the_budget(driver, store)
+    breaker = _trip_own(driver, store)
+    prefix = "redbreaker" if naming == "redbreaker" else "resilience4j_circuitbreaker"
+    types, samples = scrape(registry)
+    assert types[f"{prefix}_retry_budget_exhausted"] == "counter"
+    assert types[f"{prefix}_process_transitions"] == "counter"
+    assert types[f"{prefix}_process_open"] == "gauge"
+    assert value(samples, f"{prefix}_retry_budget_exhausted_total", name="budget") == 2
+    moves = f"{prefix}_process_transitions_total"
+    assert value(samples, moves, name="quorum", from_state="closed", to_state="open") == 1
+    assert value(samples, f"{prefix}_process_open", name="quorum") == 1
+    # The fleet's breaker stayed closed: nothing in the fleet counter, for either breaker.
+    assert not [k for k in samples if k[0] == f"{prefix}_transitions_total"]
+
+    clock.advance(6)
+    assert breaker.call(ok) == "ok"  # a probe of the own breaker: open -> half_open -> closed
+    _, samples = scrape(registry)
+    assert value(samples, moves, name="quorum", from_state="open", to_state="half_open") == 1
+    assert value(samples, moves, name="quorum", from_state="half_open", to_state="closed") == 1
+    assert value(samples, f"{prefix}_process_open", name="quorum") == 0
+    assert not [k for k in samples if k[0] == f"{prefix}_transitions_total"]
+
+
+def test_process_transitions_never_reach_the_fleet_counter() -> None:
+    """Fed directly: scope decides the counter, whatever the states."""
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    closed, open_ = redbreaker.State.CLOSED, redbreaker.State.OPEN
+    for scope in ("process", "process", "fleet"):
+        metrics.on_transition(
+            redbreaker.Transition("pay", closed, open_, "consecutive_failures", 2, 0, scope)
+        )
+    metrics.on_policy_event("pay", "some_future_event")  # unknown events are not counted
+    _, samples = scrape(registry)
+    labels = {"name": "pay", "from_state": "closed", "to_state": "open"}
+    assert value(samples, "redbreaker_transitions_total", **labels) == 1
+    assert value(samples, "redbreaker_process_transitions_total", **labels) == 2
+    assert not [k for k in samples if k[0] == "redbreaker_retry_budget_exhausted_total"]
+
+
+_QUORUM_WORKER = """
+import json, sys
+import redbreaker
+from prometheus_client import CollectorRegistry
+from redbreaker.contrib.prometheus import PrometheusMetrics
+
+url, prefix = sys.argv[1], sys.argv[2]
+store = redbreaker.connect(url, prefix=prefix,
+                           observers=[PrometheusMetrics(CollectorRegistry())])
+breaker = redbreaker.Breaker("pay", store=store, min_reporters=2, failure_threshold=2)
+seen = []
+for _ in range(2):
+    try:
+        breaker.call(lambda: 1 / 0)
+    except ZeroDivisionError:
+        seen.append("failed")
+    except redbreaker.CircuitOpenError as exc:
+        seen.append("rejected:" + exc.scope)
+store.close()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.slow
+def test_a_quorum_fleet_sums_its_transitions_exactly(tmp_path: Any, redis_url: str) -> None:
+    """Two processes under prometheus_client's multiprocess mode and a quorum of 2: the
+    first trips only its own breaker; the second's first failure makes the quorum and
+    trips the fleet's. Summed over both, the fleet counter holds that one transition (as
+    Redis counts it), the own breaker's is in the process counter alone."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    prefix = f"quorum-{os.getpid()}"
+    seen = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(_QUORUM_WORKER), redis_url, prefix],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        seen.append(json.loads(done.stdout))
+    assert seen == [["failed", "failed"], ["failed", "rejected:fleet"]]
+
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    exported = CollectorRegistry()
+    MultiProcessCollector(exported, path=str(tmp_path))
+    _, samples = scrape(exported)
+    opened = {"name": "pay", "from_state": "closed", "to_state": "open"}
+    store = redbreaker.connect(redis_url, prefix=prefix)
+    snapshot = redbreaker.Breaker("pay", store=store).snapshot()
+    store.close()
+    assert snapshot.open_count == 1
+    assert [k for k in samples if k[0] == "redbreaker_transitions_total"] == [
+        ("redbreaker_transitions_total", tuple(sorted(opened.items())))
+    ]
+    assert value(samples, "redbreaker_transitions_total", **opened) == snapshot.open_count
+    assert value(samples, "redbreaker_process_transitions_total", **opened) == 1
+    assert value(samples, "redbreaker_process_open", name="pay") == 1  # livesum: the first
+
+
+def test_fleet_policy_gauges(redis_url: str) -> None:
+    """window_retries, reporters and the refused retries, from real snapshots."""
+    store = redbreaker.connect(redis_url, prefix=f"gauges-{os.getpid()}")
+    budget = redbreaker.Breaker(
+        "budget", store=store, retry_budget=0.0, retry_budget_floor=0.05, failure_threshold=100
+    )
+    guard = budget.guard(retry_on=BoomError, max_attempts=3, backoff_base=0.001)
+    for _ in range(3):
+        with pytest.raises(BoomError):
+            guard.call(boom)
+    quorum = redbreaker.Breaker("quorum", store=store, min_reporters=3, failure_threshold=1)
+    with pytest.raises(BoomError):
+        quorum.call(boom)
+    breakers = [budget, quorum]
+    registry = CollectorRegistry()
+    registry.register(fleet_collector(lambda: [b.snapshot() for b in breakers]))
+    r4j = CollectorRegistry()
+    r4j.register(fleet_collector(lambda: [b.snapshot() for b in breakers], naming="resilience4j"))
+    types, samples = scrape(registry)
+    r4j_types, _ = scrape(r4j)
+    store.close()
+
+    for name in ("window_retries", "reporters", "fleet_retry_budget_exhausted"):
+        assert types[f"redbreaker_{name}"] == "gauge"
+    assert value(samples, "redbreaker_window_retries", name="budget") == 3
+    assert value(samples, "redbreaker_fleet_retry_budget_exhausted", name="budget") == 2
+    assert value(samples, "redbreaker_reporters", name="quorum") == 1
+    assert value(samples, "redbreaker_reporters", name="budget") == 0
+    assert value(samples, "redbreaker_window_retries", name="quorum") == 0
+    # resilience4j has nothing like them: that naming leaves them out, as the slow calls.
+    assert not any("retr" in n or "reporters" in n for n in r4j_types)
+
+
+def test_both_exporters_share_one_registry() -> None:
+    """The per-process counter and the fleet gauge of refused retries have distinct
+    names: a process may register both in one registry."""
+    registry = CollectorRegistry()
+    PrometheusMetrics(registry)
+    registry.register(fleet_collector(list))
+    types, _ = scrape(registry)
+    assert types["redbreaker_retry_budget_exhausted"] == "counter"
+    assert types["redbreaker_fleet_retry_budget_exhausted"] == "gauge"
