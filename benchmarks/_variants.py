@@ -60,8 +60,13 @@ SPECS = (
          needs="prometheus", throughput=False),
     Spec("cached_prom", "redbreaker cached, success, PrometheusMetrics observing",
          needs="cached", throughput=False),
+    Spec("strict_quorum", "redbreaker strict, success, min_reporters=3", throughput=False),
+    Spec("cached_quorum", "redbreaker cached, success, min_reporters=3", needs="cached",
+         throughput=False),
     Spec("guard", "guard: cached breaker + retry + thread timeout", needs="cached"),
     Spec("guard_strict", "guard: strict breaker + retry + thread timeout"),
+    Spec("guard_budget", "guard: strict breaker + retry_budget=0.2 + retry + thread timeout",
+         throughput=False),
     Spec("tpe", "ThreadPoolExecutor submit + result"),
     Spec("pyb_redis", "pybreaker + CircuitRedisStorage", needs="pybreaker"),
     Spec("pyb_mem", "pybreaker in memory", needs="pybreaker"),
@@ -211,6 +216,12 @@ def build(url: str, prefix: str) -> Built:
     built.fns["tpe"] = lambda: executor.submit(noop).result()
     guard_strict = strict.guard(attempt_timeout=1.0, retry_on=(ConnectionError,))
     built.fns["guard_strict"] = lambda: guard_strict.call(noop)
+    # The fleet policies' success paths: no round trip more, only local work.
+    quorum = make_breaker(store, "strict-quorum", "strict", min_reporters=3)
+    built.fns["strict_quorum"] = lambda: quorum.call(noop)
+    budgeted = make_breaker(store, "strict-budget", "strict", retry_budget=0.2)
+    guard_budget = budgeted.guard(attempt_timeout=1.0, retry_on=(ConnectionError,))
+    built.fns["guard_budget"] = lambda: guard_budget.call(noop)
 
     if cached_mode_available(store):
         cached = make_breaker(store, "cached", "cached")
@@ -220,8 +231,11 @@ def build(url: str, prefix: str) -> Built:
         built.fns["cached"] = lambda: cached.call(noop)
         built.fns["cached_fail"] = _swallow(lambda: cached_fail.call(fail), DependencyError)
         built.fns["guard"] = lambda: guard.call(noop)
+        cached_quorum = make_breaker(store, "cached-quorum", "cached", min_reporters=3)
+        built.closers.append(lambda: close_breaker(cached_quorum))
+        built.fns["cached_quorum"] = lambda: cached_quorum.call(noop)
     else:
-        for key in ("cached", "cached_fail", "guard"):
+        for key in ("cached", "cached_fail", "guard", "cached_quorum"):
             built.missing[key] = CACHED_NA
 
     _observed(built, url, prefix)

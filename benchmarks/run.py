@@ -227,6 +227,13 @@ def latency(report: Report, plan: Plan, url: str) -> None:
                       ratio(f"{mode}_prom", mode), "≤ 1.1x" if mode == "strict" else "≤ 2x",
                       (lambda v: v <= 1.1) if mode == "strict" else (lambda v: v <= 2.0),
                       missing=built.missing.get(f"{mode}_prom", _variants.PROMETHEUS_NA))
+    report.target("strict success with min_reporters=3 ÷ without", ratio("strict_quorum", "strict"),
+                  "≤ 1.1x", lambda v: v <= 1.1)
+    report.target("cached success with min_reporters=3 ÷ one EVALSHA",
+                  ratio("cached_quorum", "evalsha"), "≤ 0.2x", lambda v: v <= 0.2,
+                  missing=_variants.CACHED_NA)
+    report.target("guarded success with retry_budget=0.2 ÷ without",
+                  ratio("guard_budget", "guard_strict"), "≤ 1.05x", lambda v: v <= 1.05)
     guard_strict = ratio("guard_strict", "tpe")
     if guard_strict is not None:
         report.notes.append(
