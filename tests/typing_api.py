@@ -44,6 +44,20 @@ with redbreaker.set_testing(max_attempts=2):
 # Settings are typed: a misspelt or mistyped one is a type error, not only a ConfigError.
 redbreaker.Breaker("typo", store=store, failure_treshold=5)  # type: ignore[call-arg]
 redbreaker.Breaker("typed", store=store, failure_threshold="5")  # type: ignore[arg-type]
+
+# The fleet policies are settings like the others, and their readings are typed.
+fleet = redbreaker.Breaker(
+    "fleet-api", store=store, retry_budget=0.2, retry_budget_floor=5.0, min_reporters=3
+)
+redbreaker.Breaker("typed", store=store, min_reporters="3")  # type: ignore[arg-type]
+fleet_snapshot = fleet.snapshot()
+retries: int = fleet_snapshot.window_retries + fleet_snapshot.retry_budget_exhausted_count
+reporters: int = fleet_snapshot.reporters
+process_state: redbreaker.State | None = fleet_snapshot.process_state
+try:
+    fleet.call(refund, "o-1")
+except redbreaker.CircuitOpenError as rejection:
+    scope: str = rejection.scope
 payments.guard(attempt_timout=1)  # type: ignore[call-arg]
 
 
