@@ -4,17 +4,22 @@ playwright: live updates, operator buttons, names as text, and a screenshot save
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import redbreaker
 from dashboard_servers import DashboardProcess
+from redbreaker import _policies
 from redbreaker._state import State
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.slow
 
@@ -49,16 +54,17 @@ def _missing(what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _missing("playwright is not installed")
-    if not (os.access(CHROMIUM, os.X_OK) or shutil.which("chromium")):
+    executable = CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
+    if executable is None:
         _missing(f"{CHROMIUM} is missing")
     manager = sync_playwright().start()
     try:
-        launched = manager.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        launched = manager.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
     finally:
@@ -66,7 +72,7 @@ def browser():
 
 
 @pytest.fixture
-def page(browser: Any):
+def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1360, "height": 760})
     opened = context.new_page()
     yield opened
@@ -74,7 +80,7 @@ def page(browser: Any):
 
 
 @pytest.fixture
-def sync_store(redis_url: str):
+def sync_store(redis_url: str) -> Iterator[redbreaker.Store]:
     store = redbreaker.connect(redis_url)
     yield store
     store.close()
@@ -103,7 +109,9 @@ def _open_live(page: Any, url: str) -> None:
     expect(page.locator("#live-text")).to_have_text("live", timeout=10_000)
 
 
-def test_the_page_shows_a_trip_within_a_second(page: Any, redis_url: str, sync_store) -> None:
+def test_the_page_shows_a_trip_within_a_second(
+    page: Any, redis_url: str, sync_store: redbreaker.Store
+) -> None:
     from playwright.sync_api import expect
 
     payments = _breaker(sync_store, "payments-api")
@@ -118,7 +126,9 @@ def test_the_page_shows_a_trip_within_a_second(page: Any, redis_url: str, sync_s
         expect(left).to_have_text(re.compile(r"^\d+ s$"))
 
 
-def test_buttons_work_with_the_token(page: Any, redis_url: str, sync_store) -> None:
+def test_buttons_work_with_the_token(
+    page: Any, redis_url: str, sync_store: redbreaker.Store
+) -> None:
     from playwright.sync_api import expect
 
     search = _breaker(sync_store, "search")
@@ -145,7 +155,9 @@ def test_buttons_work_with_the_token(page: Any, redis_url: str, sync_store) -> N
         expect(history.nth(1)).to_contain_text("reset")
 
 
-def test_no_buttons_without_the_token(page: Any, redis_url: str, sync_store) -> None:
+def test_no_buttons_without_the_token(
+    page: Any, redis_url: str, sync_store: redbreaker.Store
+) -> None:
     from playwright.sync_api import expect
 
     _breaker(sync_store, "search")
@@ -157,7 +169,9 @@ def test_no_buttons_without_the_token(page: Any, redis_url: str, sync_store) -> 
         expect(page.locator("#unlock")).to_be_hidden()
 
 
-def test_a_wrong_token_is_refused_and_forgotten(page: Any, redis_url: str, sync_store) -> None:
+def test_a_wrong_token_is_refused_and_forgotten(
+    page: Any, redis_url: str, sync_store: redbreaker.Store
+) -> None:
     from playwright.sync_api import expect
 
     search = _breaker(sync_store, "search")
@@ -174,11 +188,18 @@ def test_a_wrong_token_is_refused_and_forgotten(page: Any, redis_url: str, sync_
         assert search.snapshot().state is State.CLOSED
 
 
-def test_a_hostile_name_shows_as_text(page: Any, redis_url: str, sync_store) -> None:
+def test_a_hostile_name_shows_as_text(
+    page: Any, redis_url: str, sync_store: redbreaker.Store
+) -> None:
     from playwright.sync_api import expect
 
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def dismiss(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
     hostile = _breaker(sync_store, XSS_NAME)
     with DashboardProcess(redis_url) as dash:
         _open_live(page, dash.url)
@@ -193,7 +214,85 @@ def test_a_hostile_name_shows_as_text(page: Any, redis_url: str, sync_store) -> 
     assert dialogs == []
 
 
-def test_screenshot(page: Any, redis_url: str, sync_store) -> None:
+def _fail_once_elsewhere(url: str, policies: dict[str, Any]) -> str:
+    """In a spawned process: one failure of 'fleet'; this process's reporter identity."""
+    store = redbreaker.connect(url)
+    try:
+        _fail(redbreaker.Breaker("fleet", store=store, **policies), 1)
+        return _policies.process_identity()
+    finally:
+        store.close()
+
+
+def _facts(page: Any, name: str) -> dict[str, str]:
+    """The expanded row's details, label -> value, as the page shows them."""
+    facts = page.locator(f'tr.breaker[data-name="{name}"] + tr.detail dl.facts')
+    return dict(
+        facts.evaluate(
+            "dl => [...dl.querySelectorAll('dt')]"
+            ".map(dt => [dt.textContent, dt.nextElementSibling.textContent])"
+        )
+    )
+
+
+def test_the_fleet_policies_show_once_they_count(
+    page: Any, redis_url: str, sync_store: redbreaker.Store
+) -> None:
+    """A retry budget of 3 retries per window (the floor alone) asked by 5 guarded calls
+    of 3 attempts (3 granted, then 4 refused) and a quorum of 3 with failures from two
+    processes (this one and a spawned one): the row and its details say so, live; a
+    breaker without the policies shows none of it."""
+    from playwright.sync_api import expect
+
+    policies: dict[str, Any] = {
+        "retry_budget": 0.0,
+        "retry_budget_floor": 0.05,
+        "min_reporters": 3,
+        "failure_threshold": 100,
+    }
+    fleet = redbreaker.Breaker("fleet", store=sync_store, **policies)
+    fleet.call(lambda: None)
+    plain = _breaker(sync_store, "plain")
+    _fail(plain, 1)
+    with DashboardProcess(redis_url) as dash:
+        _open_live(page, dash.url)
+        row = _row(page, "fleet")
+        expect(row.locator(".state")).to_have_text("closed", timeout=10_000)
+        expect(row.locator(".policies")).to_have_count(0)  # nothing counted yet
+
+        guard = fleet.guard(retry_on=ZeroDivisionError, max_attempts=3, backoff_base=0.001)
+        for _ in range(5):
+            with pytest.raises(ZeroDivisionError):
+                guard.call(lambda: 1 / 0)
+        # A reporter is a process: the second one must be a real one.
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            assert pool.apply(_fail_once_elsewhere, (redis_url, policies)) != (
+                _policies.process_identity()
+            )
+        snapshot = fleet.snapshot()
+        assert (snapshot.window_retries, snapshot.retry_budget_exhausted_count) == (3, 4)
+        assert (snapshot.reporters, snapshot.state) == (2, State.CLOSED)
+
+        # The refresh loop reads window counts every 2 s: no transition announces them.
+        expect(row.locator(".policies")).to_have_text(
+            "3 retries · 4 refused · 2 reporters", timeout=10_000
+        )
+        row.click()
+        expect(page.locator("tr.detail dl.facts").first).to_be_visible()
+        facts = _facts(page, "fleet")
+        assert facts["retry budget"] == "3 granted in the window, 4 refused in all"
+        assert facts["failing reporters"] == "2 processes in the window"
+
+        plain_row = _row(page, "plain")
+        expect(plain_row.locator("td").nth(4)).to_have_text("2 (1 failed)")
+        expect(plain_row.locator(".policies")).to_have_count(0)
+        plain_row.click()
+        plain_facts = _facts(page, "plain")
+        assert "would-trips" in plain_facts  # the details did render
+        assert not {"retry budget", "failing reporters"} & set(plain_facts)
+
+
+def test_screenshot(page: Any, redis_url: str, sync_store: redbreaker.Store) -> None:
     from playwright.sync_api import expect
 
     payments = _breaker(sync_store, "payments-api")
