@@ -18,6 +18,7 @@ import pytest
 import redbreaker
 from redbreaker._cli import EXIT_CODES, main
 from redis_servers import find_free_port
+from test_cli import _policy_breaker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -60,20 +61,7 @@ def test_show_json_has_the_fleet_policies(
     capsys: pytest.CaptureFixture[str], redis_url: str
 ) -> None:
     """A retry budget spent (3 granted, 2 refused) and one reporter of a quorum of 3."""
-    store = redbreaker.connect(redis_url, prefix="jsonpolicy")
-    fleet = redbreaker.Breaker(
-        "fleet",
-        store=store,
-        retry_budget=0.0,
-        retry_budget_floor=0.05,
-        min_reporters=3,
-        failure_threshold=100,
-    )
-    guard = fleet.guard(retry_on=ZeroDivisionError, max_attempts=3, backoff_base=0.001)
-    for _ in range(3):
-        with pytest.raises(ZeroDivisionError):
-            guard.call(lambda: 1 / 0)
-    store.close()
+    _policy_breaker(redis_url, "jsonpolicy").close()
     code, data, err = _json(
         capsys, "show", "fleet", "--url", redis_url, "--prefix", "jsonpolicy", "--json"
     )

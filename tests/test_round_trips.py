@@ -330,10 +330,12 @@ def _table(rows: list[tuple[str, Measured]]) -> str:
     return "\n".join(lines)
 
 
-def test_print_round_trip_table(redis_server: RedisServer, redis_url: str) -> None:
-    """Every path again on one fresh store each, printed as a table (see -rP)."""
+def measure_each(
+    redis_server: RedisServer, redis_url: str, paths: list[Scenario]
+) -> list[tuple[str, Measured]]:
+    """Each of ``paths`` on a fresh store of its own (a warmed-up library, no leftovers)."""
     rows = []
-    for path in PATHS:
+    for path in paths:
         redis_server.flushall(scripts=True)
         harness = Harness(redis_server, redis_url)
         try:
@@ -341,6 +343,12 @@ def test_print_round_trip_table(redis_server: RedisServer, redis_url: str) -> No
             rows.append((path.name, _run_path(harness, path)))
         finally:
             harness.store.close()
+    return rows
+
+
+def test_print_round_trip_table(redis_server: RedisServer, redis_url: str) -> None:
+    """Every path again on one fresh store each, printed as a table (see -rP)."""
+    rows = measure_each(redis_server, redis_url, PATHS)
     redis_server.flushall(scripts=True)
     harness = Harness(redis_server, redis_url)
     try:

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from test_round_trips import PATHS, Harness, Scenario, _nothing, _run_path, _table, harness
+from test_round_trips import (
+    PATHS,
+    Harness,
+    Scenario,
+    _nothing,
+    _run_path,
+    _table,
+    harness,
+    measure_each,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -80,15 +89,7 @@ def test_policy_round_trips_per_path(harness: Harness, path: Scenario) -> None:
 
 def test_print_policy_round_trip_table(redis_server: RedisServer, redis_url: str) -> None:
     """Every policy path on a fresh store each, printed as a table (see -rP)."""
-    rows = []
-    for path in POLICY_PATHS:
-        redis_server.flushall(scripts=True)
-        harness = Harness(redis_server, redis_url)
-        try:
-            harness.warm_up()
-            rows.append((path.name, _run_path(harness, path)))
-        finally:
-            harness.store.close()
+    rows = measure_each(redis_server, redis_url, POLICY_PATHS)
     print("\n" + _table(rows))
     cost = {name: m.round_trips for name, m in rows}
     assert list(cost.values()) == [p.round_trips for p in POLICY_PATHS]
