@@ -2,10 +2,10 @@
 --
 -- KEYS[1], KEYS[2], ARGV[1..5]: as in _common.lua (composed before this file).
 --
--- Returns {now_ms, probes_in_flight, reporters, field_1, value_1, field_2, value_2, ...}: the
--- hash as HGETALL gives it (empty when the breaker does not exist), the probe leases that
--- have not expired, and the distinct processes that reported a failure within the window
--- (counted only with min_reporters > 1; the set keeps at most min_reporters of them). Due time-driven transitions are not applied: the next acquire applies them.
+-- Returns {now_ms, probes_in_flight, {reporter_1, ...}, field_1, value_1, field_2, value_2, ...}:
+-- the hash as HGETALL gives it (empty when the breaker does not exist), the probe leases
+-- that have not expired, and the identities of the processes that reported a failure
+-- within the window, newest first (kept only with min_reporters > 1, at most that many). Due time-driven transitions are not applied: the next acquire applies them.
 -- Errors: as acquire.lua.
 
 local function inspect(keys, argv)
@@ -20,13 +20,17 @@ local function inspect(keys, argv)
   if redis.call('TYPE', PROBES)['ok'] == 'zset' then
     probes = redis.call('ZCOUNT', PROBES, '(' .. int(NOW), '+inf')
   end
-  local reporters = 0
+  local reporters = {}
   if redis.call('TYPE', REPORTERS)['ok'] == 'zset' then
     -- Over the window the breaker's own config keeps (a reader, such as the CLI, may
-    -- have another), as decode_snapshot sums the window's counts.
+    -- have another), as decode_snapshot sums the window's counts. The set holds at most
+    -- min_reporters members: read whole, newest first.
     local stored = kind == 'hash' and config_of(redis.call('HGET', KEY, 'config') or '') or nil
-    local window_ms = stored and stored.window_ms or CFG.window_ms
-    reporters = redis.call('ZCOUNT', REPORTERS, '(' .. int(NOW - window_ms), '+inf')
+    local oldest = NOW - (stored and stored.window_ms or CFG.window_ms)
+    local members = redis.call('ZRANGE', REPORTERS, 0, -1, 'WITHSCORES')
+    for i = #members - 1, 1, -2 do
+      if tonumber(members[i + 1]) > oldest then reporters[#reporters + 1] = members[i] end
+    end
   end
   local reply = { NOW, probes, reporters }
   for _, v in ipairs(redis.call('HGETALL', KEY)) do reply[#reply + 1] = v end

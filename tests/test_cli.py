@@ -16,6 +16,7 @@ import redis
 
 import redbreaker
 from redbreaker._cli import main
+from redbreaker._policies import process_identity
 from redis_servers import find_free_port
 
 if TYPE_CHECKING:
@@ -185,15 +186,18 @@ def test_show_text_lists_the_fleet_policies_with_the_window(
     lines = out.splitlines()
     names = [line.split(None, 1)[0] for line in lines]
     at = names.index("window_slow_calls")
-    assert names[at + 1 : at + 5] == [
+    assert names[at + 1 : at + 6] == [
         "window_retries",
         "retry_budget_exhausted_count",
         "reporters",
+        "reporter_ids",
         "process_state",
     ]
     fields = dict(line.split(None, 1) for line in lines)
     assert (fields["window_retries"], fields["retry_budget_exhausted_count"]) == ("3", "2")
     assert fields["reporters"] == "1"
+    # Who failed: this test process, as the library names it.
+    assert fields["reporter_ids"] == process_identity()
     assert fields["process_state"] == "-"  # the command keeps no breaker of its own
     # One column for the values, however long the longest name.
     assert len({len(line) - len(line.split(None, 1)[1]) for line in lines}) == 1

@@ -174,6 +174,7 @@ def test_the_fleet_trips_once_min_reporters_distinct_processes_failed(
     b = fleet.process("b")
     snap = b.snapshot()
     assert (snap.state, snap.consecutive_failures, snap.reporters) == (State.CLOSED, 3, 2)
+    assert snap.reporter_ids == ("b", "a")  # who failed, newest first
     # b's own breaker counts b's single failure alone: it still admits b's calls.
     assert snap.process_state is State.CLOSED
     [short] = events(caplog, "quorum_not_met")

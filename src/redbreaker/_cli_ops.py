@@ -32,7 +32,13 @@ def _when(at_ms: int, now_ms: int) -> str:
 
 # The fleet policies' counts are listed with the window's, where a reader looks for them,
 # not at the end where the Snapshot fields were appended.
-_AFTER_WINDOW = ("window_retries", "retry_budget_exhausted_count", "reporters", "process_state")
+_AFTER_WINDOW = (
+    "window_retries",
+    "retry_budget_exhausted_count",
+    "reporters",
+    "reporter_ids",
+    "process_state",
+)
 
 
 def _show_order(snapshot: Snapshot) -> list[str]:
@@ -47,8 +53,10 @@ def _show_text(snapshot: Snapshot) -> list[str]:
     width = max(len(name) for name in names)
     for name in names:
         value: object = getattr(snapshot, name)
-        if value is None:
+        if value is None or value == ():
             text = "-"
+        elif isinstance(value, tuple):
+            text = " ".join(str(v) for v in value)
         elif name.endswith("_ms") and name != "now_ms" and isinstance(value, int):
             text = _when(value, snapshot.now_ms)
         elif isinstance(value, float):

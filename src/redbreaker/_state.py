@@ -147,6 +147,8 @@ class Snapshot:
             created (fleet-wide).
         reporters: distinct processes that reported a failure or slow call in the window
             (kept only with ``min_reporters`` > 1, at most that many).
+        reporter_ids: those processes' identities (``host:pid:random``), newest first:
+            which workers are failing.
         process_state: the state of this process's own breaker (``min_reporters`` > 1),
             which rejects this process's calls alone; None without one.
     """
@@ -175,6 +177,7 @@ class Snapshot:
     window_retries: int = 0
     retry_budget_exhausted_count: int = 0
     reporters: int = 0
+    reporter_ids: tuple[str, ...] = ()
     process_state: State | None = None
 
 
@@ -342,7 +345,9 @@ def decode_snapshot(name: str, reply: Sequence[object], window_ms: int) -> Snaps
     that drove it last), else ``window_ms``: a reader with other settings, such as the
     CLI, still sees the counts the breaker trips on.
     """
-    now_ms, probes, reporters = _int(reply[0]), _int(reply[1]), _int(reply[2])
+    now_ms, probes = _int(reply[0]), _int(reply[1])
+    listed = reply[2]
+    reporter_ids = tuple(_text(v) for v in listed) if isinstance(listed, (list, tuple)) else ()
     flat = [_text(v) for v in reply[3:]]
     fields = dict(zip(flat[0::2], flat[1::2], strict=False))
     state = _maybe_state(fields.get("state", "closed")) or State.CLOSED
@@ -379,5 +384,6 @@ def decode_snapshot(name: str, reply: Sequence[object], window_ms: int) -> Snaps
         now_ms=now_ms,
         window_retries=_window_retries(fields, now_ms, stored_window_ms),
         retry_budget_exhausted_count=_int(fields.get("retry_budget_exhausted_count")),
-        reporters=reporters,
+        reporters=len(reporter_ids),
+        reporter_ids=reporter_ids,
     )
