@@ -266,9 +266,9 @@ def test_the_fleet_policies_show_once_they_count(
                 guard.call(lambda: 1 / 0)
         # A reporter is a process: the second one must be a real one.
         with multiprocessing.get_context("spawn").Pool(1) as pool:
-            assert pool.apply(_fail_once_elsewhere, (redis_url, policies)) != (
-                _policies.process_identity()
-            )
+            other = pool.apply(_fail_once_elsewhere, (redis_url, policies))
+        mine = _policies.process_identity()
+        assert other != mine
         snapshot = fleet.snapshot()
         assert (snapshot.window_retries, snapshot.retry_budget_exhausted_count) == (3, 4)
         assert (snapshot.reporters, snapshot.state) == (2, State.CLOSED)
@@ -281,7 +281,8 @@ def test_the_fleet_policies_show_once_they_count(
         expect(page.locator("tr.detail dl.facts").first).to_be_visible()
         facts = _facts(page, "fleet")
         assert facts["retry budget"] == "3 granted in the window, 4 refused in all"
-        assert facts["failing reporters"] == "2 processes in the window"
+        # Who failed, newest first: the spawned process failed last.
+        assert facts["failing reporters"] == f"2 processes in the window: {other}, {mine}"
 
         plain_row = _row(page, "plain")
         expect(plain_row.locator("td").nth(4)).to_have_text("2 (1 failed)")

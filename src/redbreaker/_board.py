@@ -72,6 +72,7 @@ def _breaker_json(snapshot: Snapshot, history: Iterable[dict[str, Any]]) -> dict
         "window_retries": snapshot.window_retries,
         "retry_budget_exhausted_count": snapshot.retry_budget_exhausted_count,
         "reporters": snapshot.reporters,
+        "reporter_ids": list(snapshot.reporter_ids),
         "retry_after": snapshot.retry_after,
         "open_until_ms": snapshot.open_until_ms,
         "forced_until_ms": snapshot.forced_until_ms,
