@@ -153,6 +153,18 @@ def test_a_process_failing_alone_is_stopped_by_its_own_breaker(fleet: Fleet) -> 
     assert fleet.reporters() == ["a"]
 
 
+def test_a_consumer_waiting_for_admission_waits_for_its_own_breaker(fleet: Fleet) -> None:
+    """wait_admitting (a queue consumer pausing its fetching) sees the process's own
+    breaker: a sick worker stops taking messages while the fleet's breaker stays closed."""
+    breaker = fleet.process("a")
+    assert breaker.wait_admitting(max_wait=0) is True
+    for _ in range(3):
+        fleet.fail("a")
+    assert breaker.wait_admitting(max_wait=0) is False
+    assert breaker.snapshot().state is State.CLOSED
+    assert fleet.process("b").wait_admitting(max_wait=0) is True  # another worker goes on
+
+
 def test_without_a_quorum_there_is_no_process_state(driver: Driver, clock: ManualClock) -> None:
     store = driver.connect("memory://", clock=clock)
     breaker = driver.breaker("dep", store=store, failure_threshold=3)
