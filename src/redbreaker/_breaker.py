@@ -25,7 +25,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from . import _breaker_policies, _breaker_waiting, _fork
+from . import _breaker_orders, _breaker_policies, _breaker_waiting, _fork
 from ._bases import BreakerBase
 from ._callables import ASYNC_CODE, require_sync
 from ._core import Outcome, PermitState, TransitionHook
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from ._config import Seconds
     from ._guard_config import GuardSettings
-    from ._state import RecordReply, Snapshot, State
+    from ._state import RecordReply, State
 
 __all__ = ["Breaker", "LeaseHold", "Permit", "TransitionHook"]
 
@@ -97,6 +97,13 @@ class Breaker(BreakerBase[Store]):
     _acquire_with_own = _breaker_policies.acquire_with_own
     _settle_own = _breaker_policies.settle_own
     _ask_retry = _breaker_policies.ask_retry
+    # Reading and operator orders, fleet-wide.
+    snapshot = _breaker_orders.snapshot
+    _order = _breaker_orders.order
+    force_open = _breaker_orders.force_open
+    force_close = _breaker_orders.force_close
+    metrics_only = _breaker_orders.metrics_only
+    reset = _breaker_orders.reset
 
     def _built(self) -> None:
         self._refreshed = threading.Condition()
@@ -364,50 +371,10 @@ class Breaker(BreakerBase[Store]):
 
     # -- reading -------------------------------------------------------------------------
 
-    def snapshot(self) -> Snapshot:
-        """The breaker as Redis holds it now (one round trip; changes nothing but the
-        sending of a cached breaker's counted successes)."""
-        self.flush()
-        raw = self.store.run("inspect", self._keys, self._core.inspect_args())
-        snapshot = self._core.on_inspect_reply(raw)
-        if self._quorum:
-            own = self._own
-            return self._with_process_state(snapshot, None if own is None else own.snapshot())
-        return snapshot
-
     @property
     def state(self) -> State:
         """The stored state (one round trip)."""
         return self.snapshot().state
-
-    # -- operator orders, fleet-wide -------------------------------------------------------
-
-    def _order(self, order: str, duration: Seconds | None) -> State:
-        args = self._core.control_args(order, duration)
-        return self._core.on_control_reply(self.store.run("control", self._keys, args))
-
-    def force_open(self, duration: Seconds | None = None) -> State:
-        """Reject every call fleet-wide, for ``duration`` or until another order."""
-        return self._order("force_open", duration)
-
-    def force_close(self, duration: Seconds | None = None) -> State:
-        """Admit every call fleet-wide and count nothing, for ``duration`` or until another
-        order."""
-        return self._order("force_close", duration)
-
-    def metrics_only(self, duration: Seconds | None = None) -> State:
-        """Admit every call fleet-wide, count, and report would-trips instead of opening,
-        for ``duration`` or until another order."""
-        return self._order("metrics_only", duration)
-
-    def reset(self) -> State:
-        """Back to closed with empty counts and no open backoff, fleet-wide (and this
-        process's own breaker too, with ``min_reporters`` > 1; other processes' own
-        breakers close by their own recovery)."""
-        state = self._order("reset", None)
-        if self._own is not None:
-            self._own.reset()
-        return state
 
 
 # Cached breakers whose counted successes must be sent when the process exits normally.

@@ -20,7 +20,7 @@ from .._exceptions import (
     StoreUnavailableError,
 )
 from .._waiting import max_wait_setting
-from . import _breaker_policies, _breaker_waiting
+from . import _breaker_orders, _breaker_policies, _breaker_waiting
 from ._guard import BreakerLink, Guard, build_guard
 from ._store import Store
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .._config import Seconds
     from .._core import Outcome, PermitState
     from .._guard_config import GuardConfig, GuardSettings
-    from .._state import RecordReply, Snapshot, State
+    from .._state import RecordReply
 
 __all__ = ["Breaker", "Permit"]
 
@@ -192,6 +192,13 @@ class Breaker(BreakerBase[Store]):
     _own_abandoned = _breaker_policies.own_abandoned
     _settle_own = _breaker_policies.settle_own
     _ask_retry = _breaker_policies.ask_retry
+    # Reading and operator orders, fleet-wide.
+    snapshot = _breaker_orders.snapshot
+    _order = _breaker_orders.order
+    force_open = _breaker_orders.force_open
+    force_close = _breaker_orders.force_close
+    metrics_only = _breaker_orders.metrics_only
+    reset = _breaker_orders.reset
 
     def _built(self) -> None:
         # Set when the task renewing the local copy has Redis's answer (see _acquire).
@@ -402,47 +409,3 @@ class Breaker(BreakerBase[Store]):
             return await self.call(fn, *args, **kwargs)
 
         return guarded
-
-    # -- reading -------------------------------------------------------------------------
-
-    async def snapshot(self) -> Snapshot:
-        """The breaker as Redis holds it now (one round trip; changes nothing but the
-        sending of a cached breaker's counted successes)."""
-        await self.flush()
-        raw = await self.store.run("inspect", self._keys, self._core.inspect_args())
-        snapshot = self._core.on_inspect_reply(raw)
-        if self._quorum:
-            own = self._own
-            return self._with_process_state(
-                snapshot, None if own is None else await own.snapshot()
-            )
-        return snapshot
-
-    # -- operator orders, fleet-wide -------------------------------------------------------
-
-    async def _order(self, order: str, duration: Seconds | None) -> State:
-        args = self._core.control_args(order, duration)
-        return self._core.on_control_reply(await self.store.run("control", self._keys, args))
-
-    async def force_open(self, duration: Seconds | None = None) -> State:
-        """Reject every call fleet-wide, for ``duration`` or until another order."""
-        return await self._order("force_open", duration)
-
-    async def force_close(self, duration: Seconds | None = None) -> State:
-        """Admit every call fleet-wide and count nothing, for ``duration`` or until another
-        order."""
-        return await self._order("force_close", duration)
-
-    async def metrics_only(self, duration: Seconds | None = None) -> State:
-        """Admit every call fleet-wide, count, and report would-trips instead of opening,
-        for ``duration`` or until another order."""
-        return await self._order("metrics_only", duration)
-
-    async def reset(self) -> State:
-        """Back to closed with empty counts and no open backoff, fleet-wide (and this
-        process's own breaker too, with ``min_reporters`` > 1; other processes' own
-        breakers close by their own recovery)."""
-        state = await self._order("reset", None)
-        if self._own is not None:
-            await self._own.reset()
-        return state
