@@ -90,7 +90,14 @@ end
 -- This process failed (or was slow): it joins the distinct reporters of the window, a set
 -- that keeps only the newest min_reporters members, since no trip needs more.
 local function note_reporter(identity)
-  redis.call('ZADD', REPORTERS, NOW, identity)
+  local added = redis.pcall('ZADD', REPORTERS, NOW, identity)
+  if type(added) == 'table' and added.err then
+    -- Something else was written at the reporters key (by hand): dropped, as the probes
+    -- key would be, rather than fail every failure's record.
+    redis.call('DEL', REPORTERS)
+    redis.call('HSET', KEY, 'last_repair', 'dropped a non-zset at the reporters key')
+    redis.call('ZADD', REPORTERS, NOW, identity)
+  end
   redis.call('ZREMRANGEBYSCORE', REPORTERS, '-inf', NOW - CFG.window_ms)
   local extra = redis.call('ZCARD', REPORTERS) - CFG.min_reporters
   if extra > 0 then
@@ -102,7 +109,8 @@ end
 -- 0 when a trip may happen; else the distinct reporters short of min_reporters.
 local function reporters_short()
   if CFG.min_reporters <= 1 then return 0 end
-  local n = redis.call('ZCOUNT', REPORTERS, '(' .. int(NOW - CFG.window_ms), '+inf')
+  local n = redis.pcall('ZCOUNT', REPORTERS, '(' .. int(NOW - CFG.window_ms), '+inf')
+  if type(n) ~= 'number' then n = 0 end  -- not a sorted set (a hand edit): no reporter
   if n >= CFG.min_reporters then return 0 end
   return math.max(n, 1)
 end

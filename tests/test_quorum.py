@@ -226,6 +226,21 @@ def test_the_reporters_set_holds_at_most_min_reporters_within_the_window(
     assert fleet.reporters() == ["f"]  # the others left with the window
 
 
+def test_a_hand_written_reporters_key_is_dropped_not_fatal(fleet: Fleet) -> None:
+    """Something else written at the reporters key (by hand) does not stop failures from
+    being recorded: the key is dropped, the repair noted, and the quorum counts afresh."""
+    key = f"{PREFIX}:{{dep}}:reporters"
+    fleet.fail("a")
+    fleet.raw.delete(key)
+    fleet.raw.set(key, "not a sorted set")
+    fleet.fail("b")
+    assert fleet.reporters() == ["b"]
+    assert fleet.raw.hget(f"{PREFIX}:{{dep}}", "last_repair") == (
+        b"dropped a non-zset at the reporters key"
+    )
+    assert fleet.process("b").snapshot().consecutive_failures == 2
+
+
 @pytest.mark.parametrize("how", ["reset", "force_open", "metrics_only"])
 def test_a_fleet_transition_deletes_the_reporters(fleet: Fleet, how: str) -> None:
     fleet.fail("a")
