@@ -91,6 +91,29 @@ def test_with_a_budget_each_retry_asks_it_instead_of_a_recheck(
 # -- what it says -------------------------------------------------------------------------
 
 
+def test_a_budget_at_its_limit_does_not_flap_in_the_log(
+    driver: Driver, mem: AnyStore, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Grants and refusals in turn within one window bucket are one edge, not one per
+    call: available again only once a bucket (window / 10) passed with no refusal."""
+    caplog.set_level(logging.DEBUG, logger="redbreaker")
+    breaker = driver.breaker("dep", store=mem, retry_budget=0.5, retry_budget_floor=0.1, **QUIET)
+    guard = breaker.guard(retry_on=ConnectionError, max_attempts=2, **FAST)
+    for _ in range(20):  # 0.5 per call: every other retry is refused
+        with pytest.raises(ConnectionError):
+            guard.call(Dependency())
+    snap = breaker.snapshot()
+    assert snap.window_retries >= 9 and snap.retry_budget_exhausted_count >= 9
+    assert len(events(caplog, "retry_budget_exhausted")) == 1
+    assert events(caplog, "retry_budget_available") == []
+    clock.advance(WINDOW_S / 10)  # a bucket with no refusal, then a grant
+    breaker.call(lambda: "ok")  # one more call in the window: room for one more retry
+    breaker.call(lambda: "ok")
+    with pytest.raises(ConnectionError):
+        guard.call(Dependency())
+    assert len(events(caplog, "retry_budget_available")) == 1
+
+
 def test_exhaustion_is_logged_once_per_edge(
     driver: Driver, mem: AnyStore, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:

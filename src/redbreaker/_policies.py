@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -64,13 +65,26 @@ class FleetPolicies:
     """One breaker's fleet policies in one process: the retry budget's and the quorum's
     edges, each said once when it begins and once when it ends."""
 
-    __slots__ = ("_budget_exhausted", "_name", "_quorum_short", "_reports", "min_reporters")
+    __slots__ = (
+        "_budget_exhausted",
+        "_last_refusal_ms",
+        "_name",
+        "_quorum_short",
+        "_refill_ms",
+        "_reports",
+        "min_reporters",
+    )
 
     def __init__(self, name: str, config: BreakerConfig, reports: Reports) -> None:
         self._name = name
         self._reports = reports
         self.min_reporters = config.min_reporters
         self._budget_exhausted = False
+        self._last_refusal_ms = 0
+        # A budget near its limit grants and refuses in turn: it counts as available again
+        # only once a window bucket (window / 10) passed without a refusal, so a fleet at
+        # the limit logs one pair per bucket at most, not one per call.
+        self._refill_ms = max(1, math.ceil(config.window_seconds * 100))
         self._quorum_short = False
 
     @property
@@ -89,6 +103,7 @@ class FleetPolicies:
             raise CircuitOpenError(self._name, reply.state.value, retry_after)
         if reply.status == "exhausted":
             self._reports.policy("retry_budget_exhausted")
+            self._last_refusal_ms = reply.now_ms
             if not self._budget_exhausted:
                 self._budget_exhausted = True
                 logger.warning(
@@ -98,7 +113,7 @@ class FleetPolicies:
                     extra={"event": "retry_budget_exhausted", "breaker": self._name},
                 )
             return "exhausted"
-        if self._budget_exhausted:
+        if self._budget_exhausted and reply.now_ms - self._last_refusal_ms >= self._refill_ms:
             self._budget_exhausted = False
             logger.info(
                 "circuit %r: the fleet's retry budget allows retries again",
