@@ -103,7 +103,9 @@ def test_a_budget_at_its_limit_does_not_flap_in_the_log(
         with pytest.raises(ConnectionError):
             guard.call(Dependency())
     snap = breaker.snapshot()
-    assert snap.window_retries >= 9 and snap.retry_budget_exhausted_count >= 9
+    # Grants and refusals alternate: about half of the 20 retries each.
+    assert snap.window_retries >= 9
+    assert snap.retry_budget_exhausted_count >= 9
     assert len(events(caplog, "retry_budget_exhausted")) == 1
     assert events(caplog, "retry_budget_available") == []
     clock.advance(WINDOW_S / 10)  # a bucket with no refusal, then a grant
