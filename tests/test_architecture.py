@@ -39,6 +39,7 @@ CORE = (
     "_policies",
     "_policy_config",
     "_pool_limit",
+    "_settings",
     "_reach",
     "_shards",
     "_state",

@@ -93,7 +93,7 @@ class BreakerBase(Generic[S]):
         self._keys = self._core.keys
         self._cached = self.config.consistency == "cached"
         # With a quorum every call also asks this process's own breaker: no quiet lane.
-        self._quorum = self.config.min_reporters > 1
+        self._quorum = self._core.policies.quorum
         # The cached mode's local decisions (None in strict mode: Redis admits every call).
         self._lane = None if self._quorum else quiet_lane(self._core)
         self._hooks = on_transition
@@ -124,9 +124,12 @@ class BreakerBase(Generic[S]):
             self._own = own
         return own
 
-    def _process_rejection(self, exc: CircuitOpenError) -> CircuitOpenError:
-        """The rejection of this process's own breaker, as this breaker raises it."""
-        if self._core._observers:
+    def _process_rejection(
+        self, exc: CircuitOpenError, *, refused: bool = True
+    ) -> CircuitOpenError:
+        """The rejection of this process's own breaker, as this breaker raises it;
+        ``refused``: a call was refused (observers count it), not only asked about."""
+        if refused and self._core._observers:
             self._core.reports.rejection(exc.state)
         return CircuitOpenError(self.name, exc.state, exc.retry_after, "process")
 

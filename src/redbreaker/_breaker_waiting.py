@@ -80,7 +80,7 @@ def would_admit(self: Breaker) -> bool:
         try:
             self._own._would_admit()
         except CircuitOpenError as exc:
-            raise CircuitOpenError(self.name, exc.state, exc.retry_after, "process") from None
+            raise self._process_rejection(exc, refused=False) from None
     try:
         snapshot = self.snapshot()
     except StoreUnavailableError as exc:

@@ -73,12 +73,15 @@ class FleetPolicies:
         "_refill_ms",
         "_reports",
         "min_reporters",
+        "quorum",
     )
 
     def __init__(self, name: str, config: BreakerConfig, reports: Reports) -> None:
         self._name = name
         self._reports = reports
         self.min_reporters = config.min_reporters
+        # A trip needs more than one reporter, and each process keeps a breaker of its own.
+        self.quorum = config.min_reporters > 1
         self._budget_exhausted = False
         self._last_refusal_ms = 0
         # A budget near its limit grants and refuses in turn: it counts as available again
@@ -86,11 +89,6 @@ class FleetPolicies:
         # the limit logs one pair per bucket at most, not one per call.
         self._refill_ms = max(1, math.ceil(config.window_seconds * 100))
         self._quorum_short = False
-
-    @property
-    def quorum(self) -> bool:
-        """True when a trip needs more than one reporter (each process has its own breaker)."""
-        return self.min_reporters > 1
 
     def on_retry_reply(self, reply: RecordReply) -> RetryVerdict:
         """What the budget said of one retry.

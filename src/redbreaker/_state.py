@@ -303,27 +303,21 @@ _BUCKET_FIELDS = tuple(f"w.{i}" for i in range(10))
 _RETRY_FIELDS = tuple(f"r.{i}" for i in range(10))
 
 
-def _window_retries(fields: dict[str, str], now_ms: int, window_ms: int) -> int:
-    retries = 0
-    for key in _RETRY_FIELDS:
+def _live_sums(
+    fields: dict[str, str], names: tuple[str, ...], width: int, now_ms: int, window_ms: int
+) -> list[int]:
+    """The column sums of the live buckets among ``names`` (exactly the fields the scripts
+    read): each a ``start n1 n2 ...`` text of ``width`` numbers; one outside the window
+    or in another form counts nothing."""
+    sums = [0] * (width - 1)
+    for key in names:
         parts = fields.get(key, "").split(" ")
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
-            start, count = (int(p) for p in parts)
-            if now_ms - window_ms < start <= now_ms:
-                retries += count
-    return retries
-
-
-def _window(fields: dict[str, str], now_ms: int, window_ms: int) -> tuple[int, int, int]:
-    calls = failures = slow = 0
-    for key in _BUCKET_FIELDS:  # exactly the fields the scripts read, nothing else
-        parts = fields.get(key, "").split(" ")
-        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        if len(parts) != width or not all(p.isdigit() for p in parts):
             continue
-        start, c, f, s = (int(p) for p in parts)
+        start, *counts = (int(p) for p in parts)
         if now_ms - window_ms < start <= now_ms:
-            calls, failures, slow = calls + c, failures + f, slow + s
-    return calls, failures, slow
+            sums = [total + count for total, count in zip(sums, counts, strict=True)]
+    return sums
 
 
 def _stored_window_ms(fields: dict[str, str]) -> int | None:
@@ -352,7 +346,8 @@ def decode_snapshot(name: str, reply: Sequence[object], window_ms: int) -> Snaps
     fields = dict(zip(flat[0::2], flat[1::2], strict=False))
     state = _maybe_state(fields.get("state", "closed")) or State.CLOSED
     stored_window_ms = _stored_window_ms(fields) or window_ms
-    calls, failures, slow = _window(fields, now_ms, stored_window_ms)
+    calls, failures, slow = _live_sums(fields, _BUCKET_FIELDS, 4, now_ms, stored_window_ms)
+    [retries] = _live_sums(fields, _RETRY_FIELDS, 2, now_ms, stored_window_ms)
     open_until = _int(fields.get("open_until")) or None
     forced_until = _int(fields.get("forced_until")) or None
     retry_after: float | None = 0.0
@@ -382,7 +377,7 @@ def decode_snapshot(name: str, reply: Sequence[object], window_ms: int) -> Snaps
         changed_at_ms=_int(fields.get("changed_at")) or None,
         last_reason=fields.get("last_reason"),
         now_ms=now_ms,
-        window_retries=_window_retries(fields, now_ms, stored_window_ms),
+        window_retries=retries,
         retry_budget_exhausted_count=_int(fields.get("retry_budget_exhausted_count")),
         reporters=len(reporter_ids),
         reporter_ids=reporter_ids,

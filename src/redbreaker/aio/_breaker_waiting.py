@@ -71,7 +71,7 @@ async def would_admit(self: Breaker) -> bool:
         try:
             await self._own._would_admit()
         except CircuitOpenError as exc:
-            raise CircuitOpenError(self.name, exc.state, exc.retry_after, "process") from None
+            raise self._process_rejection(exc, refused=False) from None
     try:
         snapshot = await self.snapshot()
     except StoreUnavailableError as exc:
