@@ -7,7 +7,8 @@ import time
 from typing import TYPE_CHECKING
 
 import redis
-from redis.exceptions import NoPermissionError
+from redis.cluster import RedisCluster
+from redis.exceptions import NoPermissionError, RedisClusterException
 
 from . import _doctor_core as core
 from ._breaker import Breaker
@@ -79,8 +80,15 @@ def _failed(exc: BaseException, started: float) -> core.Answer:
 def _ask(store: Store, request: core.Ask) -> core.Answer:
     started = time.perf_counter()
     try:
-        value = store.client.execute_command(*request.argv)  # type: ignore[no-untyped-call]
-    except (redis.RedisError, OSError) as exc:
+        client = store.client
+        if request.node is not None:
+            assert isinstance(client, RedisCluster)
+            node = client.get_node(node_name=request.node)  # type: ignore[no-untyped-call]
+            if node is None or node.redis_connection is None:  # gone since the list was read
+                raise redis.ConnectionError(f"{request.node} is no longer a cluster node")
+            client = node.redis_connection
+        value = client.execute_command(*request.argv)  # type: ignore[no-untyped-call]
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
         return _failed(exc, started)
     return core.Answer(value=value, seconds=time.perf_counter() - started)
 
@@ -119,7 +127,13 @@ def _subscribe_once(store: Store) -> None:
 
 def diagnose(store: Store) -> core.DoctorReport:
     """Run every check on ``store`` (see :meth:`redbreaker.Store.doctor`)."""
-    steps = core.examine(store.prefix, embedded=is_embedded(store.client))
+    client = store.client
+    primaries = (
+        tuple(node.name for node in client.get_primaries())  # type: ignore[no-untyped-call]
+        if isinstance(client, RedisCluster)
+        else ()
+    )
+    steps = core.examine(store.prefix, embedded=is_embedded(client), primaries=primaries)
     try:
         request = next(steps)
         while True:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from . import _doctor_findings as checks
+from . import _doctor_nodes as nodes
 from ._doctor_findings import SCRATCH_NAME, SCRIPT_COMMANDS, Finding, Status
 from ._doctor_replies import (
     Answer,
@@ -21,9 +22,7 @@ from ._doctor_replies import (
     ErrorKind,
     LibraryStep,
     command_on_line,
-    config_pairs,
     failing_line,
-    info_fields,
     reply_text,
     short_error,
     version_tuple,
@@ -62,7 +61,6 @@ CHECKS = (
     "keys",
 )
 """Every check's name, in the order a report lists them."""
-PINGS = 5
 
 
 @dataclass(frozen=True)
@@ -103,39 +101,49 @@ Request = Union[Ask, LibraryStep]  # noqa: UP007 (a runtime alias on 3.10)
 Examination = Generator[Request, Answer, DoctorReport]
 
 
-
 # -- the examination -------------------------------------------------------------------
 
 
-def _round_trips(first: Answer, more: list[Answer]) -> list[float]:
-    # A refused PING (an ACL without it, as the documented one) still made a round trip.
-    return [a.seconds * 1000 for a in (first, *more) if a.kind in (None, "noperm")]
-
-
-def examine(prefix: str, *, embedded: bool) -> Examination:
+def examine(prefix: str, *, embedded: bool, primaries: tuple[str, ...] = ()) -> Examination:
     """The doctor's requests for a store with ``prefix``; returns the report.
 
     ``embedded``: the in-process store (``memory://``), where credentials, ACLs,
-    persistence and eviction do not apply.
+    persistence and eviction do not apply. ``primaries``: a Cluster's primaries
+    (``host:port``), each checked on its own for what is each server's.
     """
     findings: list[Finding] = []
     channel = f"{prefix}:events"
-    first = yield Ask(("PING",), timed=True)
+    # A Cluster client sends a command without keys nowhere in particular (asyncio's
+    # refuses it): those go to the first primary that answers.
+    for home in primaries or (None,):
+        first = yield Ask(("PING",), timed=True, node=home)
+        if first.kind != "unavailable":
+            break
     if first.kind == "unavailable":
         return DoctorReport(prefix, "none", (checks.unreachable(first.error),))
     if first.kind == "credentials":
         findings.append(Finding("reachable", "ok", "Redis answers"))
         findings.append(checks.refused_credentials(first.error))
         return DoctorReport(prefix, "none", tuple(findings))
-    more = []
-    for _ in range(PINGS - 1):
-        more.append((yield Ask(("PING",), timed=True)))
-    trips = _round_trips(first, more)
+    pings = [first]
+    for _ in range(nodes.PINGS - 1):
+        pings.append((yield Ask(("PING",), timed=True, node=home)))
+    trips = nodes.round_trips(pings)
+    state_key = re.compile(re.escape(prefix) + r":\{[^{}]*\}")
     if embedded:
-        return (yield from _examine_embedded(prefix, trips))
-    findings.append(Finding("reachable", "ok", "Redis answers"))
-    whoami = yield Ask(("ACL", "WHOAMI"))
+        return (yield from _examine_embedded(prefix, trips, state_key))
+    whoami = yield Ask(("ACL", "WHOAMI"), node=home)
     user = reply_text(whoami.value) if whoami.error is None else None
+    # Each server's facts come before the permission checks, which may write scratch keys.
+    servers: list[nodes.ServerFacts] = []
+    for node in primaries or (None,):
+        servers.append(
+            (yield from nodes.gather(node, prefix, state_key, None if primaries else trips))
+        )
+    up = [facts for facts in servers if facts.down is None]
+    findings.append(_reachable(servers))
+    if not up:
+        return DoctorReport(prefix, "none", tuple(findings))
     findings.append(
         Finding(
             "credentials",
@@ -143,20 +151,24 @@ def examine(prefix: str, *, embedded: bool) -> Examination:
             f"accepted, user {user!r}" if user else "accepted (ACL WHOAMI not allowed)",
         )
     )
-    server = info_fields((yield Ask(("INFO", "server"))))
-    persistence = info_fields((yield Ask(("INFO", "persistence"))))
-    memory = info_fields((yield Ask(("INFO", "memory"))))
-    save = config_pairs((yield Ask(("CONFIG", "GET", "save"))))
-    version = version_tuple(server.get("redis_version") if server else None)
-    findings.append(checks.version_finding(server, version))
-    findings.append(checks.latency_finding(trips))
-    # Keys are counted before the permission checks, which may write scratch keys.
-    keys, breakers, scan_error = yield from _count_keys(prefix)
+    versions = [version_tuple(f.server.get("redis_version") if f.server else None) for f in up]
+    known = [v for v in versions if v is not None]
+    version = min(known) if known else None
+    per_server = [nodes.server_findings(f, v) for f, v in zip(up, versions, strict=True)]
+
+    def one(check: str) -> Finding:
+        if not primaries:
+            return per_server[0][check]
+        pairs = zip(up, per_server, strict=True)
+        return nodes.merge(check, [(f.node or "", got[check]) for f, got in pairs])
+
+    findings.append(one("version"))
+    findings.append(one("latency"))
 
     method = "exercise"
     missing: list[str] = []
     if user:
-        dry = yield Ask(("ACL", "DRYRUN", user, "TIME"))
+        dry = yield Ask(("ACL", "DRYRUN", user, "TIME"), node=home)
         if dry.error is None:
             method = "acl-dryrun"
     route = yield LibraryStep("inspect")
@@ -165,26 +177,52 @@ def examine(prefix: str, *, embedded: bool) -> Examination:
     functions = bool(route.value)
     if method == "acl-dryrun":
         assert user is not None
-        for argv in _dryrun_commands(prefix, functions=functions):
-            reply = yield Ask(("ACL", "DRYRUN", user, *argv))
-            refusal = reply_text(reply.value) if reply.error is None else reply.error
-            if refusal.upper() != "OK":
-                missing.append(f"{argv[0]}: {refusal}")
+        missing += yield from _dry_run(prefix, user, functions, [f.node for f in up])
     else:
-        missing += yield from _exercise(prefix, channel)
-    if scan_error is not None and not any(m.startswith("SCAN") for m in missing):
-        missing.append(f"SCAN: {scan_error}")
-    findings.append(checks.permissions_finding(method, missing, prefix))
+        missing += yield from _exercise(prefix, channel, home)
+    scan_errors = [_on(f.node, f.scan_error) for f in up if f.scan_error is not None]
+    if scan_errors and not any(m.startswith("SCAN") for m in missing):
+        missing.append(f"SCAN: {scan_errors[0]}")
+    findings.append(checks.permissions_finding(method, missing, prefix, servers=len(up)))
     findings.append(checks.scripts_finding(functions, version, route.error))
-    findings.append(checks.persistence_finding(save, persistence))
-    findings.append(checks.eviction_finding(memory))
-    findings.append(checks.keys_finding(prefix, keys, breakers, scan_error))
+    findings.append(one("persistence"))
+    findings.append(one("eviction"))
+    findings.append(
+        checks.keys_finding(
+            prefix,
+            sum(f.keys for f in up),
+            sum(f.breakers for f in up),
+            scan_errors[0] if scan_errors else None,
+            servers=len(up),
+        )
+    )
     return DoctorReport(prefix, method, tuple(findings))
 
 
-def _examine_embedded(prefix: str, trips: list[float]) -> Examination:
+def _on(node: str | None, text: str) -> str:
+    return text if node is None else f"{text} (on {node})"
+
+
+def _reachable(servers: list[nodes.ServerFacts]) -> Finding:
+    if servers[0].node is None:
+        return Finding("reachable", "ok", "Redis answers")
+    down = [f for f in servers if f.down is not None]
+    if not down:
+        return Finding("reachable", "ok", f"Redis Cluster answers: {len(servers)} primaries")
+    return Finding(
+        "reachable",
+        "fail",
+        f"{len(down)} of {len(servers)} Cluster primaries do not answer: "
+        + "; ".join(f"{f.node}: {f.down}" for f in down),
+        "The breakers whose slots those primaries serve cannot be used. Check each node, "
+        "the address the cluster announces for it (cluster-announce-ip), firewalls, and "
+        "that the URL's credentials are on every node (ACL users are each server's own).",
+    )
+
+
+def _examine_embedded(prefix: str, trips: list[float], state_key: re.Pattern[str]) -> Examination:
     route = yield LibraryStep("inspect")
-    keys, breakers, scan_error = yield from _count_keys(prefix)
+    keys, breakers, scan_error = yield from nodes.count_keys(None, prefix, state_key)
     findings = [
         Finding("reachable", "ok", "the embedded in-process Redis (memory://) answers"),
         Finding("credentials", "ok", "none needed: the embedded store is in this process"),
@@ -205,23 +243,22 @@ def _examine_embedded(prefix: str, trips: list[float]) -> Examination:
     return DoctorReport(prefix, "embedded", tuple(findings))
 
 
-def _count_keys(prefix: str) -> Generator[Request, Answer, tuple[int, int, str | None]]:
-    keys = breakers = 0
-    cursor = "0"
-    state = re.compile(re.escape(prefix) + r":\{[^{}]*\}")
-    while True:
-        reply = yield Ask(("SCAN", cursor, "MATCH", f"{prefix}:*", "COUNT", "1000"))
-        if reply.error is not None:
-            return keys, breakers, reply.error
-        value = reply.value
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            return keys, breakers, f"unexpected SCAN reply {value!r}"
-        cursor = reply_text(value[0])
-        batch = [reply_text(k) for k in value[1]]
-        keys += len(batch)
-        breakers += sum(1 for k in batch if state.fullmatch(k))
-        if cursor == "0":
-            return keys, breakers, None
+def _dry_run(
+    prefix: str, user: str, functions: bool, servers: list[str | None]
+) -> Generator[Request, Answer, list[str]]:
+    """ACL DRYRUN of every command on every server (ACL users are each server's own);
+    a refusal seen on only some primaries names them."""
+    refused: dict[str, list[str]] = {}
+    for argv in _dryrun_commands(prefix, functions=functions):
+        for node in servers:
+            reply = yield Ask(("ACL", "DRYRUN", user, *argv), node=node)
+            refusal = reply_text(reply.value) if reply.error is None else reply.error
+            if refusal.upper() != "OK":
+                refused.setdefault(f"{argv[0]}: {refusal}", []).append(node or "")
+    return [
+        text if len(where) == len(servers) else f"{text} (on {', '.join(where)})"
+        for text, where in refused.items()
+    ]
 
 
 def _scratch_keys(prefix: str) -> tuple[str, str]:
@@ -265,7 +302,7 @@ def _dryrun_commands(prefix: str, *, functions: bool) -> list[tuple[str, ...]]:
     ]
 
 
-def _exercise(prefix: str, channel: str) -> Generator[Request, Answer, list[str]]:
+def _exercise(prefix: str, channel: str, home: str | None) -> Generator[Request, Answer, list[str]]:
     """Run the library's path, then each command the scripts use, on the scratch breaker;
     return what was refused. Every key it writes carries a TTL, and it deletes them."""
     missing: list[str] = []
@@ -306,7 +343,7 @@ def _exercise(prefix: str, channel: str) -> Generator[Request, Answer, list[str]
     ]
     keys_denied: list[str] = []
     for argv in direct:
-        answer = yield Ask(argv)
+        answer = yield Ask(argv, node=home if argv[0] in ("TIME", "PUBLISH") else None)
         if answer.kind != "noperm" or argv[0] in refused:
             continue
         refused.add(argv[0])

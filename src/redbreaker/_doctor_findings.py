@@ -106,13 +106,24 @@ def latency_finding(trips: list[float]) -> Finding:
     )
 
 
-def permissions_finding(method: str, missing: list[str], prefix: str) -> Finding:
-    how = (
-        "ACL DRYRUN per command (nothing written)"
-        if method == "acl-dryrun"
-        else f"by running them on the scratch breaker {SCRATCH_NAME!r} (keys deleted or "
-        "expiring within seconds; one reset event published)"
-    )
+def permissions_finding(
+    method: str, missing: list[str], prefix: str, *, servers: int = 1
+) -> Finding:
+    if method == "acl-dryrun":
+        how = "ACL DRYRUN per command (nothing written)"
+        if servers > 1:
+            how += f" on each of {servers} primaries"
+    else:
+        how = (
+            f"by running them on the scratch breaker {SCRATCH_NAME!r} (keys deleted or "
+            "expiring within seconds; one reset event published)"
+        )
+        if servers > 1:
+            # The scratch keys hash to one slot, so one primary ran them.
+            how += (
+                ", on the one primary that holds it: ACL users are each server's own, so "
+                "give every primary the same ACL (ACL DRYRUN, if allowed, checks them all)"
+            )
     if not missing:
         return Finding("permissions", "ok", f"every command the library needs is allowed, {how}")
     return Finding(
@@ -234,9 +245,12 @@ def eviction_finding(memory: Mapping[str, str] | None) -> Finding:
     )
 
 
-def keys_finding(prefix: str, keys: int, breakers: int, scan_error: str | None) -> Finding:
+def keys_finding(
+    prefix: str, keys: int, breakers: int, scan_error: str | None, *, servers: int = 1
+) -> Finding:
     if scan_error is not None:
         return Finding("keys", "warn", f"unknown: SCAN refused: {scan_error}")
     key_s = "key" if keys == 1 else "keys"
     breaker_s = "breaker" if breakers == 1 else "breakers"
-    return Finding("keys", "ok", f"{keys} {key_s} under {prefix!r}: {breakers} {breaker_s}")
+    where = "" if servers == 1 else f" on {servers} primaries"
+    return Finding("keys", "ok", f"{keys} {key_s} under {prefix!r}{where}: {breakers} {breaker_s}")

@@ -30,10 +30,12 @@ ErrorKind = Literal["unavailable", "credentials", "noperm", "unknown_command", "
 
 @dataclass(frozen=True)
 class Ask:
-    """Send ``argv`` as one command (``timed``: measure its round trip)."""
+    """Send ``argv`` as one command (``timed``: measure its round trip) through the
+    store's client, or to the one Cluster primary ``node`` (``host:port``)."""
 
     argv: tuple[str, ...]
     timed: bool = False
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,5 +151,3 @@ def command_on_line(source: str, line: int) -> str | None:
         return None
     found = re.search(r"redis\.p?call\(\s*'([A-Za-z]+)'", lines[line - 1])
     return found.group(1).upper() if found else None
-
-

@@ -295,7 +295,8 @@ class Store:
     def doctor(self) -> DoctorReport:
         """Check this store's Redis and explain what is wrong: reachability and round
         trip, credentials, version, every ACL permission the library needs, Functions or
-        scripts, persistence, eviction, and the keys under the prefix (docs/cli.md).
+        scripts, persistence, eviction, and the keys under the prefix (docs/cli.md). On a
+        Redis Cluster each primary is checked, and a finding names those that differ.
 
         Never raises for what it finds: an unreachable Redis is a failed ``reachable``
         finding. Where ``ACL DRYRUN`` is not allowed, the permissions are checked by

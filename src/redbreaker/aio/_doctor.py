@@ -3,10 +3,13 @@ decides what to ask and what the replies mean."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
 import redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from .. import _doctor_core as core
 from .._doctor import classify, is_embedded, scratch_config, script_command
@@ -31,8 +34,16 @@ def _failed(exc: BaseException, started: float) -> core.Answer:
 async def _ask(store: Store, request: core.Ask) -> core.Answer:
     started = time.perf_counter()
     try:
-        value = await store.client.execute_command(*request.argv)
-    except (redis.RedisError, OSError) as exc:
+        client = store.client
+        if request.node is None:
+            value = await client.execute_command(*request.argv)
+        else:
+            assert isinstance(client, RedisCluster)
+            node = client.get_node(node_name=request.node)
+            if node is None:  # gone since the list was read (a failover)
+                raise redis.ConnectionError(f"{request.node} is no longer a cluster node")
+            value = await node.execute_command(*request.argv)
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
         return _failed(exc, started)
     return core.Answer(value=value, seconds=time.perf_counter() - started)
 
@@ -63,7 +74,14 @@ async def _library(store: Store, request: core.LibraryStep) -> core.Answer:
 
 async def diagnose(store: Store) -> core.DoctorReport:
     """Run every check on ``store`` (see :meth:`redbreaker.aio.Store.doctor`)."""
-    steps = core.examine(store.prefix, embedded=is_embedded(store.client))
+    client = store.client
+    primaries: tuple[str, ...] = ()
+    if isinstance(client, RedisCluster):
+        # The asyncio client learns its nodes lazily; if it cannot, the first PING says why.
+        with contextlib.suppress(redis.RedisError, RedisClusterException, OSError):
+            await client.initialize()
+        primaries = tuple(node.name for node in client.get_primaries())
+    steps = core.examine(store.prefix, embedded=is_embedded(client), primaries=primaries)
     try:
         request = next(steps)
         while True:
