@@ -21,9 +21,10 @@ import redis.asyncio
 from redbreaker import ManualClock, StoreUnavailableError
 from redbreaker._core import BreakerCore
 from redbreaker.aio import Breaker
-from redbreaker.aio._store import Store, connect
+from redbreaker.aio._connect import connect
 
 if TYPE_CHECKING:
+    from redbreaker.aio._store import Store
     from redis_servers import RedisServer
 
 pytestmark = pytest.mark.redis_server

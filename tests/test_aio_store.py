@@ -24,11 +24,13 @@ import redbreaker
 from redbreaker import ConfigError, ManualClock, StoreError, StoreEvent, StoreUnavailableError
 from redbreaker._core import BreakerCore
 from redbreaker._shards import SlotChannels
-from redbreaker.aio._store import Store, connect
+from redbreaker.aio._connect import connect
 from redis_servers import RedisServer, RedisServerError, find_free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    from redbreaker.aio._store import Store
 
 PREFIX = "redbreaker"
 CHANNEL = f"{PREFIX}:events"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._breaker import Breaker, Permit, TransitionHook
 from ._clock import Clock, ManualClock, SystemClock
 from ._config import BreakerConfig, ExceptionMatcher, Seconds, StoreErrorPolicy
+from ._connect import connect
 from ._doctor_core import DoctorReport, Finding
 from ._exceptions import (
     AsyncCallError,
@@ -38,7 +39,7 @@ from ._health import StoreEvent
 from ._keys import check_name
 from ._observe import BreakerObserver, CallRecord
 from ._state import Snapshot, State, Transition
-from ._store import Store, StoreHook, connect
+from ._store import Store, StoreHook
 from ._streams import StreamConsumer
 from ._streams_core import StreamConfig, StreamMessage, StreamStats
 from ._testing import is_testing, set_testing

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from ._connect import connect
 from ._demo import DemoError, redact_url
 from ._exceptions import RedbreakerError, StoreUnavailableError
-from ._store import connect
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -29,6 +29,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ._breaker import Breaker
+from ._connect import connect
 from ._demo_forever import Tally, follow, print_forever_report, stop_signals
 from ._demo_redis import EmbeddedRedis, Watcher
 from ._demo_report import (
@@ -51,7 +52,6 @@ from ._demo_report import (
     redact_url,
 )
 from ._exceptions import CircuitOpenError
-from ._store import connect
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess

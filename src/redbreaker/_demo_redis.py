@@ -7,8 +7,8 @@ import contextlib
 import threading
 from typing import TYPE_CHECKING
 
+from ._connect import connect
 from ._demo_report import DemoError
-from ._store import connect
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -7,14 +7,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Union
 
 import redis
-from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.retry import Retry
 
 from . import _fork
 from ._clock import Clock, SystemClock
-from ._cluster import cluster_client, node_pools, router_for
-from ._config import hooks_setting, seconds_setting
+from ._cluster import node_pools, router_for
+from ._config import hooks_setting
 from ._direct import DirectPath, is_plain
 from ._exceptions import ConfigError
 from ._feed import TransitionFeed, watch
@@ -25,7 +23,6 @@ from ._memory import fakeredis_module, memory_server
 from ._observe import BreakerObserver, observers_setting
 from ._pool_limit import call_limit
 from ._scripts import SCRIPT_NAMES, function_name, library_source, script_source
-from ._url import StoreURL, parse_store_url
 from ._view import FleetView
 
 if TYPE_CHECKING:
@@ -36,7 +33,7 @@ if TYPE_CHECKING:
     from ._doctor_core import DoctorReport
     from ._state import Transition
 
-__all__ = ["Store", "StoreHook", "connect"]
+__all__ = ["RedisClient", "Store", "StoreHook", "memory_client"]
 
 StoreHook = Callable[[StoreEvent], None]
 """A callable run once per edge of a store's reachability (degraded, recovered)."""
@@ -224,8 +221,11 @@ class Store:
         Redis with this prefix and clock), closed with this store."""
         with self._fallback_lock:
             if self._fallback is None:
-                self._fallback = connect(
-                    "memory://", prefix=self.prefix, clock=self.clock, observers=self.observers
+                self._fallback = Store(
+                    memory_client(""),
+                    prefix=self.prefix,
+                    clock=self.clock,
+                    observers=self.observers,
                 )
             return self._fallback
 
@@ -235,7 +235,7 @@ class Store:
         owners report for them), new in a forked child (a new process has a new one)."""
         with self._fallback_lock:
             if self._process is None:
-                self._process = connect("memory://", prefix=self.prefix, clock=self.clock)
+                self._process = Store(memory_client(""), prefix=self.prefix, clock=self.clock)
             return self._process
 
     def _after_fork_in_child(self) -> None:
@@ -323,91 +323,6 @@ def _release_client_locks(client: RedisClient) -> None:
         _fork.reinit_lock(getattr(server, "lock", None))  # fakeredis's embedded server
 
 
-def _memory_client(name: str) -> RedisClient:
+def memory_client(name: str) -> RedisClient:
     client: RedisClient = fakeredis_module().FakeRedis(server=memory_server(name))
     return client
-
-
-def _sentinel_client(
-    spec: StoreURL, socket: dict[str, Any]
-) -> tuple[RedisClient, list[Callable[[], None]]]:
-    auth = {"username": spec.username, "password": spec.password}
-    sentinel = redis.Sentinel(  # type: ignore[no-untyped-call]
-        list(spec.sentinels), sentinel_kwargs={**auth, **socket}, **socket
-    )
-    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        spec.service, db=spec.db, **auth, **socket
-    )
-    return master, [s.close for s in sentinel.sentinels]
-
-
-def connect(
-    target: str | RedisClient,
-    *,
-    prefix: str = "redbreaker",
-    store_timeout: float = 0.5,
-    on_store_event: StoreHook | Iterable[StoreHook] = (),
-    clock: Clock | None = None,
-    observers: Iterable[BreakerObserver] = (),
-) -> Store:
-    """Open the store that holds breakers.
-
-    Args:
-        target: a URL, or a synchronous redis-py client (``decode_responses`` on or off).
-
-            - ``memory://`` -- the embedded default: an in-process Redis (fakeredis)
-              running the same Lua; private to this store. ``memory://<name>`` shares
-              one in-process Redis between every store of that name in this process.
-            - ``redis://``, ``rediss://`` (TLS), ``unix://`` -- as redis-py reads them,
-              credentials included: ``redis://user:password@host:6379/0``.
-            - ``redis+sentinel://host:port[,host:port]/service_name[/db]``.
-            - ``redis+cluster://host:port`` -- any node of a Redis Cluster.
-        prefix: every key starts with ``<prefix>:``; separate apps on one Redis use
-            separate prefixes and never see each other's breakers or events.
-        store_timeout: seconds one store call (connect, send, reply) may take on a client
-            built from a URL, which also never retries a call by itself: when Redis stalls,
-            a caller waits at most this long before its breaker's ``on_store_error``
-            applies. A client passed in keeps its own settings.
-        on_store_event: callables run with a :class:`StoreEvent` once per edge: when Redis
-            stops answering (``store_degraded``) and when it answers again
-            (``store_recovered``).
-        clock: a test clock (:class:`ManualClock`); production uses Redis ``TIME``.
-        observers: objects told of every call and transition of this store's breakers in
-            this process (``redbreaker.contrib.prometheus.PrometheusMetrics``,
-            ``redbreaker.contrib.otel.OtelMetrics``; see docs/metrics.md).
-
-    Raises:
-        ConfigError: an unknown scheme or a malformed URL (a ``ValueError``).
-    """
-    timeout = seconds_setting("store_timeout", store_timeout)
-    if not isinstance(target, str):
-        return Store(
-            target, prefix=prefix, clock=clock, on_store_event=on_store_event, observers=observers
-        )
-    observers = observers_setting(observers)  # checked before a client exists
-    # Short, single tries: the breaker's own policy decides what a failed call means, and
-    # redis-py's default retries would multiply every stall.
-    socket = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    spec = parse_store_url(target)
-    client: RedisClient
-    also_close: list[Callable[[], None]] = []
-    try:
-        if spec.scheme == "memory":
-            client = _memory_client(spec.memory_name)
-        elif spec.scheme == "redis+sentinel":
-            client, also_close = _sentinel_client(spec, socket)
-        elif spec.scheme == "redis+cluster":
-            client = cluster_client(spec.client_url, timeout)
-        else:
-            client = redis.Redis.from_url(spec.client_url, **socket)
-    except ValueError as exc:
-        raise ConfigError("target", f"{target!r}: {exc}") from exc
-    store = Store(
-        client, prefix=prefix, clock=clock, on_store_event=on_store_event, observers=observers
-    )
-    store._also_close = also_close
-    return store

@@ -32,7 +32,8 @@ from .._exceptions import (
 from .._state import Snapshot, State, Transition
 from .._streams_core import StreamConfig, StreamMessage, StreamStats
 from ._breaker import Breaker, Permit
-from ._store import Store, connect
+from ._connect import connect
+from ._store import Store
 from ._streams import StreamConsumer
 
 __all__ = [

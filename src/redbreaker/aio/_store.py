@@ -15,13 +15,10 @@ from typing import TYPE_CHECKING, Any, Union
 import redis
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 
 from .. import _fork
 from .._clock import Clock, SystemClock
-from .._config import hooks_setting, seconds_setting
+from .._config import hooks_setting
 from .._exceptions import ConfigError
 from .._health import SCRIPT_CALL_ERRORS, ScriptRoute, StoreEvent, StoreHealth, library_errors
 from .._keys import BreakerKeys, check_prefix
@@ -29,9 +26,8 @@ from .._memory import fakeredis_module, memory_server
 from .._observe import BreakerObserver, observers_setting
 from .._pool_limit import call_limit
 from .._scripts import SCRIPT_NAMES, function_name, library_source, script_source
-from .._url import StoreURL, parse_store_url
 from .._view import FleetView
-from ._cluster import cluster_client, router_for
+from ._cluster import router_for
 from ._direct import DirectPath, is_plain
 from ._feed import TransitionFeed, TransitionStream
 from ._gate import CallGate
@@ -45,7 +41,7 @@ if TYPE_CHECKING:
     from .._doctor_core import DoctorReport
     from ._shard_feed import ShardedStream
 
-__all__ = ["AsyncRedisClient", "Store", "StoreHook", "connect"]
+__all__ = ["AsyncRedisClient", "Store", "StoreHook", "memory_client"]
 
 StoreHook = Callable[[StoreEvent], None]
 """A callable run once per edge of a store's reachability (degraded, recovered)."""
@@ -249,8 +245,8 @@ class Store:
         fall back to while Redis is unreachable: one, made on first need (an embedded
         Redis with this prefix and clock), closed with this store."""
         if self._fallback is None:
-            self._fallback = connect(
-                "memory://", prefix=self.prefix, clock=self.clock, observers=self.observers
+            self._fallback = Store(
+                memory_client(""), prefix=self.prefix, clock=self.clock, observers=self.observers
             )
         return self._fallback
 
@@ -259,7 +255,7 @@ class Store:
         (``min_reporters`` > 1): one, made on first need, with no observers (their
         owners report for them), new in a forked child (a new process has a new one)."""
         if self._process is None:
-            self._process = connect("memory://", prefix=self.prefix, clock=self.clock)
+            self._process = Store(memory_client(""), prefix=self.prefix, clock=self.clock)
         return self._process
 
     def _after_fork_in_child(self) -> None:
@@ -339,90 +335,6 @@ class Store:
         return await diagnose(self)
 
 
-def _memory_client(name: str) -> AsyncRedisClient:
+def memory_client(name: str) -> AsyncRedisClient:
     client: AsyncRedisClient = fakeredis_module().FakeAsyncRedis(server=memory_server(name))
     return client
-
-
-def _sentinel_client(
-    spec: StoreURL, socket: dict[str, Any]
-) -> tuple[AsyncRedisClient, list[Callable[[], Awaitable[object]]]]:
-    auth: dict[str, Any] = {"username": spec.username, "password": spec.password}
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(spec.sentinels), sentinel_kwargs={**auth, **socket}, **socket
-    )
-    master: redis.asyncio.Redis = sentinel.master_for(spec.service, db=spec.db, **auth, **socket)
-    return master, [s.aclose for s in sentinel.sentinels]
-
-
-def connect(
-    target: str | AsyncRedisClient,
-    *,
-    prefix: str = "redbreaker",
-    store_timeout: float = 0.5,
-    on_store_event: StoreHook | Iterable[StoreHook] = (),
-    clock: Clock | None = None,
-    observers: Iterable[BreakerObserver] = (),
-) -> Store:
-    """Open the store that holds ``redbreaker.aio`` breakers. No I/O here: the client
-    connects on first use (call it inside or outside the event loop).
-
-    Args:
-        target: a URL, or a ``redis.asyncio`` client (``decode_responses`` on or off),
-            used as it is. The URLs are :func:`redbreaker.connect`'s:
-
-            - ``memory://`` -- an in-process Redis (fakeredis) private to this store;
-              ``memory://<name>`` one shared by every store of that name in this
-              process, sync stores included.
-            - ``redis://``, ``rediss://`` (TLS), ``unix://`` -- as redis-py reads them.
-            - ``redis+sentinel://host:port[,host:port]/service_name[/db]``.
-            - ``redis+cluster://host:port`` -- any node of a Redis Cluster.
-        prefix: every key starts with ``<prefix>:``.
-        store_timeout: seconds one store call (connect, send, reply) may take on a client
-            built from a URL, which also never retries a call by itself.
-        on_store_event: callables run with a :class:`StoreEvent` once per edge
-            (``store_degraded``, ``store_recovered``), on the event loop.
-        clock: a test clock (:class:`ManualClock`); production uses Redis ``TIME``.
-        observers: objects told of every call and transition of this store's breakers in
-            this process (``redbreaker.contrib.prometheus.PrometheusMetrics``,
-            ``redbreaker.contrib.otel.OtelMetrics``; see docs/metrics.md).
-
-    Raises:
-        ConfigError: an unknown scheme, a malformed URL, or a synchronous client (a
-            ``ValueError``).
-    """
-    timeout = seconds_setting("store_timeout", store_timeout)
-    if not isinstance(target, str):
-        return Store(
-            target, prefix=prefix, clock=clock, on_store_event=on_store_event, observers=observers
-        )
-    # Checked before a client exists, so that a bad setting leaves nothing to close.
-    check_prefix(prefix)
-    hooks_setting("on_store_event", on_store_event)
-    observers = observers_setting(observers)
-    # Short, single tries: the breaker's own policy decides what a failed call means, and
-    # redis-py's default retries would multiply every stall.
-    socket: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    spec = parse_store_url(target)
-    client: AsyncRedisClient
-    also_close: list[Callable[[], Awaitable[object]]] = []
-    try:
-        if spec.scheme == "memory":
-            client = _memory_client(spec.memory_name)
-        elif spec.scheme == "redis+sentinel":
-            client, also_close = _sentinel_client(spec, socket)
-        elif spec.scheme == "redis+cluster":
-            client = cluster_client(spec.client_url, timeout)
-        else:
-            client = redis.asyncio.Redis.from_url(spec.client_url, **socket)
-    except ValueError as exc:
-        raise ConfigError("target", f"{target!r}: {exc}") from exc
-    store = Store(
-        client, prefix=prefix, clock=clock, on_store_event=on_store_event, observers=observers
-    )
-    store._also_close = also_close
-    return store
