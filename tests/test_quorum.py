@@ -208,6 +208,34 @@ def test_the_fleet_trips_once_min_reporters_distinct_processes_failed(
         assert info.value.scope == "fleet"
 
 
+def test_the_worst_leak_is_a_threshold_per_missing_reporter(fleet: Fleet) -> None:
+    """The bound docs/policies.md states for a fleet whose processes fail one after
+    another: each of the first min_reporters - 1 fails until its own breaker stops it, and
+    the next one's first failure trips the fleet: (3 - 1) x 3 + 1 = 7 dependency calls."""
+    calls: list[str] = []
+    scopes: dict[str, str] = {}
+    for identity in ("a", "b", "c", "d"):
+        with as_reporter(identity):
+            breaker = fleet.process(identity)
+            while identity not in scopes:
+
+                def down(who: str = identity) -> None:
+                    calls.append(who)
+                    raise ConnectionError("down")
+
+                try:
+                    breaker.call(down)
+                except CircuitOpenError as rejected:
+                    scopes[identity] = rejected.scope
+                except ConnectionError:
+                    pass
+    bound = (QUORUM["min_reporters"] - 1) * QUORUM["failure_threshold"] + 1
+    assert len(calls) == bound == 7
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["c"]
+    assert scopes == {"a": "process", "b": "process", "c": "fleet", "d": "fleet"}
+    assert fleet.process("d").snapshot().state is State.OPEN
+
+
 def test_the_reporters_set_holds_at_most_min_reporters_within_the_window(
     driver: Driver, clock: ManualClock
 ) -> None:
