@@ -17,7 +17,7 @@ from test_cluster_full import _one_name_per_node
 from test_topologies import _cluster_url, cluster, cluster_nodes
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from redis_servers import RedisServer
 
@@ -47,6 +47,22 @@ def _finding(report: redbreaker.DoctorReport, check: str) -> redbreaker.Finding:
     found = report.finding(check)
     assert found is not None, report
     return found
+
+
+def _doctor_as_user(
+    nodes: list[RedisServer], driver: str, rules: Callable[[RedisServer], list[str]]
+) -> redbreaker.DoctorReport:
+    """The doctor run as the ACL user ``doc``, whose rules on each primary are
+    ``rules(primary)`` (ACL users are each server's own); the user is deleted after."""
+    for server in nodes:
+        with server.client() as r:
+            r.execute_command("ACL", "SETUSER", "doc", "reset", "on", ">pw", *rules(server))
+    try:
+        return _doctor(driver, _cluster_url(nodes).replace("://", "://doc:pw@"))
+    finally:
+        for server in nodes:
+            with server.client() as r:
+                r.execute_command("ACL", "DELUSER", "doc")
 
 
 @pytest.fixture
@@ -114,18 +130,11 @@ def test_dry_run_names_the_primary_whose_acl_lacks_a_command(
     """ACL users are each server's own: a user who may not ZADD on one primary fails the
     permissions check, and the finding names that primary alone."""
     odd = cluster_nodes[2]
-    for server in cluster_nodes:
-        denied = ["-zadd"] if server is odd else []
-        with server.client() as r:
-            r.execute_command(
-                "ACL", "SETUSER", "doc", "reset", "on", ">pw", "~*", "&*", "+@all", *denied
-            )
-    try:
-        report = _doctor("sync", _cluster_url(cluster_nodes).replace("://", "://doc:pw@"))
-    finally:
-        for server in cluster_nodes:
-            with server.client() as r:
-                r.execute_command("ACL", "DELUSER", "doc")
+    report = _doctor_as_user(
+        cluster_nodes,
+        "sync",
+        lambda server: ["~*", "&*", "+@all", *(["-zadd"] if server is odd else [])],
+    )
     assert report.method == "acl-dryrun"
     permissions = _finding(report, "permissions")
     assert permissions.status == "fail"
@@ -145,17 +154,7 @@ def test_without_dry_run_the_library_path_runs_on_the_cluster(
     """No ACL DRYRUN: the library's path and each script command run on the scratch
     breaker's primary (keyless ones on the first primary), all allowed, and the summary
     says that one primary ran them."""
-    for server in cluster_nodes:
-        with server.client() as r:
-            r.execute_command(
-                "ACL", "SETUSER", "doc", "reset", "on", ">pw", "~*", "&*", "+@all", "-acl|dryrun"
-            )
-    try:
-        report = _doctor(driver, _cluster_url(cluster_nodes).replace("://", "://doc:pw@"))
-    finally:
-        for server in cluster_nodes:
-            with server.client() as r:
-                r.execute_command("ACL", "DELUSER", "doc")
+    report = _doctor_as_user(cluster_nodes, driver, lambda _: ["~*", "&*", "+@all", "-acl|dryrun"])
     assert report.method == "exercise"
     permissions = _finding(report, "permissions")
     assert permissions.status == "ok", permissions
