@@ -10,6 +10,7 @@ moves only by what a test advances.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from redbreaker import BreakerConfig, CircuitOpenError, ConfigError, Failure, Ma
 
 if TYPE_CHECKING:
     import logging
+    from collections.abc import Callable
 
     from drivers import AnyBreaker, AnyStore, Driver
 
@@ -254,6 +256,36 @@ def test_an_open_breaker_ends_the_retries(driver: Driver, mem: AnyStore, how: st
     assert info.value.scope == "fleet"
     assert fn.calls == 1
     assert breaker.snapshot().retry_budget_exhausted_count == 0
+
+
+class SleepHook(ManualClock):
+    """A test clock that runs ``during_sleep`` once, inside the first sleep."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during_sleep: list[Callable[[], None]] = []
+
+    def sleep(self, seconds: float) -> None:
+        while self.during_sleep:
+            self.during_sleep.pop()()
+        super().sleep(seconds)
+
+
+def test_an_open_heard_during_the_backoff_ends_the_retries(driver: Driver) -> None:
+    """The budget is asked before the backoff; an open this process hears while it sleeps
+    (its feed, another call's rejection) still stops the retry, with no round trip."""
+    clock = SleepHook()
+    store = driver.connect("memory://", clock=clock)
+    breaker = driver.breaker("dep", store=store, retry_budget=1.0, **QUIET)
+    fn = Dependency()
+    event = json.dumps({"name": "dep", "to_state": "open", "retry_after_ms": 5000})
+    clock.during_sleep.append(lambda: store.view.heard_event(event))
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.guard(retry_on=ConnectionError, max_attempts=3, **FAST).call(fn)
+    assert info.value.state == "open"
+    assert fn.calls == 1
+    # the retry had been granted (counted) before the sleep
+    assert breaker.snapshot().window_retries == 1
 
 
 def test_forced_closed_grants_every_retry_uncounted(driver: Driver, mem: AnyStore) -> None:

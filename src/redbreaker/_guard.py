@@ -195,7 +195,11 @@ class Guard(GuardCore):
         if call.attempts:
             if call.budget_exhausted:
                 return self._budget_spent(call)  # type: ignore[no-any-return]
-            if not self._budgeted and self.config.recheck_breaker:
+            if self._budgeted:
+                # The budget was asked before the backoff: an open this process heard while
+                # it slept (its feed, another call's rejection) still stops the retry.
+                self._link.check_cached_rejection()
+            elif self.config.recheck_breaker:
                 self._recheck()
         budget = self._budget(call)
         call.attempts += 1
