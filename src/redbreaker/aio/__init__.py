@@ -31,8 +31,9 @@ from .._exceptions import (
 )
 from .._state import Snapshot, State, Transition
 from .._streams_core import StreamConfig, StreamMessage, StreamStats
-from ._breaker import Breaker, Permit
+from ._breaker import Breaker
 from ._connect import connect
+from ._permit import Permit
 from ._store import Store
 from ._streams import StreamConsumer
 

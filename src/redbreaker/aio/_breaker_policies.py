@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
     from .._core import Outcome, PermitState
     from .._policies import RetryVerdict
-    from ._breaker import Breaker, Permit
+    from ._breaker import Breaker
+    from ._permit import Permit
 
 __all__ = ["acquire_with_own", "ask_retry", "own_abandoned", "settle_own"]
 

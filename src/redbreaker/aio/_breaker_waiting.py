@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from .._config import Seconds
-    from ._breaker import Breaker, Permit
+    from ._breaker import Breaker
+    from ._permit import Permit
 
 __all__ = ["acquire_waiting", "wait_admitting", "waiting", "would_admit"]
 

@@ -30,7 +30,8 @@ from .._guard_core import IN_RETRY_LOOP, GuardCall, GuardCore, ReplayedFirst
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Generator
 
-    from ._breaker import Breaker, Permit
+    from ._breaker import Breaker
+    from ._permit import Permit
 
 __all__ = ["BreakerLink", "Guard", "GuardedFunction", "build_guard"]
 

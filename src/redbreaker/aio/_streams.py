@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from .._streams_base import StreamSettings
-    from ._breaker import Permit
+    from ._permit import Permit
 
 __all__ = ["StreamConsumer"]
 
