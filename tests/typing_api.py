@@ -6,7 +6,12 @@ unused ignore), so a decorator that erased the signature would fail this file.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import redbreaker
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Iterator
 
 store = redbreaker.connect("memory://")
 payments = redbreaker.Breaker("payments-api", store=store, failure_threshold=5)
@@ -76,3 +81,28 @@ async def _aio_api() -> None:
     wrong_body: str = await orders.call(fetch, "x")  # type: ignore[call-overload]
     await orders.call(fetch, 1)  # type: ignore[call-overload]
     del body, size, wrong_body
+
+    @orders
+    async def pages(url: str) -> AsyncGenerator[bytes, None]:
+        yield url.encode()
+
+    @orders
+    async def fetched(url: str) -> bytes:
+        return url.encode()
+
+    async for page in pages("https://example.invalid"):
+        page_size: int = len(page)
+        del page_size
+    whole: bytes = await fetched("x")
+    not_a_page: str = await fetched("x")  # type: ignore[assignment]
+    pages(1)  # type: ignore[arg-type]
+    del whole, not_a_page
+
+
+@payments
+def statement_lines(account: str) -> Iterator[str]:
+    yield account
+
+
+first_line: str = next(statement_lines("acct"))
+statement_lines(1)  # type: ignore[arg-type]

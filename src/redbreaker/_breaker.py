@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from . import _breaker_orders, _breaker_policies, _breaker_waiting, _fork
 from ._bases import BreakerBase
-from ._callables import ASYNC_CODE, require_sync
+from ._callables import ASYNC_CODE, ITERATING_CODE, is_generator_function, require_sync
 from ._core import Outcome, PermitState, TransitionHook
 from ._exceptions import (
     AsyncCallError,
@@ -35,6 +35,7 @@ from ._exceptions import (
     StoreUnavailableError,
 )
 from ._guard import BreakerLink, Guard, GuardConfig, build_guard
+from ._iteration import iterate
 from ._permit import LeaseHold, Permit
 from ._store import Store
 from ._timeout import AttemptRunner
@@ -52,6 +53,9 @@ __all__ = ["Breaker", "LeaseHold", "Permit", "TransitionHook"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+# What call() looks at more closely: a coroutine function (refused), a generator function
+# (its permit spans the iteration).
+_SLOW_CODE = ASYNC_CODE | ITERATING_CODE
 
 
 class Breaker(BreakerBase[Store]):
@@ -291,14 +295,19 @@ class Breaker(BreakerBase[Store]):
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)`` through the breaker and return its result.
 
-        The function's own exceptions pass through unchanged.
+        The function's own exceptions pass through unchanged. Of a generator function,
+        the generator is returned and the permit spans its iteration: taken at the first
+        ``next()`` (a rejection is raised there), a success when it is exhausted, its
+        exception classified as a call's, nothing counted when it is closed early.
 
         Raises:
             CircuitOpenError: rejected; ``fn`` did not run.
         """
         code = getattr(fn, "__code__", None)  # require_sync's fast case, inlined: every call
-        if code is None or code.co_flags & ASYNC_CODE:
+        if code is None or code.co_flags & _SLOW_CODE:
             require_sync(fn, self, "call()")
+            if is_generator_function(fn):
+                return iterate(self, fn, args, kwargs)  # type: ignore[arg-type, return-value]
         lane = self._lane
         if lane is not None:
             self.store.poll_feed()  # a transition published meanwhile counts from now on
@@ -356,7 +365,8 @@ class Breaker(BreakerBase[Store]):
         self._send_record(permit, outcome, args, keep_lease=keep_lease)
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """Use the breaker as a decorator: every call of ``fn`` goes through it.
+        """Use the breaker as a decorator: every call of ``fn`` goes through it (of a
+        generator function, every iteration: see :meth:`call`).
 
         Raises:
             AsyncCallError: ``fn`` is a coroutine function (use ``redbreaker.aio``).

@@ -1,4 +1,6 @@
-"""What the sync API accepts as work: plain callables, never coroutines. No I/O here."""
+"""What the APIs accept as work: the sync API plain callables, never coroutines; the
+asyncio API coroutine functions; generator functions only where the permit can span the
+iteration (a breaker, not a guard). No I/O here."""
 
 from __future__ import annotations
 
@@ -10,9 +12,25 @@ from ._exceptions import AsyncCallError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["ASYNC_CODE", "is_awaitable", "refuse_result", "require_async", "require_sync"]
+__all__ = [
+    "ASYNC_CODE",
+    "ITERATING_CODE",
+    "is_async_generator_function",
+    "is_awaitable",
+    "is_generator_function",
+    "refuse_generator",
+    "refuse_result",
+    "require_async",
+    "require_sync",
+]
 
 ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+ITERATING_CODE = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+_NOT_FOR_A_GUARD = (
+    "a guard retries and times out calls, and a generator's items can be neither replayed "
+    "nor bounded by one attempt timeout; decorate the generator function with the breaker "
+    "itself (@breaker), whose permit spans the iteration"
+)
 
 
 def _describe(fn: object) -> str:
@@ -33,6 +51,32 @@ def require_sync(fn: Callable[..., object], owner: object, verb: str) -> None:
         getattr(fn, "__call__", None)  # noqa: B004 (the method, not callable())
     ):
         raise AsyncCallError(f"{owner!r}: {verb} got the coroutine function {_describe(fn)}")
+
+
+def is_generator_function(fn: object) -> bool:
+    """True for a generator function (or an object whose ``__call__`` is one)."""
+    return inspect.isgeneratorfunction(fn) or inspect.isgeneratorfunction(
+        getattr(fn, "__call__", None)  # noqa: B004 (the method, not callable())
+    )
+
+
+def is_async_generator_function(fn: object) -> bool:
+    """True for an async generator function (or an object whose ``__call__`` is one)."""
+    return inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(
+        getattr(fn, "__call__", None)  # noqa: B004 (the method, not callable())
+    )
+
+
+def refuse_generator(fn: Callable[..., object], owner: object, verb: str) -> None:
+    """Raise ``TypeError`` if ``fn`` is a generator function: a guard cannot retry or
+    time out its items. Cheap for a plain function (one flag test)."""
+    code = getattr(fn, "__code__", None)
+    if code is not None and not code.co_flags & ITERATING_CODE:
+        return
+    if is_generator_function(fn) or is_async_generator_function(fn):
+        raise TypeError(
+            f"{owner!r}: {verb} got the generator function {_describe(fn)}: " + _NOT_FOR_A_GUARD
+        )
 
 
 def require_async(fn: Callable[..., object], owner: object, verb: str) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 import tenacity as _t
 
 from . import _fork
-from ._callables import require_sync
+from ._callables import refuse_generator, require_sync
 from ._config import Seconds, plain_callable_setting, seconds_setting
 from ._exceptions import (
     AsyncCallError,
@@ -123,6 +123,7 @@ class Guard(GuardCore):
     def outcome(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Outcome[R]:
         """Like :meth:`call`, but say whether the value is degraded and why."""
         require_sync(fn, self, "call()")
+        refuse_generator(fn, self, "call()")
         call = GuardCall()
         try:
             value = self._through_breaker(call, functools.partial(fn, *args, **kwargs))
@@ -139,6 +140,7 @@ class Guard(GuardCore):
             AsyncCallError: ``fn`` is a coroutine function (use ``redbreaker.aio``).
         """
         require_sync(fn, self, "the decorator")
+        refuse_generator(fn, self, "the decorator")
         return GuardedFunction(self, fn)
 
     def _through_breaker(self, call: GuardCall, fn: Callable[[], R]) -> R:

@@ -10,15 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from .. import _fork
 from .._bases import BreakerBase
-from .._callables import require_async
+from .._callables import (
+    ITERATING_CODE,
+    is_async_generator_function,
+    is_generator_function,
+    require_async,
+)
 from .._exceptions import (
     StoreError,
     StoreUnavailableError,
 )
+from .._iteration import iterate_async
 from .._waiting import max_wait_setting
 from . import _breaker_orders, _breaker_policies, _breaker_waiting
 from ._guard import BreakerLink, Guard, build_guard
@@ -26,7 +32,7 @@ from ._permit import Permit, _Acquiring
 from ._store import Store
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncGenerator, Awaitable, Callable
 
     from typing_extensions import Unpack
 
@@ -39,6 +45,8 @@ __all__ = ["Breaker", "Permit"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Y = TypeVar("Y")
+S = TypeVar("S")
 
 # Releases sent for cancelled callers run as tasks of their own (a cancelled task must not
 # await anything more); a reference keeps each alive until it is done.
@@ -240,9 +248,22 @@ class Breaker(BreakerBase[Store]):
         The function's own exceptions pass through unchanged; a cancellation frees a
         probe's slot at once and counts nothing.
 
+        Of an async generator function, the async generator is returned and the permit
+        spans its iteration (see :meth:`redbreaker.Breaker.call`); a plain generator
+        function is refused (``TypeError``): its items would be produced by blocking calls.
+
         Raises:
             CircuitOpenError: rejected; ``fn`` did not run.
         """
+        code = getattr(fn, "__code__", None)
+        if code is None or code.co_flags & ITERATING_CODE:
+            if is_async_generator_function(fn):
+                return iterate_async(self, fn, args, kwargs)  # type: ignore[arg-type, return-value]
+            if is_generator_function(fn):
+                raise TypeError(
+                    f"{self!r}: call() got the generator function {fn!r}: an async breaker "
+                    "guards an async generator function, or use redbreaker.Breaker"
+                )
         permit = await self._acquire()
         finishing = False
         try:
@@ -291,16 +312,36 @@ class Breaker(BreakerBase[Store]):
         )
         return build_guard(link, config, dict(settings))
 
-    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-        """Use the breaker as a decorator of a coroutine function.
+    @overload
+    def __call__(
+        self, fn: Callable[P, AsyncGenerator[Y, S]]
+    ) -> Callable[P, AsyncGenerator[Y, S]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+
+    def __call__(
+        self, fn: Callable[P, Awaitable[R]] | Callable[P, AsyncGenerator[Y, S]]
+    ) -> Callable[P, Awaitable[R]] | Callable[P, AsyncGenerator[Y, S]]:
+        """Use the breaker as a decorator of a coroutine function, or of an async
+        generator function (the permit spans each iteration: see :meth:`call`).
 
         Raises:
-            TypeError: ``fn`` is not a coroutine function (use :class:`redbreaker.Breaker`).
+            TypeError: ``fn`` is neither (use :class:`redbreaker.Breaker`).
         """
-        require_async(fn, self, "the decorator")
+        if is_async_generator_function(fn):
+            generator_fn = cast("Callable[P, AsyncGenerator[Y, S]]", fn)
 
-        @functools.wraps(fn)
+            @functools.wraps(generator_fn)
+            def iterating(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Y, S]:
+                return iterate_async(self, generator_fn, args, kwargs)
+
+            return iterating
+        require_async(fn, self, "the decorator")
+        coroutine_fn = cast("Callable[P, Awaitable[R]]", fn)
+
+        @functools.wraps(coroutine_fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            return await self.call(fn, *args, **kwargs)
+            return await self.call(coroutine_fn, *args, **kwargs)
 
         return guarded

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 import tenacity as _t
 
-from .._callables import is_awaitable, require_async
+from .._callables import is_awaitable, refuse_generator, require_async
 from .._clock import SystemClock
 from .._exceptions import (
     AttemptTimeoutError,
@@ -85,6 +85,7 @@ class Guard(GuardCore):
         Raises:
             TypeError: ``fn`` is not a coroutine function (before anything is counted).
         """
+        refuse_generator(fn, self, "call()")
         require_async(fn, self, "call()")
         call = GuardCall()
         try:
@@ -108,6 +109,7 @@ class Guard(GuardCore):
         Raises:
             TypeError: ``fn`` is not a coroutine function (use the sync guard).
         """
+        refuse_generator(fn, self, "the decorator")
         require_async(fn, self, "the decorator")
         return GuardedFunction(self, fn)
 
