@@ -9,9 +9,11 @@
 --
 -- keys[1]  the breaker hash            <prefix>:{<name>}
 -- keys[2]  the probe leases (ZSET)     <prefix>:{<name>}:probes   member = token, score = expiry ms
---          and one key named after keys[1], in its slot by the same hash tag:
---          the reporters (ZSET)        <prefix>:{<name>}:reporters member = process identity,
---                                      score = its last failure ms (only min_reporters > 1)
+-- keys[3]  the reporters (ZSET)        <prefix>:{<name>}:reporters member = process identity,
+--          score = its last failure ms; given where a script may touch it: every script
+--          of a config with min_reporters > 1 (an error without it), and inspect always
+--          (absent, inspect reports no reporters). Every key a script touches is one of
+--          its KEYS, as Redis asks; all three share the {<name>} hash tag, one slot.
 --
 -- argv[1]  server time override in Unix ms, or '' to use Redis TIME (the override is a test seam)
 -- argv[2]  the pub/sub channel transitions are PUBLISHed on
@@ -150,13 +152,18 @@ end
 
 -- Set the per-call context; returns an error text when the arguments are unusable.
 local function begin(keys, argv)
-  A, KEY, PROBES = argv, keys[1], keys[2]
-  REPORTERS = KEY .. ':reporters'
+  A, KEY, PROBES, REPORTERS = argv, keys[1], keys[2], keys[3]
   CHANNEL, NAME = argv[2], argv[3]
   JITTER_SAMPLE = tonumber(argv[4]) or 0
   local cfg, err = config_of(argv[5] or '')
   if cfg == nil then return err end
   CFG = cfg
+  if REPORTERS ~= nil and REPORTERS ~= KEY .. ':reporters' then
+    return 'redbreaker: KEYS[3] must be the reporters key ' .. KEY .. ':reporters'
+  end
+  if REPORTERS == nil and CFG.min_reporters > 1 then
+    return 'redbreaker: min_reporters > 1 needs KEYS[3], the reporters key'
+  end
   EVENTS = {}
   BUCKET_TEXT = {}
   NOW = now_ms()

@@ -1,6 +1,6 @@
 -- acquire.lua: "may this call go ahead?" Decides admission for one call, fleet-wide.
 --
--- KEYS[1], KEYS[2], ARGV[1..5]: as in _common.lua (composed before this file).
+-- KEYS[1], KEYS[2] (KEYS[3]), ARGV[1..5]: as in _common.lua (composed before this file).
 -- ARGV[6] the token to lease a probe slot under, chosen by the caller (1-64 characters of
 --         letters, digits, '.' and '-'), so that a caller interrupted before it read this
 --         reply can still free the slot; '' leases under '<generation>.<probe_seq>'

@@ -1,6 +1,6 @@
 -- control.lua: an operator's order, applied fleet-wide.
 --
--- KEYS[1], KEYS[2], ARGV[1..5]: as in _common.lua (composed before this file).
+-- KEYS[1], KEYS[2] (KEYS[3]), ARGV[1..5]: as in _common.lua (composed before this file).
 -- ARGV[6] order: 'force_open' | 'force_close' | 'metrics_only' | 'reset'
 -- ARGV[7] how long the order holds in ms, or '' for no deadline (ignored by 'reset')
 --

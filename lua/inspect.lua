@@ -1,6 +1,6 @@
 -- inspect.lua: read a breaker without changing it.
 --
--- KEYS[1], KEYS[2], ARGV[1..5]: as in _common.lua (composed before this file).
+-- KEYS[1], KEYS[2] (KEYS[3]), ARGV[1..5]: as in _common.lua (composed before this file).
 --
 -- Returns {now_ms, probes_in_flight, {reporter_1, ...}, field_1, value_1, field_2, value_2, ...}:
 -- the hash as HGETALL gives it (empty when the breaker does not exist), the probe leases
@@ -21,7 +21,7 @@ local function inspect(keys, argv)
     probes = redis.call('ZCOUNT', PROBES, '(' .. int(NOW), '+inf')
   end
   local reporters = {}
-  if redis.call('TYPE', REPORTERS)['ok'] == 'zset' then
+  if REPORTERS ~= nil and redis.call('TYPE', REPORTERS)['ok'] == 'zset' then
     -- Over the window the breaker's own config keeps (a reader, such as the CLI, may
     -- have another), as decode_snapshot sums the window's counts. The set holds at most
     -- min_reporters members: read whole, newest first.

@@ -1,6 +1,6 @@
 -- record.lua: report the outcome of one admitted call, or ask for one retry of it.
 --
--- KEYS[1], KEYS[2], ARGV[1..5]: as in _common.lua (composed before this file).
+-- KEYS[1], KEYS[2] (KEYS[3]), ARGV[1..5]: as in _common.lua (composed before this file).
 -- ARGV[6] outcome: 'success' | 'failure' | 'ignore' (counts as no call) | 'release'
 --          (a probe ended without an outcome: its lease is freed, nothing is counted) |
 --          'flush' (no outcome of its own: only ARGV[12]'s calls are added) |

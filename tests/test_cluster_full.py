@@ -244,11 +244,13 @@ def test_moved_and_ask_during_a_resharding(cluster_nodes: list[RedisServer], dri
     cluster_nodes[2].function_flush()
 
     def halfway() -> None:
-        # Both keys must exist for the importing node to take a call on ASK (a node
-        # refuses a multi-key command with TRYAGAIN while it holds only some of them):
-        # a probe lease that ended long ago makes the probes key.
+        # Every key a call names must exist for the importing node to take it on ASK (a
+        # node refuses a multi-key command with TRYAGAIN while it holds only some of
+        # them): a probe lease that ended long ago makes the probes key, a reporter from
+        # long before the window the reporters key (inspect names it).
         with cluster_nodes[0].client() as r:
             r.zadd(f"{prefix}:{{{name}}}:probes", {"ended-lease": 1})
+            r.zadd(f"{prefix}:{{{name}}}:reporters", {"gone:1:x": 1})
         _migrate_slot(cluster_nodes, slot, 0, 2, finish=False)  # keys on 2, 0 says ASK
         _reset_stats(cluster_nodes)
 

@@ -33,6 +33,8 @@ from redbreaker import (
     Transition,
     _policies,
 )
+from redbreaker._keys import BreakerKeys
+from redbreaker._scripts import lua_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -330,6 +332,52 @@ def test_a_failure_without_the_reporter_is_refused(store: redbreaker.Store) -> N
     store.run("record", breaker._keys, args)
     assert breaker.snapshot().window_failures == 1
     permit.release()
+
+
+@pytest.mark.sync_only("sends the scripts' keys itself")
+def test_the_reporters_key_is_one_of_the_scripts_keys(store: redbreaker.Store) -> None:
+    """Every key a script touches is one of its KEYS (as Redis asks of scripts, and as a
+    store that refuses undeclared keys needs): a quorum breaker gives the reporters key to
+    every script, a plain breaker to inspect alone; a quorum call without it is refused."""
+    quorum = Breaker("dep", store=store, **QUORUM)
+    plain = Breaker("dep", store=store)
+    state = f"{store.prefix}:{{dep}}"
+    three = (state, f"{state}:probes", f"{state}:reporters")
+    assert [quorum._keys.script_keys(s) for s in ("acquire", "record", "control")] == [three] * 3
+    assert plain._keys.script_keys("acquire") == three[:2]
+    assert plain._keys.script_keys("inspect") == three
+    permit = quorum.acquire()
+    args = quorum._core.record_args(permit._state, "failure")
+    assert args is not None
+    with pytest.raises(StoreError, match=r"min_reporters > 1 needs KEYS\[3\]"):
+        store.run("record", plain._keys, args)  # the plain breaker's two keys
+    wrong = BreakerKeys(store.prefix, "dep", quorum=True)
+    wrong._keys_and_reporters = (state, f"{state}:probes", f"{state}:elsewhere")
+    with pytest.raises(StoreError, match=r"KEYS\[3\] must be the reporters key"):
+        store.run("record", wrong, args)
+    assert quorum.snapshot().window_failures == 0  # nothing was counted
+    store.run("record", quorum._keys, args)
+    assert quorum.snapshot().window_failures == 1
+
+
+def test_no_script_names_a_key_it_was_not_given() -> None:
+    """The Lua builds no key name of its own: the one ':reporters' in it checks KEYS[3]."""
+    lua = lua_dir()
+    sources = {p.name: p.read_text() for p in lua.iterdir() if p.name.endswith(".lua")}
+    assert len(sources) == 5, sorted(sources)
+    built = [
+        (name, line.strip())
+        for name, text in sources.items()
+        for line in text.splitlines()
+        if "':" in line and not line.lstrip().startswith("--")
+    ]
+    assert built == [
+        ("_common.lua", "if REPORTERS ~= nil and REPORTERS ~= KEY .. ':reporters' then"),
+        (
+            "_common.lua",
+            "return 'redbreaker: KEYS[3] must be the reporters key ' .. KEY .. ':reporters'",
+        ),
+    ]
 
 
 # -- what the own breaker says, and to whom ----------------------------------------------

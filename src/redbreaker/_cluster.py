@@ -157,9 +157,11 @@ class ClusterRouter:
         """A connection to a node failed: the next call refreshes the slot table first."""
         self._stale = True
 
-    def fcall(self, function: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
-        """FCALL ``function`` for one breaker, on its slot's primary."""
-        return self.send(slot_of(keys), "FCALL", function, 2, keys.state, keys.probes, *args)
+    def fcall(
+        self, function: str, keys: BreakerKeys, names: tuple[str, ...], args: Sequence[str]
+    ) -> Any:  # noqa: ANN401
+        """FCALL ``function`` with the KEYS ``names`` of one breaker, on its slot's primary."""
+        return self.send(slot_of(keys), "FCALL", function, len(names), *names, *args)
 
     def load(self, keys: BreakerKeys) -> None:
         """FUNCTION LOAD the library on the primary of this breaker's slot."""

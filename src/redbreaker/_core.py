@@ -107,7 +107,7 @@ class BreakerCore(OutcomeCore):
         self.config = replace(config or BreakerConfig(), **settings)
         self._clock = clock
         self._view = view
-        self.keys = breaker_keys(prefix, self.name)
+        self.keys = breaker_keys(prefix, self.name, quorum=self.config.min_reporters > 1)
         self._hooks = transition_hooks(on_transition)
         # The store's observers (validated there); empty, they cost one truthiness check.
         self._observers = observers

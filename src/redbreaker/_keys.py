@@ -49,17 +49,35 @@ def check_prefix(prefix: object) -> str:
 
 
 class BreakerKeys:
-    """The Redis names one breaker uses; all keys share the ``{name}`` hash tag."""
+    """The Redis names one breaker uses; all keys share the ``{name}`` hash tag.
 
-    __slots__ = ("channel", "name", "probes", "state")
+    ``quorum``: the breaker opens by quorum (``min_reporters`` > 1), so every script it
+    runs may touch the reporters set and is given its key (see :meth:`script_keys`).
+    """
 
-    def __init__(self, prefix: str, name: str) -> None:
+    __slots__ = ("_keys", "_keys_and_reporters", "channel", "name", "probes", "quorum",
+                 "reporters", "state")  # fmt: skip
+
+    def __init__(self, prefix: str, name: str, *, quorum: bool = False) -> None:
         self.name = name
         self.state = f"{prefix}:{{{name}}}"
         self.probes = f"{self.state}:probes"
+        self.reporters = f"{self.state}:reporters"
         self.channel = f"{prefix}:events"
+        self.quorum = quorum
+        self._keys = (self.state, self.probes)
+        self._keys_and_reporters = (self.state, self.probes, self.reporters)
+
+    def script_keys(self, script: str) -> tuple[str, ...]:
+        """The KEYS of one call of ``script``: every key it may touch, as Redis asks of a
+        script. The reporters set only where it may be touched: by a quorum breaker's
+        scripts, and by ``inspect``, which shows the reporters to any reader (the CLI
+        included) whatever its own settings."""
+        if self.quorum or script == "inspect":
+            return self._keys_and_reporters
+        return self._keys
 
 
-def breaker_keys(prefix: str, name: str) -> BreakerKeys:
+def breaker_keys(prefix: str, name: str, *, quorum: bool = False) -> BreakerKeys:
     """The keys of breaker ``name`` under ``prefix`` (both already checked)."""
-    return BreakerKeys(prefix, name)
+    return BreakerKeys(prefix, name, quorum=quorum)

@@ -175,18 +175,18 @@ class Store:
                         route.after_load_error(load_exc)
                     else:
                         return self._fcall(script, keys, args)
-        return self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
+        return self._scripts[script](keys=list(keys.script_keys(script)), args=list(args))
 
     def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        names = keys.script_keys(script)
         if self._cluster is not None:
-            return self._cluster.fcall(self._functions[script], keys, args)
+            return self._cluster.fcall(self._functions[script], keys, names, args)
         if self._direct is None:
             return self.client.execute_command(  # type: ignore[no-untyped-call]
-                "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
+                "FCALL", self._functions[script], len(names), *names, *args
             )
         direct = self._direct
-        packed = direct.packer.fcall(self._functions[script], keys.state, keys.probes, args)
-        return direct.send(packed)
+        return direct.send(direct.packer.fcall(self._functions[script], names, args))
 
     def _load_library(self, keys: BreakerKeys) -> None:
         """FUNCTION LOAD where the call was refused: the server, or on a cluster the

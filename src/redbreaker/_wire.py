@@ -56,14 +56,14 @@ class ScriptPacker:
     def __init__(self, connection_kwargs: Mapping[str, object]) -> None:
         self._encoding = str(connection_kwargs.get("encoding", "utf-8"))
         self._errors = str(connection_kwargs.get("encoding_errors", "strict"))
-        self._heads: dict[tuple[str, str], CommandHead] = {}
+        self._heads: dict[tuple[str, tuple[str, ...]], CommandHead] = {}
 
-    def fcall(self, function: str, state_key: str, probes_key: str, args: Sequence[str]) -> bytes:
-        """``FCALL function 2 state_key probes_key *args``."""
-        head = self._heads.get((function, state_key))
+    def fcall(self, function: str, keys: tuple[str, ...], args: Sequence[str]) -> bytes:
+        """``FCALL function len(keys) *keys *args``."""
+        head = self._heads.get((function, keys))
         if head is None:
-            head = self._heads[function, state_key] = CommandHead(
-                "FCALL", function, "2", state_key, probes_key,
+            head = self._heads[function, keys] = CommandHead(
+                "FCALL", function, str(len(keys)), *keys,
                 encoding=self._encoding, errors=self._errors,
             )  # fmt: skip
         return head.pack(args)

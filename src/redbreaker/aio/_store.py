@@ -193,19 +193,18 @@ class Store:
                         route.after_load_error(load_exc)
                     else:
                         return await self._fcall(script, keys, args)
-        return await self._scripts[script](keys=[keys.state, keys.probes], args=list(args))
+        return await self._scripts[script](keys=list(keys.script_keys(script)), args=list(args))
 
     async def _fcall(self, script: str, keys: BreakerKeys, args: Sequence[str]) -> Any:  # noqa: ANN401
+        names = keys.script_keys(script)
         if self._cluster is not None:
-            return await self._cluster.fcall(self._functions[script], keys, args)
+            return await self._cluster.fcall(self._functions[script], keys, names, args)
         direct = self._direct
         if direct is None:
             return await self.client.execute_command(
-                "FCALL", self._functions[script], 2, keys.state, keys.probes, *args
+                "FCALL", self._functions[script], len(names), *names, *args
             )
-        return await direct.execute(
-            direct.packer.fcall(self._functions[script], keys.state, keys.probes, args)
-        )
+        return await direct.execute(direct.packer.fcall(self._functions[script], names, args))
 
     async def _load_library(self, keys: BreakerKeys) -> None:
         """FUNCTION LOAD where the call was refused: the server, or on a cluster the
