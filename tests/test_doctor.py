@@ -19,7 +19,9 @@ from redbreaker._doctor_findings import (
     CLUSTER_SCRIPT_COMMANDS,
     SCRIPT_COMMANDS,
     eviction_finding,
+    version_finding,
 )
+from redbreaker._doctor_replies import version_tuple
 from redis_servers import RedisServer, find_free_port, redis_server_binary
 
 if TYPE_CHECKING:
@@ -272,3 +274,13 @@ def test_eviction_decisions(memory: dict[str, str] | None, status: str, words: s
     finding = eviction_finding(memory)
     assert finding.status == status
     assert words in finding.summary
+
+
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [("7.0.15", "ok"), ("6.2.14", "warn"), ("5.0.14", "warn"), ("4.0.14", "fail")],
+)
+def test_version_decisions_match_the_documented_minimum(version: str, status: str) -> None:
+    """Redis >= 5 (README, docs/stores.md): older fails, 5 to 6.x warns (no Functions)."""
+    found = version_finding({"redis_version": version}, version_tuple(version))
+    assert found.status == status, found

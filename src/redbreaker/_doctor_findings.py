@@ -73,12 +73,13 @@ def version_finding(server: Mapping[str, str] | None, version: tuple[int, ...] |
             "version",
             "warn",
             "unknown: INFO server is not allowed",
-            "Nothing to fix for the library; it needs Redis >= 6.2 (>= 7 for Functions).",
+            "Nothing to fix for the library; it needs Redis >= 5 (>= 7 for Functions).",
         )
     text = server.get("redis_version", "?")
     if version >= (7,):
         return Finding("version", "ok", f"Redis {text}")
-    if version >= (6, 2):
+    # The scripts need effects replication (Redis 5's default), so TIME may run in them.
+    if version >= (5,):
         return Finding(
             "version",
             "warn",
@@ -86,7 +87,10 @@ def version_finding(server: Mapping[str, str] | None, version: tuple[int, ...] |
             "Works; Redis >= 7 saves the script round trips after a restart or a failover.",
         )
     return Finding(
-        "version", "fail", f"Redis {text} is too old", "Use Redis >= 6.2 (>= 7 preferred)."
+        "version",
+        "fail",
+        f"Redis {text} is too old: the scripts call TIME, which needs effects replication",
+        "Use Redis >= 5 (>= 7 preferred).",
     )
 
 
