@@ -208,6 +208,20 @@ def test_aio_closed_early_frees_the_probe_slot_and_sends_go_through(url: str) ->
     run_aio(url, body)
 
 
+def test_aio_a_generator_function_that_raises_at_once_settles_its_permit(url: str) -> None:
+    """Wrong arguments raise when the inner generator is made, after the permit was taken:
+    classified like any call's error, the permit is not left behind."""
+
+    async def body(breaker: redbreaker.aio.Breaker) -> None:
+        made = await breaker.call(AsyncRows())  # n missing: TypeError at the first anext
+        with pytest.raises(TypeError):
+            await made.__anext__()
+        snap = await breaker.snapshot()
+        assert (snap.state, snap.open_count) == (State.OPEN, 1)  # counted, as a call's
+
+    run_aio(url, body)
+
+
 def test_aio_refusals(url: str) -> None:
     async def body(breaker: redbreaker.aio.Breaker) -> None:
         guard = breaker.guard(max_attempts=2, retry_on=ConnectionError)

@@ -5,7 +5,7 @@ would record a success for work not yet done, and miss the failures raised while
 items are produced. Here the permit is taken at the first ``next()`` (a rejection is
 raised there, before the body runs), and settled when the iteration ends: exhausted is a
 success, an exception is classified as a call's would be, and a generator closed early
-(``close()``, garbage collection, a ``break`` out of ``async for``) counts nothing but
+(``close()``/``aclose()``, or collected after a ``break``) counts nothing but
 frees a probe's slot, as an interrupted call does. Sends and throws reach the inner
 generator as they would without the breaker.
 """
@@ -48,8 +48,8 @@ async def iterate_async(
 ) -> AsyncGenerator[Any, Any]:
     """``fn(*args, **kwargs)``'s items, through the asyncio ``breaker``."""
     permit = await breaker._acquire()
-    inner = fn(*args, **kwargs)
     try:
+        inner = fn(*args, **kwargs)
         try:
             item = await inner.__anext__()
             while True:
