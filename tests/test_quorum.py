@@ -86,6 +86,7 @@ class Fleet:
         self.settings = settings
         self.first = driver.connect(self.url, clock=clock, prefix=PREFIX)
         self.breakers: dict[str, AnyBreaker] = {}
+        self.stores: dict[str, Any] = {}
         # A plain client of the same server, to look at the keys.
         self.raw = redbreaker.connect(self.url, prefix=PREFIX).client
 
@@ -96,6 +97,7 @@ class Fleet:
                 if not self.breakers
                 else self.driver.reconnect(self.first, clock=self.clock, prefix=PREFIX)
             )
+            self.stores[identity] = store
             self.breakers[identity] = self.driver.breaker("dep", store=store, **self.settings)
         return self.breakers[identity]
 
@@ -469,6 +471,40 @@ def test_reset_closes_this_process_s_own_breaker_too(fleet: Fleet) -> None:
     a.reset()
     assert a.snapshot().process_state is State.CLOSED
     assert a.call(lambda: "ok") == "ok"
+
+
+def test_a_reset_heard_on_the_feed_resets_the_own_breaker(fleet: Fleet) -> None:
+    """An operator's reset ordered in another process reaches this process's own breaker
+    when this process hears the feed: its next call is admitted, long before the own
+    breaker's recovery_timeout. Only a reset does: another transition heard does not."""
+    for _ in range(3):
+        fleet.fail("a")
+    a = fleet.process("a")
+    a_store = fleet.stores["a"]
+    a_store.start_feed()
+    fleet.driver.wait_for(lambda: a_store.feed_live, "a's feed subscribed")
+    with pytest.raises(CircuitOpenError) as rejected:
+        a.call(lambda: "ok")
+    assert rejected.value.scope == "process"
+
+    heard = a_store.view.heard("dep")
+    other = fleet.process("b")
+    other.force_open()
+    other.force_close()  # transitions heard, no reset: a's own breaker stays open
+    fleet.driver.wait_for(lambda: a_store.view.heard("dep") >= heard + 2, "the orders heard")
+    assert a.snapshot().process_state is State.OPEN
+    with pytest.raises(CircuitOpenError):
+        a.call(lambda: "ok")
+
+    other.reset()
+    fleet.driver.wait_for(lambda: a_store.view.resets_heard("dep") == 1, "the reset heard")
+    assert a.call(lambda: "ok") == "ok"  # the clock never moved: no recovery timed out
+    assert a.snapshot().process_state is State.CLOSED
+    for _ in range(3):
+        fleet.fail("a")  # the reset is taken once: a fresh streak opens it again
+    with pytest.raises(CircuitOpenError) as again:
+        a.call(lambda: "ok")
+    assert again.value.scope == "process"
 
 
 @pytest.mark.parametrize("order", ["force_close", "metrics_only"])

@@ -15,7 +15,16 @@ if TYPE_CHECKING:
     from ._core import Outcome, PermitState
     from ._policies import RetryVerdict
 
-__all__ = ["acquire_with_own", "ask_retry", "settle_own"]
+__all__ = ["acquire_with_own", "ask_retry", "own_breaker_now", "settle_own"]
+
+
+def own_breaker_now(self: Breaker) -> Breaker:
+    """This process's own breaker, reset first if an operator's reset of the fleet's
+    breaker was heard on the feed since the last look."""
+    own = self._own_breaker()
+    if self._core.own_reset_heard():
+        own.reset()
+    return own
 
 
 def acquire_with_own(self: Breaker) -> Permit:
@@ -23,7 +32,7 @@ def acquire_with_own(self: Breaker) -> Permit:
     and its outcome goes to both. (An operator's forced_closed or metrics_only, once
     a reply shows it, sets the own breaker aside: it admits every call fleet-wide.)"""
     try:
-        own = self._own_breaker().acquire()
+        own = own_breaker_now(self).acquire()
     except CircuitOpenError as exc:
         raise self._process_rejection(exc) from None
     try:

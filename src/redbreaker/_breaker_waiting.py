@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, TypeVar
 
+from ._breaker_policies import own_breaker_now
 from ._exceptions import CircuitOpenError, StoreUnavailableError
 from ._observe import quiet_rejections
 
@@ -78,7 +79,7 @@ def wait_admitting(self: Breaker, max_wait: Seconds | None = None) -> bool:
 def would_admit(self: Breaker) -> bool:
     if self._own is not None:
         try:
-            self._own._would_admit()
+            own_breaker_now(self)._would_admit()
         except CircuitOpenError as exc:
             raise self._process_rejection(exc, refused=False) from None
     try:

@@ -107,6 +107,7 @@ class BreakerCore(OutcomeCore):
         self.config = replace(config or BreakerConfig(), **settings)
         self._clock = clock
         self._view = view
+        self._resets_seen = view.resets_heard(self.name)
         self.keys = breaker_keys(prefix, self.name, quorum=self.config.min_reporters > 1)
         self._hooks = transition_hooks(on_transition)
         # The store's observers (validated there); empty, they cost one truthiness check.
@@ -258,6 +259,16 @@ class BreakerCore(OutcomeCore):
     def own_config(self) -> BreakerConfig:
         """The config of the breaker this process keeps of its own (min_reporters > 1)."""
         return own_config(self.config)
+
+    def own_reset_heard(self) -> bool:
+        """True once per operator reset of this breaker heard on the feed since the last
+        look: this process's own breaker resets too (a reset ordered elsewhere reaches
+        the own breakers of the processes that hear the feed)."""
+        heard = self._view.resets_heard(self.name)
+        if heard == self._resets_seen:
+            return False
+        self._resets_seen = heard
+        return True
 
     def own_transition(self, transition: Transition) -> None:
         """This process's own breaker changed state: the store's observers hear it."""

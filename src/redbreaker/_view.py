@@ -41,6 +41,8 @@ class FleetView:
         # before the latest one is stale.
         self._heard: dict[str, int] = {}
         self._last_event: dict[str, LastEvent] = {}
+        # Per breaker name: operator resets heard, which reach each process's own breaker.
+        self._resets: dict[str, int] = {}
         # Bumped at every (re)subscription, which may have missed events, and at a fork.
         self._epoch = 0
         # Called after every transition heard and every new epoch: how the drivers wake
@@ -90,6 +92,10 @@ class FleetView:
         the latest while :meth:`heard` gives the same count."""
         return self._last_event.get(name)
 
+    def resets_heard(self, name: str) -> int:
+        """Operator resets of breaker ``name`` this process heard on the feed."""
+        return self._resets.get(name, 0)
+
     def new_epoch(self) -> None:
         """Events may have been missed (a new subscription, a fork): every copy taken
         before now is stale, and so is every rejection cached (an order that ended one
@@ -107,6 +113,8 @@ class FleetView:
             retry_after_ms = int(data.get("retry_after_ms", 0))
         except Exception:  # not ours to decode: skip it
             return
+        if data.get("reason") == "reset":
+            self._resets[name] = self._resets.get(name, 0) + 1
         count = self._heard.get(name, 0) + 1
         self._last_event[name] = (count + self._epoch, to_state, retry_after_ms)
         self._heard[name] = count

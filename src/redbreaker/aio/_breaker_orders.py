@@ -52,7 +52,7 @@ async def metrics_only(self: Breaker, duration: Seconds | None = None) -> State:
 async def reset(self: Breaker) -> State:
     """Back to closed with empty counts and no open backoff, fleet-wide (and this
     process's own breaker too, with ``min_reporters`` > 1; other processes' own
-    breakers close by their own recovery)."""
+    breakers when they hear the reset on the feed, else by their own recovery)."""
     state = await self._order("reset", None)
     if self._own is not None:
         await self._own.reset()

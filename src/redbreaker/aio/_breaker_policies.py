@@ -17,7 +17,16 @@ if TYPE_CHECKING:
     from ._breaker import Breaker
     from ._permit import Permit
 
-__all__ = ["acquire_with_own", "ask_retry", "own_abandoned", "settle_own"]
+__all__ = ["acquire_with_own", "ask_retry", "own_abandoned", "own_breaker_now", "settle_own"]
+
+
+async def own_breaker_now(self: Breaker) -> Breaker:
+    """This process's own breaker, reset first if an operator's reset of the fleet's
+    breaker was heard on the feed since the last look."""
+    own = self._own_breaker()
+    if self._core.own_reset_heard():
+        await own.reset()
+    return own
 
 
 async def _logged(name: str, recording: Awaitable[object]) -> None:
@@ -32,7 +41,7 @@ async def acquire_with_own(self: Breaker) -> Permit:
     """Ask this process's own breaker, then the fleet's: both must admit the call,
     and its outcome goes to both."""
     try:
-        own = await self._own_breaker()._acquire()
+        own = await (await own_breaker_now(self))._acquire()
     except CircuitOpenError as exc:
         raise self._process_rejection(exc) from None
     try:

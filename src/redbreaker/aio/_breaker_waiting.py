@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .._exceptions import CircuitOpenError, StoreUnavailableError
 from .._observe import quiet_rejections
+from ._breaker_policies import own_breaker_now
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -70,7 +71,7 @@ async def wait_admitting(self: Breaker, max_wait: Seconds | None = None) -> bool
 async def would_admit(self: Breaker) -> bool:
     if self._own is not None:
         try:
-            await self._own._would_admit()
+            await (await own_breaker_now(self))._would_admit()
         except CircuitOpenError as exc:
             raise self._process_rejection(exc, refused=False) from None
     try:
