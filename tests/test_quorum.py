@@ -495,9 +495,11 @@ def test_a_reset_heard_on_the_feed_resets_the_own_breaker(fleet: Fleet) -> None:
     assert a.snapshot().process_state is State.OPEN
     with pytest.raises(CircuitOpenError):
         a.call(lambda: "ok")
+    assert a.wait_admitting(max_wait=0) is False
 
     other.reset()
     fleet.driver.wait_for(lambda: a_store.view.resets_heard("dep") == 1, "the reset heard")
+    assert a.wait_admitting(max_wait=0) is True  # a consumer waiting takes it too
     assert a.call(lambda: "ok") == "ok"  # the clock never moved: no recovery timed out
     assert a.snapshot().process_state is State.CLOSED
     for _ in range(3):
