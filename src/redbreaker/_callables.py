@@ -33,6 +33,11 @@ _NOT_FOR_A_GUARD = (
 )
 
 
+def _either(test: Callable[[object], bool], fn: object) -> bool:
+    """``test`` of ``fn``, or of its ``__call__`` (a callable object's method)."""
+    return test(fn) or test(getattr(fn, "__call__", None))  # noqa: B004 (the method)
+
+
 def _describe(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
@@ -47,24 +52,18 @@ def require_sync(fn: Callable[..., object], owner: object, verb: str) -> None:
     code = getattr(fn, "__code__", None)
     if code is not None and not code.co_flags & ASYNC_CODE:
         return
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 (the method, not callable())
-    ):
+    if _either(inspect.iscoroutinefunction, fn):
         raise AsyncCallError(f"{owner!r}: {verb} got the coroutine function {_describe(fn)}")
 
 
 def is_generator_function(fn: object) -> bool:
     """True for a generator function (or an object whose ``__call__`` is one)."""
-    return inspect.isgeneratorfunction(fn) or inspect.isgeneratorfunction(
-        getattr(fn, "__call__", None)  # noqa: B004 (the method, not callable())
-    )
+    return _either(inspect.isgeneratorfunction, fn)
 
 
 def is_async_generator_function(fn: object) -> bool:
     """True for an async generator function (or an object whose ``__call__`` is one)."""
-    return inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(
-        getattr(fn, "__call__", None)  # noqa: B004 (the method, not callable())
-    )
+    return _either(inspect.isasyncgenfunction, fn)
 
 
 def refuse_generator(fn: Callable[..., object], owner: object, verb: str) -> None:
@@ -86,9 +85,7 @@ def require_async(fn: Callable[..., object], owner: object, verb: str) -> None:
     code = getattr(fn, "__code__", None)
     if code is not None and code.co_flags & inspect.CO_COROUTINE:
         return
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 (the method, not callable())
-    ):
+    if _either(inspect.iscoroutinefunction, fn):
         return
     raise TypeError(
         f"{owner!r}: {verb} takes coroutine functions; {_describe(fn)} is not one (the sync "
